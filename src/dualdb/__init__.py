@@ -1,0 +1,30 @@
+"""dualdb: one schema, one migration history and one data-access layer over SQLite and Postgres."""
+
+from dualdb.errors import (
+    ConfigError,
+    Conflict,
+    DatabaseBusy,
+    DatabaseUnavailable,
+    DualdbError,
+    InvalidInput,
+    MigrationError,
+    NotFound,
+    PermissionDenied,
+    SchemaOutOfDate,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Conflict",
+    "DatabaseBusy",
+    "DatabaseUnavailable",
+    "DualdbError",
+    "InvalidInput",
+    "MigrationError",
+    "NotFound",
+    "PermissionDenied",
+    "SchemaOutOfDate",
+    "__version__",
+]

@@ -1,0 +1,5 @@
+"""``python -m dualdb`` runs the command line."""
+
+from dualdb.cli import main
+
+main()

@@ -1,0 +1,212 @@
+"""The ``dualdb`` command line.  Each command is a thin wrapper over one library call.
+
+Every failure is one line on stderr and a non-zero exit status; set ``DUALDB_DEBUG=1`` to see
+the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dualdb import migrations
+from dualdb.config import Target, resolve
+from dualdb.errors import DualdbError
+
+app = typer.Typer(
+    name="dualdb",
+    help="One schema and one migration history on SQLite (local) and Supabase Postgres (web).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Database URL (sqlite:///file.db, a file path, or postgresql://…). "
+        "Default: from APP_ENV / DUALDB_SQLITE_PATH / SUPABASE_DB_URL.",
+        show_default=False,
+    ),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SECRETS: set[str] = set()
+
+
+def _scrub(text: str) -> str:
+    for secret in _SECRETS:
+        # Messages never embed the URL; this is a second line of defence, and replacing a
+        # one- or two-letter password would garble every message.
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _target(url: str | None) -> Target:
+    target = resolve(url)
+    if target.url.password:
+        _SECRETS.add(str(target.url.password))
+    return target
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {_scrub(message)}", markup=True, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn any error into one line on stderr and exit status 1 (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except DualdbError as exc:
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted") from None
+        except Exception as exc:
+            if os.environ.get("DUALDB_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise _fail(
+                f"unexpected {type(exc).__name__}: {first} (set DUALDB_DEBUG=1 for details)"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress(line: str) -> None:
+    out.print(f"  [green]✓[/] {line}", markup=True)
+
+
+@app.command()
+@handle_errors
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    url: UrlOption = None,
+) -> None:
+    """Apply pending migrations (up to REVISION, default head)."""
+    target = _target(url)
+    out.print(f"Migrating {target.backend} database {target.redacted} to {revision}…")
+    applied = migrations.upgrade(target, revision, progress=_progress)
+    if applied:
+        out.print(f"Applied {len(applied)} migration(s); now at {applied[-1]}.")
+    else:
+        out.print("Nothing to apply: the database is already up to date.")
+
+
+@app.command()
+@handle_errors
+def downgrade(
+    revision: Annotated[str, typer.Argument(help="Revision to go down to ('base' for empty).")],
+    url: UrlOption = None,
+) -> None:
+    """Revert migrations down to REVISION."""
+    target = _target(url)
+    out.print(f"Downgrading {target.backend} database {target.redacted} to {revision}…")
+    reverted = migrations.downgrade(target, revision, progress=_progress)
+    out.print(f"Reverted {len(reverted)} migration(s).")
+
+
+@app.command()
+@handle_errors
+def status(
+    url: UrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the backend, redacted URL, current revision, head and pending migrations."""
+    st = migrations.status(_target(url))
+    if as_json:
+        out.print_json(json.dumps(st.as_dict()))
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("backend", st.backend)
+    table.add_row("url", st.url)
+    table.add_row("current", st.current or "(none: not migrated)")
+    table.add_row("head", st.head)
+    table.add_row("pending", ", ".join(st.pending) if st.pending else "none")
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def check(url: UrlOption = None) -> None:
+    """Compare the live schema with the models; exit 1 on any drift."""
+    target = _target(url)
+    problems = migrations.check(target)
+    if not problems:
+        out.print(f"OK: the {target.backend} schema matches the models.")
+        return
+    err.print(f"[bold red]Schema drift[/] in {target.redacted}:", markup=True)
+    for line in problems:
+        err.print(f"  - {line}", markup=False, soft_wrap=True)
+    err.print(
+        "Fix: `dualdb migrate` applies pending migrations; after changing the models run "
+        "`dualdb generate -m 'what changed'`."
+    )
+    raise typer.Exit(code=1)
+
+
+@app.command()
+@handle_errors
+def generate(
+    message: Annotated[str, typer.Option("--message", "-m", help="What the migration does.")],
+    url: UrlOption = None,
+) -> None:
+    """Autogenerate a migration from the difference between the models and the database."""
+    path = migrations.generate(_target(url), message)
+    if path is None:
+        out.print("No changes: the models and the database already agree.")
+    else:
+        out.print(f"Wrote {path}")
+        out.print("Review it, then run `dualdb migrate` (and the test suite on both backends).")
+
+
+@app.command("sql")
+@handle_errors
+def sql_(
+    url: UrlOption = None,
+    from_rev: Annotated[
+        str | None,
+        typer.Option("--from", help="Start revision (default: base, or --url's current one)."),
+    ] = None,
+    to_rev: Annotated[str, typer.Option("--to", help="End revision.")] = "head",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Render the Postgres SQL of the migrations offline (for review or `supabase db push`)."""
+    if from_rev is None and url is not None:
+        from_rev = migrations.status(_target(url)).current
+    text = migrations.render_sql(from_rev, to_rev)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        out.print(f"Wrote {output}")
+
+
+def main() -> None:
+    """Entry point of the ``dualdb`` console script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,145 @@
+"""The canonical schema: every table, column, constraint and index, for both backends.
+
+This module is the single source of truth.  Migrations are generated from it (``dualdb
+generate``) and ``dualdb check`` compares a live database against it.  Backend-only objects
+(the GIN index on ``tasks.dependant_on``) are marked with ``ddl_if`` so each dialect creates,
+and the drift check expects, exactly its own.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from dualdb.types import (
+    JSONB,
+    TASK_STATUSES,
+    UUID,
+    Timestamp,
+    UUIDArray,
+    empty_uuid_array,
+    new_uuid,
+    utcnow,
+)
+
+#: Deterministic constraint names, so migrations can refer to them on both dialects.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+#: The fixed user that stands in for authentication locally (and owns seeded data).
+DUMMY_USER_ID = "00000000-0000-0000-0000-000000000000"
+
+_STATUS_SQL = ", ".join(f"'{s}'" for s in TASK_STATUSES)
+
+
+def _id() -> sa.Column[object]:
+    return sa.Column("id", UUID(), primary_key=True, server_default=new_uuid())
+
+
+def _created_at() -> sa.Column[object]:
+    return sa.Column("created_at", Timestamp(), nullable=False, server_default=utcnow())
+
+
+def _project_fk() -> sa.Column[object]:
+    return sa.Column(
+        "project_id",
+        UUID(),
+        sa.ForeignKey("projects.id", ondelete="CASCADE"),
+        nullable=False,
+    )
+
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", UUID(), primary_key=True),
+    sa.Column("email", sa.Text(), nullable=True),
+    _created_at(),
+)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    _id(),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("user_id", UUID(), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    _created_at(),
+    sa.Column("updated_at", Timestamp(), nullable=True),
+    sa.Index(None, "user_id", "created_at"),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    _id(),
+    sa.Column("task_type", sa.Text(), nullable=False),
+    sa.Column("params", JSONB(), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False, server_default="Queued"),
+    sa.Column("dependant_on", UUIDArray(), nullable=False, server_default=empty_uuid_array()),
+    sa.Column("output_location", sa.Text(), nullable=True),
+    _created_at(),
+    sa.Column("updated_at", Timestamp(), nullable=True),
+    _project_fk(),
+    # Task-queue columns (second migration).
+    sa.Column("worker_id", sa.Text(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("generation_started_at", Timestamp(), nullable=True),
+    sa.Column("heartbeat_at", Timestamp(), nullable=True),
+    sa.Column("generation_processed_at", Timestamp(), nullable=True),
+    sa.CheckConstraint(f"status IN ({_STATUS_SQL})", name="status"),
+    sa.Index(None, "status", "created_at"),
+    sa.Index(None, "project_id", "status"),
+    sa.Index("ix_tasks_dependant_on_gin", "dependant_on", postgresql_using="gin").ddl_if(
+        dialect="postgresql"
+    ),
+)
+
+generations = sa.Table(
+    "generations",
+    metadata,
+    _id(),
+    sa.Column("tasks", UUIDArray(), nullable=False, server_default=empty_uuid_array()),
+    sa.Column("location", sa.Text(), nullable=True),
+    sa.Column("type", sa.Text(), nullable=True),
+    _created_at(),
+    sa.Column("updated_at", Timestamp(), nullable=True),
+    _project_fk(),
+    sa.Index(None, "project_id", "created_at"),
+)
+
+shots = sa.Table(
+    "shots",
+    metadata,
+    _id(),
+    sa.Column("name", sa.Text(), nullable=False),
+    _created_at(),
+    sa.Column("updated_at", Timestamp(), nullable=True),
+    _project_fk(),
+    sa.Index(None, "project_id", "created_at"),
+)
+
+shot_generations = sa.Table(
+    "shot_generations",
+    metadata,
+    _id(),
+    sa.Column("shot_id", UUID(), sa.ForeignKey("shots.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "generation_id",
+        UUID(),
+        sa.ForeignKey("generations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("position", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.Index(None, "shot_id", "position"),
+    sa.Index(None, "generation_id"),
+)
+
+#: Every table, parents first.
+TABLES: tuple[sa.Table, ...] = (users, projects, tasks, generations, shots, shot_generations)

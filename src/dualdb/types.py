@@ -1,0 +1,430 @@
+"""Portable column types: one ``TypeDecorator`` per logical type.
+
+======================  =================  ===========================================
+logical                 PostgreSQL         SQLite
+======================  =================  ===========================================
+:class:`UUID`           ``uuid``           ``TEXT``, 36-char lowercase canonical
+:class:`UUIDArray`      ``uuid[]``         ``TEXT`` holding a JSON array of UUID strings
+:class:`JSONB`          ``jsonb``          ``TEXT`` holding the JSON text
+:class:`Timestamp`      ``timestamptz``    ``TEXT`` ``YYYY-MM-DDTHH:MM:SS.ffffffZ``
+======================  =================  ===========================================
+
+Python values are the same on both backends: :class:`uuid.UUID`, ``list[uuid.UUID]``, any
+JSON value (with :data:`JSON_NULL` for a top-level JSON ``null``, distinct from SQL ``NULL``
+which is ``None``) and aware :class:`datetime.datetime` in UTC.  Naive datetimes are refused.
+
+The server-side defaults (:func:`utcnow`, :func:`new_uuid`, :func:`empty_uuid_array`) compile
+per dialect, so the same migration creates the right ``DEFAULT`` on either database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid as _uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler, TypeCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+__all__ = [
+    "JSONB",
+    "JSON_NULL",
+    "TASK_STATUSES",
+    "UUID",
+    "JSONNull",
+    "TaskStatus",
+    "Timestamp",
+    "UUIDArray",
+    "empty_uuid_array",
+    "format_timestamp",
+    "new_uuid",
+    "parse_timestamp",
+    "to_uuid",
+    "utcnow",
+]
+
+
+class TaskStatus(StrEnum):
+    """The statuses a task can have (the ``tasks.status`` CHECK constraint)."""
+
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    IN_PROGRESS = "In Progress"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+TASK_STATUSES: Final[tuple[str, ...]] = tuple(s.value for s in TaskStatus)
+
+
+class JSONNull:
+    """Type of :data:`JSON_NULL`, the top-level JSON ``null`` (SQL ``NULL`` is ``None``)."""
+
+    _instance: JSONNull | None = None
+
+    def __new__(cls) -> JSONNull:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "JSON_NULL"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "JSON_NULL"
+
+
+#: A JSON ``null`` stored as a value (SQL ``NULL`` is ``None``).
+JSON_NULL: Final = JSONNull()
+
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+
+
+def to_uuid(value: object) -> _uuid.UUID:
+    """Coerce ``value`` (a :class:`uuid.UUID` or its string form) to a UUID, else ``ValueError``."""
+    if isinstance(value, _uuid.UUID):
+        return value
+    if isinstance(value, str) and _UUID_RE.match(value.strip()):
+        return _uuid.UUID(value.strip())
+    # uuid_utils.UUID and friends: anything whose str() is a canonical UUID.
+    if value is not None and not isinstance(value, str | bytes | int | float):
+        text = str(value)
+        if _UUID_RE.match(text):
+            return _uuid.UUID(text)
+    raise ValueError(f"not a UUID: {value!r}")
+
+
+def format_timestamp(value: datetime) -> str:
+    """The fixed-width UTC text form used on SQLite: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("naive datetime: pass an aware datetime (e.g. datetime.now(UTC))")
+    v = value.astimezone(UTC)
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d}T"
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
+    )
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse the SQLite text form (or ISO 8601 with an offset) to an aware UTC datetime."""
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T", 1))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+class UUID(sa.types.TypeDecorator[_uuid.UUID]):
+    """A UUID: native ``uuid`` on Postgres, canonical 36-char lowercase ``TEXT`` on SQLite."""
+
+    impl = sa.types.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.UUID(as_uuid=True))
+        return dialect.type_descriptor(sa.types.Text())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        u = to_uuid(value)
+        return u if dialect.name == "postgresql" else str(u)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> _uuid.UUID | None:
+        if value is None:
+            return None
+        return to_uuid(value)
+
+
+class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
+    """A list of UUIDs: ``uuid[]`` on Postgres, a JSON array of canonical strings on SQLite."""
+
+    impl = sa.types.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.ARRAY(postgresql.UUID(as_uuid=True)))
+        return dialect.type_descriptor(sa.types.Text())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str | bytes):
+            raise ValueError("a UUID list must be a list, not a string")
+        items = [to_uuid(v) for v in value]
+        if dialect.name == "postgresql":
+            return items
+        return json.dumps([str(u) for u in items], separators=(",", ":"))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> list[_uuid.UUID] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = json.loads(value)
+        return [to_uuid(v) for v in value]
+
+
+class _JSONStorage(sa.types.Text):
+    """Storage for :class:`JSONB`: plain text to the driver; ``jsonb`` in Postgres DDL.
+
+    On SQLite the declared type is ``TEXT``, not ``JSON``: a column declared ``JSON`` has NUMERIC
+    affinity, so SQLite would silently turn a stored top-level ``0.0`` into the integer ``0`` and
+    ``2**70`` into a rounded float.  ``TEXT`` affinity keeps the JSON text exactly as written.
+    """
+
+    __visit_name__ = "dualdb_json"
+
+
+@compiles(_JSONStorage, "postgresql")
+def _json_pg(type_: _JSONStorage, compiler: TypeCompiler, **kw: Any) -> str:
+    return "JSONB"
+
+
+@compiles(_JSONStorage)
+def _json_default(type_: _JSONStorage, compiler: TypeCompiler, **kw: Any) -> str:
+    return "TEXT"
+
+
+class _AsText(sa.sql.expression.ColumnElement[str]):
+    """``expr::text`` on Postgres so the driver hands back the JSON text unparsed."""
+
+    inherit_cache = True
+
+    def __init__(self, expr: sa.sql.expression.ColumnElement[Any]) -> None:
+        self.expr = expr
+        self.type = expr.type
+
+
+@compiles(_AsText, "postgresql")
+def _as_text_pg(element: _AsText, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.expr, **kw)})::text"
+
+
+@compiles(_AsText)
+def _as_text_default(element: _AsText, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.expr, **kw)
+
+
+class _JSONBindCast(sa.sql.expression.ColumnElement[Any]):
+    """``CAST(:param AS jsonb)`` on Postgres; the bare parameter elsewhere."""
+
+    inherit_cache = True
+
+    def __init__(self, expr: sa.sql.expression.ColumnElement[Any]) -> None:
+        self.expr = expr
+        self.type = expr.type
+
+
+@compiles(_JSONBindCast, "postgresql")
+def _bind_cast_pg(element: _JSONBindCast, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.expr, **kw)} AS JSONB)"
+
+
+@compiles(_JSONBindCast)
+def _bind_cast_default(element: _JSONBindCast, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.expr, **kw)
+
+
+#: Integral floats from here on are written out in full: Postgres' jsonb prints numbers without
+#: an exponent, so ``1e300`` would otherwise come back as an int that is not equal to it.
+_EXACT_FLOAT_FROM = 2.0**53
+
+
+def _check_json(value: Any, path: str = "$") -> bool:
+    """Reject what JSON (and jsonb) cannot hold exactly; True if a float needs writing in full.
+
+    Refused: NaN/infinity, non-string keys, arbitrary objects, and strings with NUL characters
+    or lone surrogates (jsonb and UTF-8 cannot store them).
+    """
+    if value is None or isinstance(value, bool | int):
+        return False
+    if isinstance(value, str):
+        _check_text(value, path)
+        return False
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: {value!r} is not valid JSON")
+        return value.is_integer() and abs(value) >= _EXACT_FLOAT_FROM
+    if isinstance(value, list | tuple):
+        exact = False
+        for i, item in enumerate(value):
+            exact |= _check_json(item, f"{path}[{i}]")
+        return exact
+    if isinstance(value, dict):
+        exact = False
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: object keys must be strings, not {key!r}")
+            _check_text(key, f"{path} key")
+            exact |= _check_json(item, f"{path}.{key}")
+        return exact
+    raise ValueError(f"{path}: {type(value).__name__} is not JSON-serialisable")
+
+
+def _check_text(value: str, path: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{path}: text cannot contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{path}: text is not valid Unicode (lone surrogate)") from None
+
+
+def _encode_exact(value: Any) -> str:
+    """JSON text with integral floats written in full decimal (``1e300`` → ``1000…0.0``)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= _EXACT_FLOAT_FROM:
+        return f"{Decimal(value):f}.0"
+    if isinstance(value, dict):
+        items = ",".join(f"{_dumps(k)}:{_encode_exact(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_encode_exact(v) for v in value) + "]"
+    return _dumps(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def dump_json(value: Any) -> str:
+    """Serialise a JSON value (``JSON_NULL`` → ``null``); ``ValueError`` if JSON cannot hold it."""
+    if value is JSON_NULL:
+        return "null"
+    if _check_json(value):
+        return _encode_exact(value)
+    return _dumps(value)
+
+
+class JSONB(sa.types.TypeDecorator[Any]):
+    """A JSON document: ``jsonb`` on Postgres, JSON text in a ``TEXT`` column on SQLite.
+
+    ``None`` is SQL ``NULL``; :data:`JSON_NULL` is a stored JSON ``null``.  Nested ``None``
+    values are JSON ``null`` as usual.  Integers of any size round-trip exactly.
+    """
+
+    impl = _JSONStorage
+    cache_ok = True
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return _JSONBindCast(bindvalue)
+
+    def column_expression(self, column: Any) -> Any:
+        return _AsText(column)
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return dump_json(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):  # pragma: no cover - the driver returned parsed JSON
+            return JSON_NULL if value is None else value
+        parsed = json.loads(value)
+        return JSON_NULL if parsed is None else parsed
+
+
+class Timestamp(sa.types.TypeDecorator[datetime]):
+    """An instant: ``timestamptz`` on Postgres, fixed-width UTC ``TEXT`` on SQLite.
+
+    Binding a naive datetime raises ``ValueError``; values come back aware, in UTC.
+    """
+
+    impl = sa.types.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
+        return dialect.type_descriptor(sa.types.Text())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise ValueError(f"not a datetime: {value!r}")
+        text = format_timestamp(value)  # also rejects naive datetimes
+        return value.astimezone(UTC) if dialect.name == "postgresql" else text
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return parse_timestamp(str(value))
+
+
+# --- server-side defaults, compiled per dialect ------------------------------------------
+
+
+class utcnow(FunctionElement[datetime]):
+    """Server default: the current UTC instant, in each backend's storage format."""
+
+    type = Timestamp()
+    inherit_cache = True
+
+
+@compiles(utcnow, "postgresql")
+def _utcnow_pg(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "now()"
+
+
+@compiles(utcnow)
+def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    # %f is SS.SSS; pad to microseconds so every stored value has the same width.
+    return "(strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z')"
+
+
+class new_uuid(FunctionElement[_uuid.UUID]):
+    """Server default: a random UUID (``gen_random_uuid()``; a v4 expression on SQLite)."""
+
+    type = UUID()
+    inherit_cache = True
+
+
+@compiles(new_uuid, "postgresql")
+def _new_uuid_pg(element: new_uuid, compiler: SQLCompiler, **kw: Any) -> str:
+    return "gen_random_uuid()"
+
+
+@compiles(new_uuid)
+def _new_uuid_sqlite(element: new_uuid, compiler: SQLCompiler, **kw: Any) -> str:
+    return (
+        "(lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || "
+        "substr(hex(randomblob(2)), 2) || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || "
+        "substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6))))"
+    )
+
+
+class empty_uuid_array(FunctionElement[list[_uuid.UUID]]):
+    """Server default: an empty UUID list (``'{}'`` on Postgres, ``'[]'`` on SQLite)."""
+
+    type = UUIDArray()
+    inherit_cache = True
+
+
+@compiles(empty_uuid_array, "postgresql")
+def _empty_array_pg(element: empty_uuid_array, compiler: SQLCompiler, **kw: Any) -> str:
+    return "'{}'::uuid[]"
+
+
+@compiles(empty_uuid_array)
+def _empty_array_sqlite(element: empty_uuid_array, compiler: SQLCompiler, **kw: Any) -> str:
+    return "'[]'"

@@ -1,0 +1,141 @@
+"""The ``dualdb`` console script, run as a user would, on both backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# The console script installed beside this interpreter (the venv's), else the one on PATH.
+_BESIDE = Path(sys.executable).parent / "dualdb"
+DUALDB = str(_BESIDE) if _BESIDE.exists() else shutil.which("dualdb")
+
+
+def dualdb(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    assert DUALDB is not None, "the dualdb console script is not installed (pip install -e .)"
+    ours = ("APP_ENV", "SUPABASE", "DATABASE_URL", "DUALDB_SQLITE")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    full_env.update(env or {})
+    return subprocess.run(
+        [DUALDB, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=60
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+
+
+def test_migrate_in_an_empty_folder_creates_local_db(tmp_path: Path) -> None:
+    result = dualdb("migrate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "applied 0001" in result.stdout and "applied 0002" in result.stdout
+    assert (tmp_path / "local.db").is_file()
+    check = dualdb("check", cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    status = dualdb("status", "--json", cwd=tmp_path)
+    data = json.loads(status.stdout)
+    assert data == {
+        "backend": "sqlite",
+        "url": "sqlite:///local.db",
+        "current": "0002",
+        "head": "0002",
+        "pending": [],
+        "up_to_date": True,
+    }
+
+
+def test_sqlite_path_env_var_is_honoured(tmp_path: Path) -> None:
+    result = dualdb("migrate", cwd=tmp_path, env={"DUALDB_SQLITE_PATH": "data.db"})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data.db").is_file() and not (tmp_path / "local.db").exists()
+
+
+def test_cli_on_both_backends(db_url: str, tmp_path: Path) -> None:
+    status = dualdb("status", "--url", db_url, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "0001, 0002" in status.stdout
+    assert dualdb("check", "--url", db_url, cwd=tmp_path).returncode == 1
+    assert dualdb("migrate", "0001", "--url", db_url, cwd=tmp_path).returncode == 0
+    half = dualdb("status", "--url", db_url, cwd=tmp_path).stdout.splitlines()
+    assert [line.split() for line in half if line.split()[:1] == ["pending"]] == [
+        ["pending", "0002"]
+    ]
+    assert dualdb("migrate", "--url", db_url, cwd=tmp_path).returncode == 0
+    assert dualdb("check", "--url", db_url, cwd=tmp_path).returncode == 0
+    down = dualdb("downgrade", "base", "--url", db_url, cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert "Reverted 2 migration(s)" in down.stdout
+
+
+def test_status_redacts_the_password(tmp_path: Path) -> None:
+    result = dualdb(
+        "status",
+        cwd=tmp_path,
+        env={
+            "APP_ENV": "web",
+            "SUPABASE_DB_URL": "postgresql://postgres:s3cr3t-pw@127.0.0.1:1/postgres",
+        },
+    )
+    assert_one_line_error(result)
+    assert "s3cr3t-pw" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["status"], {"APP_ENV": "staging"}, "APP_ENV must be 'local' or 'web'"),
+        (["status"], {"APP_ENV": "web"}, "SUPABASE_DB_URL"),
+        (["status", "--url", "mysql://x@h/db"], {}, "unsupported database URL scheme"),
+        (["migrate", "nope"], {}, "Can't locate revision"),
+        (["downgrade", "zzz"], {}, "zzz"),
+        (["migrate", "--url", "sqlite:////no/such/folder/x.db"], {}, "does not exist"),
+        (["migrate", "--url", "postgresql://u:p@127.0.0.1:6543/postgres"], {}, "session pooler"),
+        (["generate", "-m", " "], {}, "needs a message"),
+        (["sql", "--from", "bad rev"], {}, "not a revision"),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], needle: str
+) -> None:
+    result = dualdb(*args, cwd=tmp_path, env=env)
+    assert_one_line_error(result)
+    assert needle in result.stderr
+
+
+def test_unreachable_postgres_fails_fast(tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = dualdb("status", "--url", "postgresql://u:pw@127.0.0.1:1/db", cwd=tmp_path)
+    assert time.monotonic() - start < 15
+    assert_one_line_error(result)
+    assert "cannot use the database" in result.stderr
+
+
+def test_sql_renders_offline_postgres_sql(tmp_path: Path) -> None:
+    result = dualdb("sql", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "CREATE TABLE tasks" in result.stdout and "JSONB" in result.stdout
+    assert "INSERT INTO alembic_version" in result.stdout
+    out = tmp_path / "all.sql"
+    assert dualdb("sql", "--to", "0001", "-o", str(out), cwd=tmp_path).returncode == 0
+    assert "ADD COLUMN attempts" not in out.read_text()
+
+
+def test_sql_from_a_database_renders_only_what_is_pending(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'half.db'}"
+    assert dualdb("migrate", "0001", "--url", db, cwd=tmp_path).returncode == 0
+    result = dualdb("sql", "--url", db, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "CREATE TABLE" not in result.stdout
+    assert "ADD COLUMN attempts" in result.stdout

@@ -1,0 +1,260 @@
+"""The one parametrised database fixture every integration test uses.
+
+``db_url`` yields the URL of a fresh, empty database on each backend: a SQLite file in a temp
+folder, and a throwaway PostgreSQL database (created here, dropped afterwards).  ``migrated_url``
+yields one already at the migration head (cloned from a template, so it is cheap).
+
+PostgreSQL is found, in order: ``DUALDB_TEST_POSTGRES_URL``; a server on 127.0.0.1:5432;
+a throwaway cluster started from local binaries (``initdb``/``pg_ctl``, as the ``postgres`` user
+when running as root).  With none of those, the Postgres half is skipped with one loud summary
+line — except under CI (``CI`` set), where the run fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from dualdb.config import resolve
+from dualdb.migrations import upgrade
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+]
+
+_DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+_CI = bool(os.environ.get("CI"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres: runs against a real PostgreSQL")
+
+
+@dataclass
+class PgServer:
+    """An admin connection string to a PostgreSQL server tests may create databases on."""
+
+    admin_url: str | None
+    problem: str | None = None
+    cluster_dir: Path | None = None
+
+    def url_for(self, dbname: str) -> str:
+        """The URL of database ``dbname`` on this server."""
+        assert self.admin_url is not None
+        return make_url(self.admin_url).set(database=dbname).render_as_string(hide_password=False)
+
+
+def _can_connect(url: str) -> str | None:
+    try:
+        with psycopg.connect(url, connect_timeout=3, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except psycopg.Error as err:
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _start_cluster() -> tuple[str | None, str, Path | None]:
+    bins = (
+        sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if Path("/usr/lib/postgresql").is_dir()
+        else []
+    )
+    initdb = str(bins[-1]) if bins else shutil.which("initdb")
+    if initdb is None:
+        return None, "no PostgreSQL server reachable and no initdb binary found", None
+    bindir = Path(initdb).parent
+    base = Path(tempfile.mkdtemp(prefix="dualdb-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+        base.chmod(0o755)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = "54329"
+    try:
+        subprocess.run(
+            [*prefix, initdb, "-D", str(data), "-U", "postgres", "-A", "trust"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [
+                *prefix,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-w",
+                "-l",
+                str(base / "log"),
+                "-o",
+                f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    except (subprocess.SubprocessError, OSError) as err:
+        return None, f"could not start a throwaway PostgreSQL cluster: {err}", None
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres", "", base
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    explicit = os.environ.get("DUALDB_TEST_POSTGRES_URL")
+    if explicit:
+        problem = _can_connect(explicit)
+        yield PgServer(
+            None if problem else explicit, problem and f"DUALDB_TEST_POSTGRES_URL: {problem}"
+        )
+        return
+    if _can_connect(_DEFAULT_PG) is None:
+        yield PgServer(_DEFAULT_PG)
+        return
+    url, problem, base = _start_cluster()
+    server = PgServer(url, problem or None, base)
+    try:
+        yield server
+    finally:
+        if base is not None:
+            prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+            bindir = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]).parent
+            subprocess.run(
+                [*prefix, str(bindir / "pg_ctl"), "-D", str(base / "data"), "-m", "fast", "stop"],
+                capture_output=True,
+                check=False,
+            )
+            shutil.rmtree(base, ignore_errors=True)
+
+
+_PG_STATE: dict[str, object] = {"ran": 0, "skipped_reason": None, "where": None}
+
+
+def _require_pg(server: PgServer) -> None:
+    if server.admin_url is None:
+        reason = server.problem or "PostgreSQL unavailable"
+        _PG_STATE["skipped_reason"] = reason
+        if _CI:
+            pytest.fail(f"CI requires PostgreSQL, but: {reason}", pytrace=False)
+        pytest.skip(f"PostgreSQL half skipped: {reason}")
+
+
+def _create_database(server: PgServer, template: str | None = None) -> str:
+    assert server.admin_url is not None
+    name = f"dualdb_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        if template:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def _drop_database(server: PgServer, name: str) -> None:
+    assert server.admin_url is not None
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PgServer) -> Iterator[str | None]:
+    """A Postgres database at the migration head, cloned for each test that needs one."""
+    if pg_server.admin_url is None:
+        yield None
+        return
+    name = _create_database(pg_server)
+    upgrade(resolve(pg_server.url_for(name)))
+    try:
+        yield name
+    finally:
+        _drop_database(pg_server, name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file at the migration head, copied for each test that needs one."""
+    path = tmp_path_factory.mktemp("tpl") / "template.db"
+    upgrade(resolve(str(path)))
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend under test: ``"sqlite"`` or ``"postgresql"``."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, pg_server: PgServer, tmp_path: Path) -> Iterator[str]:
+    """URL of a fresh, empty database on the backend under test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    _require_pg(pg_server)
+    name = _create_database(pg_server)
+    try:
+        yield pg_server.url_for(name)
+    finally:
+        _drop_database(pg_server, name)
+
+
+@pytest.fixture
+def migrated_url(
+    backend: str,
+    pg_server: PgServer,
+    pg_template: str | None,
+    sqlite_template: Path,
+    tmp_path: Path,
+) -> Iterator[str]:
+    """URL of a fresh database at the migration head on the backend under test."""
+    if backend == "sqlite":
+        path = tmp_path / "test.db"
+        shutil.copyfile(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    _require_pg(pg_server)
+    assert pg_template is not None
+    name = _create_database(pg_server, template=pg_template)
+    try:
+        yield pg_server.url_for(name)
+    finally:
+        _drop_database(pg_server, name)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed and "postgres" in report.keywords:
+        _PG_STATE["ran"] = int(str(_PG_STATE["ran"])) + 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    reason = _PG_STATE["skipped_reason"]
+    ran = _PG_STATE["ran"]
+    if reason:
+        terminalreporter.write_line(
+            f"!!! POSTGRES HALF SKIPPED: {reason} — only SQLite was tested !!!", red=True, bold=True
+        )
+    else:
+        terminalreporter.write_line(
+            f"PostgreSQL half: {ran} tests passed against a real PostgreSQL"
+        )

@@ -1,0 +1,79 @@
+"""Portable types without a database: formatting, parsing and validation rules."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dualdb.types import (
+    JSON_NULL,
+    TASK_STATUSES,
+    dump_json,
+    format_timestamp,
+    parse_timestamp,
+    to_uuid,
+)
+
+
+def test_statuses_are_the_seed_set() -> None:
+    assert set(TASK_STATUSES) == {
+        "Pending",
+        "Queued",
+        "In Progress",
+        "Complete",
+        "Failed",
+        "Cancelled",
+    }
+
+
+def test_timestamp_text_is_fixed_width_utc() -> None:
+    dt = datetime(2024, 3, 1, 12, 0, 0, tzinfo=timezone(timedelta(hours=-5)))
+    assert format_timestamp(dt) == "2024-03-01T17:00:00.000000Z"
+    assert format_timestamp(datetime(5, 1, 1, tzinfo=UTC)) == "0005-01-01T00:00:00.000000Z"
+
+
+def test_naive_datetime_is_rejected() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        format_timestamp(datetime(2024, 1, 1))
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_timestamp_text_round_trips_and_sorts(dt: datetime) -> None:
+    text = format_timestamp(dt)
+    assert len(text) == 27
+    back = parse_timestamp(text)
+    assert back == dt.astimezone(UTC)  # as UTC: PEP 495 wall times in a gap compare unequal
+    assert back.tzinfo is UTC
+
+
+@given(st.lists(st.datetimes(timezones=st.timezones()), min_size=2, max_size=20))
+def test_text_order_is_time_order(values: list[datetime]) -> None:
+    assert sorted(values, key=lambda v: v.timestamp()) == sorted(values, key=format_timestamp)
+
+
+def test_uuid_coercion() -> None:
+    u = uuid.uuid4()
+    assert to_uuid(str(u).upper()) == u
+    assert to_uuid(u.hex) == u
+    for bad in ("nope", "", 123, None, "1234"):
+        with pytest.raises(ValueError):
+            to_uuid(bad)
+
+
+def test_json_null_is_distinct_and_serialises_as_null() -> None:
+    assert dump_json(JSON_NULL) == "null"
+    assert dump_json({"a": None}) == '{"a":null}'
+    assert repr(JSON_NULL) == "JSON_NULL"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [float("nan"), {"x": float("inf")}, {1: "int key"}, {"s": {1, 2}}, "nul\x00", {"k": "\ud800"}],
+)
+def test_json_refuses_what_it_cannot_hold(bad: object) -> None:
+    with pytest.raises(ValueError):
+        dump_json(bad)

@@ -36,6 +36,10 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 DUMMY_USER_ID = "00000000-0000-0000-0000-000000000000"
 
 _STATUS_SQL = ", ".join(f"'{s}'" for s in TASK_STATUSES)
+#: A task a worker may claim now: queued, and every dependency Complete.
+READY_SQL = "status = 'Queued' AND unmet_dependencies = 0"
+#: A task a worker is running (what ``requeue_stale`` scans).
+RUNNING_SQL = "status = 'In Progress'"
 
 
 def _id() -> sa.Column[object]:
@@ -93,9 +97,34 @@ tasks = sa.Table(
     sa.Column("generation_started_at", Timestamp(), nullable=True),
     sa.Column("heartbeat_at", Timestamp(), nullable=True),
     sa.Column("generation_processed_at", Timestamp(), nullable=True),
+    # Queue readiness (third migration): how many dependencies are not yet Complete.
+    sa.Column("unmet_dependencies", sa.Integer(), nullable=False, server_default=sa.text("0")),
     sa.CheckConstraint(f"status IN ({_STATUS_SQL})", name="status"),
     sa.Index(None, "status", "created_at"),
     sa.Index(None, "project_id", "status"),
+    # The claim reads the oldest ready row from here: its cost does not grow with finished or
+    # blocked tasks, which are not in the index at all.
+    sa.Index(
+        "ix_tasks_ready",
+        "created_at",
+        "id",
+        sqlite_where=sa.text(READY_SQL),
+        postgresql_where=sa.text(READY_SQL),
+    ),
+    sa.Index(
+        "ix_tasks_ready_by_type",
+        "task_type",
+        "created_at",
+        "id",
+        sqlite_where=sa.text(READY_SQL),
+        postgresql_where=sa.text(READY_SQL),
+    ),
+    sa.Index(
+        "ix_tasks_running_heartbeat",
+        "heartbeat_at",
+        sqlite_where=sa.text(RUNNING_SQL),
+        postgresql_where=sa.text(RUNNING_SQL),
+    ),
     sa.Index("ix_tasks_dependant_on_gin", "dependant_on", postgresql_using="gin").ddl_if(
         dialect="postgresql"
     ),
@@ -141,5 +170,26 @@ shot_generations = sa.Table(
     sa.Index(None, "generation_id"),
 )
 
+#: The dependency edges of ``tasks.dependant_on`` (which stays the canonical record), indexed
+#: both ways so "what does this task wait for" and "who waits for this task" are index reads
+#: on both backends.
+task_dependencies = sa.Table(
+    "task_dependencies",
+    metadata,
+    sa.Column("task_id", UUID(), sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column(
+        "dependency_id", UUID(), sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Index(None, "dependency_id"),
+)
+
 #: Every table, parents first.
-TABLES: tuple[sa.Table, ...] = (users, projects, tasks, generations, shots, shot_generations)
+TABLES: tuple[sa.Table, ...] = (
+    users,
+    projects,
+    tasks,
+    task_dependencies,
+    generations,
+    shots,
+    shot_generations,
+)

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 import dualdb
+from dualdb import migrations
 
 PACKAGE = Path(dualdb.__file__).resolve().parent
+HEAD = migrations.head_revision()
+NEXT = f"{int(HEAD) + 1:04d}"
 
 MODEL_CHANGE = """
 
@@ -62,7 +65,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     result = run(scratch, "generate", "-m", "add notes and shot descriptions", "--url", base_db)
     assert result.returncode == 0, result.stderr
     versions = scratch / "src" / "dualdb" / "migrations" / "versions"
-    new = sorted(versions.glob("0003_*.py"))
+    new = sorted(versions.glob(f"{NEXT}_*.py"))
     assert len(new) == 1, result.stdout
     assert str(new[0]) in result.stdout.replace("\n", "")
     return scratch, new[0]
@@ -79,7 +82,7 @@ def test_generated_file_avoids_the_autogenerate_traps(generated: tuple[Path, Pat
     assert "strftime" not in text and "gen_random_uuid" not in text  # nothing dialect-compiled
     assert "batch_alter_table('shots'" in text or 'batch_alter_table("shots"' in text
     assert "ck_notes_kind" in text
-    assert "revision: str = '0003'" in text or 'revision: str = "0003"' in text
+    assert f"revision: str = '{NEXT}'" in text
 
 
 def test_generated_migration_applies_and_checks_clean(
@@ -88,10 +91,10 @@ def test_generated_migration_applies_and_checks_clean(
     scratch, _ = generated
     up = run(scratch, "migrate", "--url", db_url)
     assert up.returncode == 0, up.stderr
-    assert "applied 0003" in up.stdout
+    assert f"applied {NEXT}" in up.stdout
     check = run(scratch, "check", "--url", db_url)
     assert check.returncode == 0, check.stderr
-    down = run(scratch, "downgrade", "0002", "--url", db_url)
+    down = run(scratch, "downgrade", HEAD, "--url", db_url)
     assert down.returncode == 0, down.stderr
     drift = run(scratch, "check", "--url", db_url)
     assert drift.returncode == 1
@@ -106,7 +109,7 @@ def test_generate_with_no_change_writes_nothing(generated: tuple[Path, Path]) ->
     assert again.returncode == 0, again.stderr
     assert "No changes" in again.stdout
     versions = scratch / "src" / "dualdb" / "migrations" / "versions"
-    assert len(list(versions.glob("0004_*.py"))) == 0
+    assert len(list(versions.glob("*.py"))) == len(migrations.revisions()) + 1
 
 
 def test_generate_refuses_a_database_behind_head(tmp_path: Path) -> None:

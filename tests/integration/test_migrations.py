@@ -12,8 +12,8 @@ from dualdb import migrations
 from dualdb.config import resolve
 from dualdb.engine import create_engine
 from dualdb.errors import MigrationError
-from dualdb.schema import TABLES, generations, metadata, projects, users
-from dualdb.types import JSONB, UUID
+from dualdb.schema import TABLES, generations, metadata, projects, task_dependencies, tasks, users
+from dualdb.types import JSONB, UUID, UUIDArray
 
 
 def table_names(url: str) -> set[str]:
@@ -27,17 +27,18 @@ def table_names(url: str) -> set[str]:
 def test_upgrade_empty_to_head_then_check_is_clean(db_url: str) -> None:
     target = resolve(db_url)
     applied = migrations.upgrade(target)
-    assert applied == ["0001", "0002"]
+    assert applied == migrations.revisions()
     assert {t.name for t in TABLES} | {"alembic_version"} == table_names(db_url)
     assert migrations.check(target) == []
     st = migrations.status(target)
-    assert (st.current, st.head, st.pending, st.up_to_date) == ("0002", "0002", [], True)
+    head = migrations.head_revision()
+    assert (st.current, st.head, st.pending, st.up_to_date) == (head, head, [], True)
 
 
 def test_status_of_empty_database_lists_everything_pending(db_url: str) -> None:
     st = migrations.status(resolve(db_url))
     assert st.current is None
-    assert st.pending == ["0001", "0002"]
+    assert st.pending == migrations.revisions()
     assert not st.up_to_date
 
 
@@ -83,7 +84,7 @@ def test_downgrade_to_base_and_up_again_preserves_data(db_url: str) -> None:
         with engine.connect() as conn:
             row = conn.execute(sa.text("SELECT task_type, attempts, worker_id FROM tasks")).one()
         assert tuple(row) == ("single_image", 0, None)
-        assert migrations.downgrade(target, "0001") == ["0002"]
+        assert migrations.downgrade(target, "0001") == migrations.revisions()[:0:-1]
         with engine.connect() as conn:
             cols = {c["name"] for c in sa.inspect(conn).get_columns("tasks")}
             count = conn.execute(sa.text("SELECT count(*) FROM tasks")).scalar()
@@ -255,3 +256,50 @@ def test_offline_sql_has_postgres_ddl_and_version_updates() -> None:
     assert "UPDATE alembic_version SET version_num='0002'" in text
     partial = migrations.render_sql("0001", "0002")
     assert "CREATE TABLE" not in partial and "ADD COLUMN attempts" in partial
+
+
+def test_readiness_migration_backfills_edges_and_counts(db_url: str) -> None:
+    """0003 derives task_dependencies and unmet_dependencies from existing dependant_on."""
+    target = resolve(db_url)
+    migrations.upgrade(target, "0002")
+    tasks_0002 = sa.table(
+        "tasks",
+        sa.column("id", UUID()),
+        sa.column("project_id", UUID()),
+        sa.column("task_type", sa.Text()),
+        sa.column("params", JSONB()),
+        sa.column("status", sa.Text()),
+        sa.column("dependant_on", UUIDArray()),
+    )
+    engine = create_engine(target)
+    try:
+        pid, done = _insert_project_and_task(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE tasks SET status = 'Complete'"))
+        a, b = uuid.uuid4(), uuid.uuid4()
+        with engine.begin() as conn:
+            rows = [
+                {"id": a, "dependant_on": [done]},  # dependency complete: ready
+                {"id": b, "dependant_on": [done, a]},  # waits for a
+            ]
+            conn.execute(
+                tasks_0002.insert(),
+                [
+                    {**r, "project_id": pid, "task_type": "t", "params": {}, "status": "Queued"}
+                    for r in rows
+                ],
+            )
+        migrations.upgrade(target)
+        with engine.connect() as conn:
+            unmet = {
+                r.id: r.unmet_dependencies
+                for r in conn.execute(sa.select(tasks.c.id, tasks.c.unmet_dependencies))
+            }
+            edges = {
+                (r.task_id, r.dependency_id) for r in conn.execute(sa.select(task_dependencies))
+            }
+        assert unmet == {done: 0, a: 0, b: 1}
+        assert edges == {(a, done), (b, done), (b, a)}
+        assert migrations.check(target) == []
+    finally:
+        engine.dispose()

@@ -39,6 +39,7 @@ __all__ = [
     "generate",
     "head_revision",
     "render_sql",
+    "revisions",
     "status",
     "upgrade",
 ]
@@ -60,6 +61,11 @@ def _config() -> Config:
 
 def _script() -> ScriptDirectory:
     return ScriptDirectory.from_config(_config())
+
+
+def revisions() -> list[str]:
+    """Every revision shipped with this version of dualdb, oldest first."""
+    return [r.revision for r in reversed(list(_script().walk_revisions()))]
 
 
 def head_revision() -> str:

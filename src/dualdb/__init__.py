@@ -1,5 +1,6 @@
 """dualdb: one schema, one migration history and one data-access layer over SQLite and Postgres."""
 
+from dualdb.database import Database, Session, connect
 from dualdb.errors import (
     ConfigError,
     Conflict,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "Conflict",
+    "Database",
     "DatabaseBusy",
     "DatabaseUnavailable",
     "DualdbError",
@@ -26,5 +28,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "SchemaOutOfDate",
+    "Session",
     "__version__",
+    "connect",
 ]

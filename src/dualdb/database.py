@@ -1,0 +1,133 @@
+"""The entry point: :func:`connect` → :class:`Database` → repositories and sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from dualdb import migrations
+from dualdb.config import Target, resolve
+from dualdb.engine import create_engine, ping, translate, translated_errors
+from dualdb.errors import DatabaseUnavailable, SchemaOutOfDate
+from dualdb.repositories import (
+    GenerationsRepository,
+    ProjectsRepository,
+    ShotGenerationsRepository,
+    ShotsRepository,
+    TasksRepository,
+    UsersRepository,
+)
+from dualdb.scope import Scope
+
+
+class Repositories:
+    """The repositories of one scope (a session, or one-call transactions on a database)."""
+
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+        self.users = UsersRepository(scope)
+        self.projects = ProjectsRepository(scope)
+        self.shots = ShotsRepository(scope)
+        self.generations = GenerationsRepository(scope)
+        self.shot_generations = ShotGenerationsRepository(scope)
+        self.tasks = TasksRepository(scope)
+
+
+class Session(Repositories):
+    """One transaction.  Commits when the ``with`` block ends, rolls back on any error.
+
+    Each repository call inside runs in a savepoint: a call that raises leaves nothing
+    behind and the session can go on.  Not thread-safe: one session per thread.
+    """
+
+    def __init__(self, connection: sa.Connection, scope: Scope) -> None:
+        super().__init__(scope)
+        self.connection = connection
+
+
+class Database(Repositories):
+    """A database (SQLite or Postgres) and its repositories.
+
+    Calls on ``db.projects`` etc. run in their own transaction each; use :meth:`session` to
+    group calls into one.  Thread-safe; close it (or use it as a context manager) when done.
+    """
+
+    def __init__(self, target: Target, *, check_schema: bool = True) -> None:
+        self.target = target
+        if target.backend == "sqlite" and check_schema:
+            path = target.url.database or ""
+            if path and path != ":memory:" and not Path(path).exists():
+                raise SchemaOutOfDate(
+                    f"SQLite file {path} does not exist: run `dualdb migrate` to create it"
+                )
+        self.engine = create_engine(target)
+        try:
+            ping(self.engine)
+            if check_schema:
+                self._check_schema()
+        except BaseException:
+            self.engine.dispose()
+            raise
+        super().__init__(Scope(self.engine))
+
+    def _check_schema(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                current = migrations.current_revision(conn)
+        except exc.DBAPIError as err:
+            raise translate(err) or DatabaseUnavailable("cannot read the database") from None
+        head = migrations.head_revision()
+        if current != head:
+            url = (
+                ""
+                if self.target.app_env == "local" and self.target.backend == "sqlite"
+                else (f" --url '{self.target.redacted}'")
+            )
+            raise SchemaOutOfDate(
+                f"the database is at revision {current or 'none'}, this dualdb needs {head}: "
+                f"run `dualdb migrate{url}`"
+            )
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.target.backend
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on any error."""
+        with translated_errors(), self.engine.connect() as conn, conn.begin():
+            yield Session(conn, Scope(self.engine, conn))
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Database({self.target.redacted!r})"
+
+
+def connect(url: str | None = None, *, check_schema: bool = True) -> Database:
+    """Open the database at ``url``, or the one the environment selects (``APP_ENV`` …).
+
+    Raises :class:`~dualdb.errors.SchemaOutOfDate` when it is not at the migration head (with
+    the command that fixes it), :class:`~dualdb.errors.DatabaseUnavailable` when it cannot be
+    reached, :class:`~dualdb.errors.ConfigError` for bad settings.
+    """
+    return Database(resolve(url), check_schema=check_schema)

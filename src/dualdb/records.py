@@ -1,0 +1,109 @@
+"""Typed, immutable records returned by the repositories (one per table)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, Generic, Self, TypeVar
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Base of every record: built from a result row, compared by value."""
+
+    @classmethod
+    def from_row(cls, row: Any) -> Self:
+        """Build the record from a SQLAlchemy row (extra columns are ignored)."""
+        mapping = row._mapping
+        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record's fields as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class User(Record):
+    """A row of ``users``."""
+
+    id: uuid.UUID
+    email: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Project(Record):
+    """A row of ``projects``."""
+
+    id: uuid.UUID
+    name: str
+    user_id: uuid.UUID
+    created_at: datetime
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Shot(Record):
+    """A row of ``shots``."""
+
+    id: uuid.UUID
+    project_id: uuid.UUID
+    name: str
+    created_at: datetime
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Generation(Record):
+    """A row of ``generations``: an output (image, video) made by one or more tasks."""
+
+    id: uuid.UUID
+    project_id: uuid.UUID
+    tasks: list[uuid.UUID]
+    location: str | None
+    type: str | None
+    created_at: datetime
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShotGeneration(Record):
+    """A row of ``shot_generations``: a generation placed at ``position`` in a shot."""
+
+    id: uuid.UUID
+    shot_id: uuid.UUID
+    generation_id: uuid.UUID
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Task(Record):
+    """A row of ``tasks``: a unit of GPU work in the queue."""
+
+    id: uuid.UUID
+    project_id: uuid.UUID
+    task_type: str
+    params: dict[str, Any]
+    status: str
+    dependant_on: list[uuid.UUID]
+    output_location: str | None
+    created_at: datetime
+    updated_at: datetime | None
+    worker_id: str | None
+    attempts: int
+    error: str | None
+    generation_started_at: datetime | None
+    heartbeat_at: datetime | None
+    generation_processed_at: datetime | None
+
+
+R = TypeVar("R", bound=Record)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[R]):
+    """One page of a list: the items, and the cursor of the next page (None on the last)."""
+
+    items: list[R]
+    next_cursor: str | None

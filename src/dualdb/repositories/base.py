@@ -1,0 +1,247 @@
+"""The shared repository machinery: get/find/list/iter/count/delete, keyset pagination.
+
+Lists are ordered by ``(created_at, id)`` (``(position, id)`` for shot placements) on both
+backends — the fixed-width SQLite timestamp text and lowercase UUID text sort exactly like
+``timestamptz`` and ``uuid`` do on Postgres — and paginated by an opaque keyset cursor, so a
+page costs the same wherever it is in the list and rows inserted meanwhile are never skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+import sqlalchemy as sa
+import uuid_utils.compat as uuid_utils
+
+from dualdb import validation as v
+from dualdb.errors import InvalidInput, NotFound, PermissionDenied
+from dualdb.records import Page, Record
+from dualdb.schema import projects, shots
+from dualdb.scope import Scope
+from dualdb.types import parse_timestamp
+
+R = TypeVar("R", bound=Record)
+
+#: Default page size of ``list``.
+DEFAULT_LIMIT = 50
+#: Rows fetched per round trip by ``iter``.
+DEFAULT_BATCH = 500
+
+
+def new_id() -> uuid.UUID:
+    """A new time-ordered id (UUIDv7)."""
+    return uuid_utils.uuid7()
+
+
+def utcnow() -> datetime:
+    """The current instant, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class Repository(Generic[R]):
+    """Operations shared by every table's repository."""
+
+    table: ClassVar[sa.Table]
+    record: ClassVar[type[Record]]
+    #: Human name used in error messages ("project", "shot", …).
+    entity: ClassVar[str]
+    #: The list order; the last column must be unique.
+    order_by: ClassVar[tuple[str, ...]] = ("created_at", "id")
+
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+
+    # --- scoping -----------------------------------------------------------------------
+
+    def _visible(self) -> sa.ColumnElement[bool] | None:
+        """A WHERE clause limiting rows to the acting user's (None when unscoped)."""
+        return None
+
+    def _where(self, *clauses: sa.ColumnElement[bool] | None) -> list[sa.ColumnElement[bool]]:
+        out = [c for c in clauses if c is not None]
+        visible = self._visible()
+        if visible is not None:
+            out.append(visible)
+        return out
+
+    def _owned_projects(self) -> sa.Select[tuple[uuid.UUID]] | None:
+        uid = self._scope.user_id
+        if uid is None:
+            return None
+        return sa.select(projects.c.id).where(projects.c.user_id == uid)
+
+    def _require_project(self, conn: sa.Connection, field: str, project_id: uuid.UUID) -> None:
+        """Refuse a write under ``project_id`` unless it exists (and is the acting user's)."""
+        row = conn.execute(sa.select(projects.c.user_id).where(projects.c.id == project_id)).first()
+        uid = self._scope.user_id
+        if uid is not None and (row is None or row.user_id != uid):
+            raise PermissionDenied(f"{field}: project {project_id} is not yours")
+        if row is None:
+            raise NotFound(f"project {project_id} not found")
+
+    def _require_shot(self, conn: sa.Connection, field: str, shot_id: uuid.UUID) -> uuid.UUID:
+        """The project of ``shot_id``; refuses an unknown (or someone else's) shot."""
+        row = conn.execute(
+            sa.select(shots.c.project_id, projects.c.user_id)
+            .join(projects, projects.c.id == shots.c.project_id)
+            .where(shots.c.id == shot_id)
+        ).first()
+        uid = self._scope.user_id
+        if uid is not None and (row is None or row.user_id != uid):
+            raise PermissionDenied(f"{field}: shot {shot_id} is not yours")
+        if row is None:
+            raise NotFound(f"shot {shot_id} not found")
+        project_id: uuid.UUID = row.project_id
+        return project_id
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def find(self, id: uuid.UUID | str) -> R | None:
+        """The row with this id, or None."""
+        key = v.uuid_("id", id)
+        with self._scope.read() as conn:
+            row = conn.execute(
+                sa.select(self.table).where(*self._where(self.table.c.id == key))
+            ).first()
+        return None if row is None else self._record(row)
+
+    def get(self, id: uuid.UUID | str) -> R:
+        """The row with this id; :class:`NotFound` if there is none (or it is not visible)."""
+        found = self.find(id)
+        if found is None:
+            raise NotFound(f"{self.entity} {id} not found")
+        return found
+
+    def count(self, **filters: Any) -> int:
+        """How many rows match ``filters`` (the same keywords as :meth:`list`)."""
+        clauses = self._filters(filters)
+        with self._scope.read() as conn:
+            stmt = sa.select(sa.func.count()).select_from(self.table).where(*self._where(*clauses))
+            return int(conn.execute(stmt).scalar_one())
+
+    def _list(self, filters: Mapping[str, Any], limit: int, cursor: str | None) -> Page[R]:
+        size = v.limit("limit", limit)
+        clauses = self._filters(filters)
+        if cursor is not None:
+            clauses.append(self._after(self._decode(cursor)))
+        cols = [self.table.c[c] for c in self.order_by]
+        stmt = sa.select(self.table).where(*self._where(*clauses)).order_by(*cols).limit(size + 1)
+        with self._scope.read() as conn:
+            rows = conn.execute(stmt).all()
+        items = [self._record(r) for r in rows[:size]]
+        more = len(rows) > size
+        return Page(items=items, next_cursor=self._encode(items[-1]) if more and items else None)
+
+    def _iter(self, filters: Mapping[str, Any], batch_size: int) -> Iterator[R]:
+        cursor: str | None = None
+        while True:
+            page = self._list(filters, batch_size, cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def _filters(self, filters: Mapping[str, Any]) -> list[sa.ColumnElement[bool]]:
+        """Equality filters; each repository validates its own keywords in ``_filter_value``."""
+        clauses: list[sa.ColumnElement[bool]] = []
+        for key, value in filters.items():
+            if value is None:
+                continue
+            if key not in self.filterable:
+                allowed = ", ".join(sorted(self.filterable)) or "none"
+                raise InvalidInput(
+                    key, f"cannot filter {self.entity}s by {key} (allowed: {allowed})"
+                )
+            clauses.append(self.table.c[key] == self._filter_value(key, value))
+        return clauses
+
+    #: Columns ``list``/``count`` may filter on.
+    filterable: ClassVar[frozenset[str]] = frozenset()
+
+    def _filter_value(self, key: str, value: Any) -> Any:
+        if key.endswith("_id") or key == "id":
+            return v.uuid_(key, value)
+        if key == "status":
+            return v.status(key, value)
+        return v.text(key, value, max_len=v.MAX_LOCATION)
+
+    # --- cursors ---------------------------------------------------------------------------
+
+    def _encode(self, record: R) -> str:
+        values: list[Any] = []
+        for col in self.order_by:
+            value = getattr(record, col)
+            if isinstance(value, datetime | uuid.UUID):
+                value = value.isoformat() if isinstance(value, datetime) else str(value)
+            values.append(value)
+        raw = json.dumps([self.entity, *values], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def _decode(self, cursor: str) -> list[Any]:
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            data = json.loads(raw)
+            if not isinstance(data, list) or data[0] != self.entity:
+                raise ValueError
+            out: list[Any] = []
+            for col, value in zip(self.order_by, data[1:], strict=True):
+                if col == "id" or col.endswith("_id"):
+                    out.append(uuid.UUID(value))
+                elif col.endswith("_at"):
+                    out.append(parse_timestamp(value))
+                elif isinstance(value, int) and not isinstance(value, bool):
+                    out.append(value)
+                else:
+                    raise ValueError(col)
+            return out
+        except (ValueError, TypeError, KeyError, IndexError, binascii.Error, json.JSONDecodeError):
+            raise InvalidInput("cursor", "not a cursor returned by this list") from None
+
+    def _after(self, key: Sequence[Any]) -> sa.ColumnElement[bool]:
+        cols = [self.table.c[c] for c in self.order_by]
+        keys = [sa.literal(k, type_=c.type) for k, c in zip(key, cols, strict=True)]
+        return sa.tuple_(*cols) > sa.tuple_(*keys)
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def delete(self, id: uuid.UUID | str) -> None:
+        """Delete the row (children go with it: every foreign key cascades)."""
+        key = v.uuid_("id", id)
+        with self._scope.write() as conn:
+            self._check_writable(conn, key)
+            result = conn.execute(self.table.delete().where(self.table.c.id == key))
+            if result.rowcount == 0:
+                raise NotFound(f"{self.entity} {key} not found")
+
+    def _check_writable(self, conn: sa.Connection, key: uuid.UUID) -> None:
+        """Refuse a write to a row the acting user cannot see (PermissionDenied)."""
+        if self._scope.user_id is None:
+            return
+        visible = conn.execute(
+            sa.select(self.table.c.id).where(*self._where(self.table.c.id == key))
+        ).first()
+        if visible is None:
+            raise PermissionDenied(f"{self.entity} {key} is not yours (or does not exist)")
+
+    def _update(self, key: uuid.UUID, values: dict[str, Any]) -> R:
+        with self._scope.write() as conn:
+            self._check_writable(conn, key)
+            if "updated_at" in self.table.c:
+                values = {**values, "updated_at": utcnow()}
+            result = conn.execute(
+                self.table.update().where(self.table.c.id == key).values(**values)
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"{self.entity} {key} not found")
+            row = conn.execute(sa.select(self.table).where(self.table.c.id == key)).one()
+        return self._record(row)
+
+    def _record(self, row: Any) -> R:
+        record: R = self.record.from_row(row)  # type: ignore[assignment]
+        return record

@@ -1,0 +1,143 @@
+"""Generations: outputs (images, videos) made by tasks, placed on shots."""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from dualdb import validation as v
+from dualdb.dialects import array_contains
+from dualdb.errors import InvalidInput
+from dualdb.records import Generation, Page
+from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, new_id, utcnow
+from dualdb.schema import generations, tasks
+from dualdb.unset import UNSET, Unset
+
+MAX_TYPE = 100
+
+
+class GenerationsRepository(Repository[Generation]):
+    """Create, read, update and delete ``generations``."""
+
+    table = generations
+    record = Generation
+    entity = "generation"
+    filterable = frozenset({"project_id", "type"})
+
+    def _visible(self) -> sa.ColumnElement[bool] | None:
+        owned = self._owned_projects()
+        return None if owned is None else generations.c.project_id.in_(owned)
+
+    def _values(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "id": new_id(),
+            "project_id": v.uuid_("project_id", row.get("project_id")),
+            "tasks": v.uuid_list("tasks", row.get("tasks", ())),
+            "location": v.optional_text("location", row.get("location"), max_len=v.MAX_LOCATION),
+            "type": v.optional_text("type", row.get("type"), max_len=MAX_TYPE),
+            "created_at": utcnow(),
+            "updated_at": None,
+        }
+
+    def _require_tasks(
+        self, conn: sa.Connection, project_id: uuid.UUID, task_ids: list[uuid.UUID]
+    ) -> None:
+        if not task_ids:
+            return
+        found = set(
+            conn.execute(
+                sa.select(tasks.c.id).where(
+                    tasks.c.id.in_(task_ids), tasks.c.project_id == project_id
+                )
+            ).scalars()
+        )
+        missing = [t for t in task_ids if t not in found]
+        if missing:
+            raise InvalidInput("tasks", f"task {missing[0]} does not exist in this project")
+
+    def create(
+        self,
+        project_id: uuid.UUID | str,
+        *,
+        location: str | None = None,
+        type: str | None = None,
+        tasks: Sequence[uuid.UUID | str] = (),
+    ) -> Generation:
+        """Add a generation to a project; ``tasks`` must be tasks of the same project."""
+        return self.create_many(
+            [{"project_id": project_id, "location": location, "type": type, "tasks": tasks}]
+        )[0]
+
+    def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Generation]:
+        """Add many generations in one statement batch (all or none)."""
+        values = [self._values(r) for r in rows]
+        if values:
+            with self._scope.write() as conn:
+                for project_id in sorted({x["project_id"] for x in values}, key=str):
+                    self._require_project(conn, "project_id", project_id)
+                for x in values:
+                    self._require_tasks(conn, x["project_id"], x["tasks"])
+                conn.execute(generations.insert(), values)
+        return [Generation(**x) for x in values]
+
+    def list(
+        self,
+        *,
+        project_id: uuid.UUID | str | None = None,
+        type: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> Page[Generation]:
+        """Generations in creation order, one page at a time."""
+        return self._list({"project_id": project_id, "type": type}, limit, cursor)
+
+    def iter(
+        self,
+        *,
+        project_id: uuid.UUID | str | None = None,
+        type: str | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> Iterator[Generation]:
+        """Every matching generation, streamed in batches."""
+        return self._iter({"project_id": project_id, "type": type}, batch_size)
+
+    def for_task(self, task_id: uuid.UUID | str) -> builtins.list[Generation]:
+        """The generations a task contributed to (``task_id`` in their ``tasks``), oldest first."""
+        tid = v.uuid_("task_id", task_id)
+        with self._scope.read() as conn:
+            rows = conn.execute(
+                sa.select(generations)
+                .where(*self._where(array_contains(generations.c.tasks, tid)))
+                .order_by(generations.c.created_at, generations.c.id)
+            ).all()
+        return [Generation.from_row(r) for r in rows]
+
+    def update(
+        self,
+        id: uuid.UUID | str,
+        *,
+        location: str | Unset | None = UNSET,
+        type: str | Unset | None = UNSET,
+        tasks: Sequence[uuid.UUID | str] | Unset = UNSET,
+    ) -> Generation:
+        """Change location, type or the contributing tasks."""
+        key = v.uuid_("id", id)
+        values: dict[str, Any] = {}
+        if not isinstance(location, Unset):
+            values["location"] = v.optional_text("location", location, max_len=v.MAX_LOCATION)
+        if not isinstance(type, Unset):
+            values["type"] = v.optional_text("type", type, max_len=MAX_TYPE)
+        if not isinstance(tasks, Unset):
+            values["tasks"] = v.uuid_list("tasks", tasks)
+        if not values:
+            return self.get(key)
+        with self._scope.write() as conn:
+            if "tasks" in values:
+                self._check_writable(conn, key)
+                current = self.get(key)
+                self._require_tasks(conn, current.project_id, values["tasks"])
+            return self._update(key, values)

@@ -1,0 +1,246 @@
+"""Tasks: the CRUD side of the ``tasks`` table (the queue verbs live in :mod:`dualdb.queue`)."""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from dualdb import validation as v
+from dualdb.errors import Conflict, InvalidInput, NotFound
+from dualdb.records import Page, Task
+from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, new_id, utcnow
+from dualdb.schema import task_dependencies, tasks
+from dualdb.types import TaskStatus
+from dualdb.unset import UNSET, Unset
+
+#: Statuses a new task may start in.
+INITIAL_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.PENDING.value)
+#: Statuses a task never leaves (except by an explicit retry of a failure).
+FINISHED = (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
+
+
+class TasksRepository(Repository[Task]):
+    """Create, read, update and delete ``tasks``; :meth:`enqueue` is :meth:`create`."""
+
+    table = tasks
+    record = Task
+    entity = "task"
+    filterable = frozenset({"project_id", "status", "task_type", "worker_id"})
+
+    def _visible(self) -> sa.ColumnElement[bool] | None:
+        owned = self._owned_projects()
+        return None if owned is None else tasks.c.project_id.in_(owned)
+
+    def _filter_value(self, key: str, value: Any) -> Any:
+        if key == "task_type":
+            return v.task_type(key, value)
+        if key == "worker_id":
+            return v.text(key, value, max_len=v.MAX_WORKER_ID)
+        return super()._filter_value(key, value)
+
+    def _values(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], list[uuid.UUID]]:
+        unknown = set(row) - {"project_id", "task_type", "params", "status", "depends_on"}
+        if unknown:
+            field = sorted(unknown)[0]
+            raise InvalidInput(field, "unknown task field")
+        status = v.status("status", row.get("status", TaskStatus.QUEUED.value))
+        if status not in INITIAL_STATUSES:
+            raise InvalidInput("status", "a new task starts as 'Queued' or 'Pending'")
+        deps = v.uuid_list("depends_on", row.get("depends_on", ()))
+        values = {
+            "id": new_id(),
+            "project_id": v.uuid_("project_id", row.get("project_id")),
+            "task_type": v.task_type("task_type", row.get("task_type")),
+            "params": v.params("params", row.get("params")),
+            "status": status,
+            "dependant_on": deps,
+            "output_location": None,
+            "created_at": utcnow(),
+            "updated_at": None,
+            "worker_id": None,
+            "attempts": 0,
+            "error": None,
+            "generation_started_at": None,
+            "heartbeat_at": None,
+            "generation_processed_at": None,
+        }
+        return values, deps
+
+    def create(
+        self,
+        project_id: uuid.UUID | str,
+        task_type: str,
+        params: Mapping[str, Any],
+        *,
+        depends_on: Sequence[uuid.UUID | str] = (),
+        status: str = TaskStatus.QUEUED.value,
+    ) -> Task:
+        """Add a task: ``Queued`` (claimable once every dependency is Complete) or ``Pending``
+        (held until :meth:`release`).  Dependencies must be tasks of the same project.
+        """
+        return self.create_many(
+            [
+                {
+                    "project_id": project_id,
+                    "task_type": task_type,
+                    "params": params,
+                    "depends_on": depends_on,
+                    "status": status,
+                }
+            ]
+        )[0]
+
+    enqueue = create
+
+    def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Task]:
+        """Add many tasks in one statement batch (all or none).
+
+        A row's ``depends_on`` may name existing tasks or tasks earlier in the same batch.
+        """
+        prepared = [self._values(r) for r in rows]
+        if not prepared:
+            return []
+        with self._scope.write() as conn:
+            for project_id in sorted({x["project_id"] for x, _ in prepared}, key=str):
+                self._require_project(conn, "project_id", project_id)
+            status_of = self._dependency_statuses(conn, prepared)
+            edges: list[dict[str, uuid.UUID]] = []
+            for values, deps in prepared:
+                unmet = 0
+                for dep in deps:
+                    dep_status = status_of[dep]
+                    if dep_status in (TaskStatus.FAILED.value, TaskStatus.CANCELLED.value):
+                        raise InvalidInput(
+                            "depends_on", f"task {dep} is {dep_status}: it will never complete"
+                        )
+                    unmet += dep_status != TaskStatus.COMPLETE.value
+                    edges.append({"task_id": values["id"], "dependency_id": dep})
+                values["unmet_dependencies"] = unmet
+                status_of[values["id"]] = values["status"]
+            conn.execute(tasks.insert(), [values for values, _ in prepared])
+            if edges:
+                conn.execute(task_dependencies.insert(), edges)
+        return [Task.from_row(_Row(values)) for values, _ in prepared]
+
+    def _dependency_statuses(
+        self, conn: sa.Connection, prepared: list[tuple[dict[str, Any], list[uuid.UUID]]]
+    ) -> dict[uuid.UUID, str]:
+        """Statuses of every dependency; refuses unknown ones and ones in another project."""
+        wanted = {d for _, deps in prepared for d in deps}
+        batch = {values["id"]: values for values, _ in prepared}
+        existing = (
+            {
+                r.id: r
+                for r in conn.execute(
+                    sa.select(tasks.c.id, tasks.c.project_id, tasks.c.status).where(
+                        tasks.c.id.in_(wanted - set(batch))
+                    )
+                )
+            }
+            if wanted - set(batch)
+            else {}
+        )
+        seen: set[uuid.UUID] = set()
+        statuses: dict[uuid.UUID, str] = {k: r.status for k, r in existing.items()}
+        for values, deps in prepared:
+            for dep in deps:
+                if dep in existing:
+                    dep_project = existing[dep].project_id
+                elif dep in seen:
+                    dep_project = batch[dep]["project_id"]
+                else:
+                    raise InvalidInput("depends_on", f"task {dep} does not exist")
+                if dep_project != values["project_id"]:
+                    raise InvalidInput("depends_on", f"task {dep} belongs to another project")
+            seen.add(values["id"])
+        return statuses
+
+    def list(
+        self,
+        *,
+        project_id: uuid.UUID | str | None = None,
+        status: str | None = None,
+        task_type: str | None = None,
+        worker_id: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> Page[Task]:
+        """Tasks in creation order, filtered by project, status, type or worker."""
+        filters = {
+            "project_id": project_id,
+            "status": status,
+            "task_type": task_type,
+            "worker_id": worker_id,
+        }
+        return self._list(filters, limit, cursor)
+
+    def iter(
+        self,
+        *,
+        project_id: uuid.UUID | str | None = None,
+        status: str | None = None,
+        task_type: str | None = None,
+        worker_id: str | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> Iterator[Task]:
+        """Every matching task, streamed in batches."""
+        filters = {
+            "project_id": project_id,
+            "status": status,
+            "task_type": task_type,
+            "worker_id": worker_id,
+        }
+        return self._iter(filters, batch_size)
+
+    def update(
+        self,
+        id: uuid.UUID | str,
+        *,
+        params: Mapping[str, Any] | Unset = UNSET,
+        task_type: str | Unset = UNSET,
+    ) -> Task:
+        """Change params or type of a task no worker has started (``Pending`` or ``Queued``)."""
+        key = v.uuid_("id", id)
+        values: dict[str, Any] = {}
+        if not isinstance(params, Unset):
+            values["params"] = v.params("params", params)
+        if not isinstance(task_type, Unset):
+            values["task_type"] = v.task_type("task_type", task_type)
+        if not values:
+            return self.get(key)
+        with self._scope.write() as conn:
+            self._check_writable(conn, key)
+            current = conn.execute(sa.select(tasks.c.status).where(tasks.c.id == key)).scalar()
+            if current is None:
+                raise NotFound(f"task {key} not found")
+            if current not in INITIAL_STATUSES:
+                raise Conflict(f"task {key} is {current}: only Pending or Queued tasks can change")
+            return self._update(key, values)
+
+    def delete(self, id: uuid.UUID | str) -> None:
+        """Delete a task; refused while unfinished tasks depend on it (cancel it instead)."""
+        key = v.uuid_("id", id)
+        with self._scope.write() as conn:
+            self._check_writable(conn, key)
+            waiting = conn.execute(
+                sa.select(task_dependencies.c.task_id)
+                .join(tasks, tasks.c.id == task_dependencies.c.task_id)
+                .where(task_dependencies.c.dependency_id == key, tasks.c.status.not_in(FINISHED))
+                .limit(1)
+            ).scalar()
+            if waiting is not None:
+                raise Conflict(
+                    f"task {waiting} depends on task {key}: cancel it (cascades) before deleting"
+                )
+            super().delete(key)
+
+
+class _Row:
+    """Adapter so :meth:`Task.from_row` can read a plain dict."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._mapping = values

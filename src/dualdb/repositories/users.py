@@ -1,0 +1,82 @@
+"""Users: the minimal ``users`` table (an id that matches Supabase's ``auth.users.id``)."""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from dualdb import validation as v
+from dualdb.errors import PermissionDenied
+from dualdb.records import Page, User
+from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, new_id, utcnow
+from dualdb.schema import users
+from dualdb.unset import UNSET, Unset
+
+MAX_EMAIL = 320
+
+
+class UsersRepository(Repository[User]):
+    """Create, read, update and delete ``users``."""
+
+    table = users
+    record = User
+    entity = "user"
+    filterable = frozenset({"email"})
+
+    def _visible(self) -> sa.ColumnElement[bool] | None:
+        uid = self._scope.user_id
+        return None if uid is None else users.c.id == uid
+
+    def _values(self, id: object, email: object) -> dict[str, Any]:
+        key = new_id() if id is None else v.uuid_("id", id)
+        if self._scope.user_id is not None and key != self._scope.user_id:
+            raise PermissionDenied("id: you can only create your own user row")
+        return {
+            "id": key,
+            "email": v.optional_text("email", email, max_len=MAX_EMAIL),
+            "created_at": utcnow(),
+        }
+
+    def create(self, id: uuid.UUID | str | None = None, email: str | None = None) -> User:
+        """Add a user (``id`` defaults to a new UUIDv7); :class:`Conflict` if the id exists."""
+        values = self._values(id, email)
+        with self._scope.write() as conn:
+            conn.execute(users.insert().values(**values))
+        return User(**values)
+
+    def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[User]:
+        """Add many users in one statement batch (all or none)."""
+        values = [self._values(r.get("id"), r.get("email")) for r in rows]
+        if values:
+            with self._scope.write() as conn:
+                conn.execute(users.insert(), values)
+        return [User(**x) for x in values]
+
+    def ensure(self, id: uuid.UUID | str, email: str | None = None) -> User:
+        """The user with this id, created first if missing (idempotent)."""
+        key = v.uuid_("id", id)
+        with self._scope.write():
+            found = self.find(key)
+            return found if found is not None else self.create(key, email)
+
+    def list(
+        self, *, email: str | None = None, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page[User]:
+        """Users in creation order, one page at a time."""
+        return self._list({"email": email}, limit, cursor)
+
+    def iter(self, *, email: str | None = None, batch_size: int = DEFAULT_BATCH) -> Iterator[User]:
+        """Every matching user, streamed in batches (bounded memory)."""
+        return self._iter({"email": email}, batch_size)
+
+    def update(self, id: uuid.UUID | str, *, email: str | Unset | None = UNSET) -> User:
+        """Change the email (``None`` clears it)."""
+        key = v.uuid_("id", id)
+        values: dict[str, Any] = {}
+        if not isinstance(email, Unset):
+            values["email"] = v.optional_text("email", email, max_len=MAX_EMAIL)
+        return self._update(key, values) if values else self.get(key)

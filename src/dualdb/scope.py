@@ -1,0 +1,88 @@
+"""Where repository statements run: one transaction per call, or inside a session.
+
+A :class:`Scope` hands out connections.  Without a fixed connection each outermost call gets
+its own transaction (``BEGIN IMMEDIATE`` on SQLite for writes, a deferred ``BEGIN`` for reads);
+calls nested inside it reuse that transaction.  Inside a :class:`~dualdb.database.Session`
+every write call runs in a SAVEPOINT, so a call that fails leaves no partial write and the
+session stays usable — identically on SQLite and Postgres (where an error would otherwise
+abort the whole transaction).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+from dualdb.dialects import Capabilities, capabilities
+from dualdb.engine import READ_ONLY, translated_errors
+
+#: Called with the connection at the start of each transaction (e.g. to set the RLS role).
+TransactionHook = Callable[[sa.Connection], None]
+
+
+class Scope:
+    """Connections for repositories, plus who is acting (``user_id``; None is unscoped)."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        connection: sa.Connection | None = None,
+        *,
+        user_id: uuid.UUID | None = None,
+        on_begin: TransactionHook | None = None,
+    ) -> None:
+        self.engine = engine
+        self.user_id = user_id
+        self.caps: Capabilities = capabilities(engine.dialect.name)
+        self._connection = connection
+        self._on_begin = on_begin
+        self._local = threading.local()
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.caps.name
+
+    @contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """A connection for a call that may write; its changes are all-or-nothing."""
+        with translated_errors():
+            if self._connection is not None:
+                with self._connection.begin_nested():
+                    yield self._connection
+                return
+            current: sa.Connection | None = getattr(self._local, "conn", None)
+            if current is not None:
+                yield current
+                return
+            with self.engine.begin() as conn:
+                yield from self._enter(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A connection for a call that only reads."""
+        with translated_errors():
+            if self._connection is not None:
+                yield self._connection
+                return
+            current: sa.Connection | None = getattr(self._local, "conn", None)
+            if current is not None:
+                yield current
+                return
+            with self.engine.connect() as raw:
+                conn = raw.execution_options(**{READ_ONLY: True})
+                with conn.begin():
+                    yield from self._enter(conn)
+
+    def _enter(self, conn: sa.Connection) -> Iterator[sa.Connection]:
+        self._local.conn = conn
+        try:
+            if self._on_begin is not None:
+                self._on_begin(conn)
+            yield conn
+        finally:
+            self._local.conn = None

@@ -1,0 +1,161 @@
+"""Input validation, run before any SQL.
+
+Every function takes the field name first so the :class:`~dualdb.errors.InvalidInput` it raises
+names the offending argument.  The studio's forms use the same functions as the DAL.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Final
+
+from dualdb.errors import InvalidInput
+from dualdb.types import JSON_NULL, TASK_STATUSES, dump_json, to_uuid
+
+#: Longest project/shot name.
+MAX_NAME = 200
+#: Longest task type.
+MAX_TASK_TYPE = 100
+#: Longest file location / URL.
+MAX_LOCATION = 2048
+#: Longest error text kept on a task (longer text is refused, not truncated).
+MAX_ERROR = 10_000
+#: Longest worker id.
+MAX_WORKER_ID = 200
+#: Largest params document, in bytes of JSON.
+MAX_PARAMS_BYTES = 1_000_000
+#: Most dependencies one task may have.
+MAX_DEPENDENCIES = 1_000
+#: Largest page a list may return.
+MAX_LIMIT = 1_000
+
+_TASK_TYPE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+
+
+def uuid_(field: str, value: object) -> uuid.UUID:
+    """A UUID (or its string form)."""
+    try:
+        return to_uuid(value)
+    except ValueError:
+        raise InvalidInput(field, f"not a valid UUID: {_show(value)}") from None
+
+
+def uuid_list(field: str, value: object, *, max_items: int = MAX_DEPENDENCIES) -> list[uuid.UUID]:
+    """A list (or other non-string iterable) of UUIDs, duplicates removed, order kept."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidInput(field, "must be a list of UUIDs")
+    out: list[uuid.UUID] = []
+    seen: set[uuid.UUID] = set()
+    for i, item in enumerate(value):
+        u = uuid_(f"{field}[{i}]", item)
+        if u not in seen:
+            seen.add(u)
+            out.append(u)
+    if len(out) > max_items:
+        raise InvalidInput(field, f"at most {max_items} items")
+    return out
+
+
+def text(
+    field: str, value: object, *, max_len: int, allow_empty: bool = False, strip: bool = True
+) -> str:
+    """A string within ``max_len`` characters, with no NUL characters (Postgres refuses them)."""
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"must be a string, not {type(value).__name__}")
+    out = value.strip() if strip else value
+    if not out and not allow_empty:
+        raise InvalidInput(field, "must not be empty")
+    if len(out) > max_len:
+        raise InvalidInput(field, f"must be at most {max_len} characters (got {len(out)})")
+    if "\x00" in out:
+        raise InvalidInput(field, "must not contain NUL characters")
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(field, "is not valid Unicode") from None
+    return out
+
+
+def optional_text(field: str, value: object, *, max_len: int) -> str | None:
+    """``None``, or :func:`text` (empty allowed)."""
+    if value is None:
+        return None
+    return text(field, value, max_len=max_len, allow_empty=True, strip=False)
+
+
+def name(field: str, value: object) -> str:
+    """A display name: non-empty after trimming, at most :data:`MAX_NAME` characters."""
+    return text(field, value, max_len=MAX_NAME)
+
+
+def task_type(field: str, value: object) -> str:
+    """A task type such as ``single_image`` or ``travel_stitch``."""
+    out = text(field, value, max_len=MAX_TASK_TYPE)
+    if not _TASK_TYPE_RE.match(out):
+        raise InvalidInput(field, "letters, digits, '_', '.', ':' and '-' only")
+    return out
+
+
+def status(field: str, value: object) -> str:
+    """One of the task statuses (exact spelling: ``Queued``, ``In Progress``, …)."""
+    if not isinstance(value, str) or value not in TASK_STATUSES:
+        allowed = ", ".join(TASK_STATUSES)
+        raise InvalidInput(field, f"{_show(value)} is not a task status (one of: {allowed})")
+    return value
+
+
+def json_document(field: str, value: object, *, max_bytes: int = MAX_PARAMS_BYTES) -> Any:
+    """A JSON value (``JSON_NULL`` for a JSON null) that round-trips exactly on both backends."""
+    if value is None:
+        raise InvalidInput(field, "must be a JSON value (use dualdb.types.JSON_NULL for null)")
+    try:
+        encoded = dump_json(value)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidInput(field, f"not JSON-serialisable: {exc}") from None
+    if len(encoded.encode("utf-8")) > max_bytes:
+        raise InvalidInput(field, f"larger than {max_bytes} bytes of JSON")
+    return value if value is not JSON_NULL else JSON_NULL
+
+
+def params(field: str, value: object) -> dict[str, Any]:
+    """Task params: a JSON object."""
+    if not isinstance(value, dict):
+        raise InvalidInput(field, f"must be a JSON object (dict), not {type(value).__name__}")
+    out: dict[str, Any] = json_document(field, value)
+    return out
+
+
+def aware_datetime(field: str, value: object) -> datetime:
+    """An aware :class:`datetime` (naive ones are ambiguous and refused)."""
+    if not isinstance(value, datetime):
+        raise InvalidInput(field, f"must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(field, "naive datetime: pass an aware one, e.g. datetime.now(UTC)")
+    return value
+
+
+def non_negative_int(field: str, value: object, *, maximum: int | None = None) -> int:
+    """An ``int`` ≥ 0 (and ≤ ``maximum``); booleans are refused."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(field, f"must be an integer, not {type(value).__name__}")
+    if value < 0:
+        raise InvalidInput(field, "must not be negative")
+    if maximum is not None and value > maximum:
+        raise InvalidInput(field, f"must be at most {maximum}")
+    return value
+
+
+def limit(field: str, value: object) -> int:
+    """A page size between 1 and :data:`MAX_LIMIT`."""
+    out = non_negative_int(field, value, maximum=MAX_LIMIT)
+    if out == 0:
+        raise InvalidInput(field, "must be at least 1")
+    return out
+
+
+def _show(value: object) -> str:
+    text_ = repr(value)
+    return text_ if len(text_) <= 60 else text_[:57] + "..."

@@ -16,6 +16,7 @@ install: $(BIN)/.installed
 
 demo: install
 	$(BIN)/dualdb migrate
+	$(BIN)/dualdb seed
 	$(BIN)/dualdb status
 
 lint: install

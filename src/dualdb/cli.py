@@ -20,7 +20,9 @@ from rich.table import Table
 
 from dualdb import migrations
 from dualdb.config import Target, resolve
+from dualdb.database import connect
 from dualdb.errors import DualdbError
+from dualdb.seed import seed as seed_database
 
 app = typer.Typer(
     name="dualdb",
@@ -134,7 +136,11 @@ def status(
     """Show the backend, redacted URL, current revision, head and pending migrations."""
     st = migrations.status(_target(url))
     if as_json:
-        out.print_json(json.dumps(st.as_dict()))
+        data = st.as_dict()
+        if st.up_to_date:
+            with connect(url) as db:
+                data["rows"] = db.row_counts()
+        out.print_json(json.dumps(data))
         return
     table = Table(show_header=False, box=None)
     table.add_row("backend", st.backend)
@@ -143,6 +149,12 @@ def status(
     table.add_row("head", st.head)
     table.add_row("pending", ", ".join(st.pending) if st.pending else "none")
     out.print(table)
+    if st.up_to_date:
+        with connect(url) as db:
+            rows = Table("table", "rows", title="Rows per table", title_justify="left")
+            for name, count in db.row_counts().items():
+                rows.add_row(name, str(count))
+            out.print(rows)
 
 
 @app.command()
@@ -201,6 +213,25 @@ def sql_(
     else:
         output.write_text(text, encoding="utf-8")
         out.print(f"Wrote {output}")
+
+
+@app.command()
+@handle_errors
+def seed(
+    url: UrlOption = None,
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="Allow seeding a Postgres (web) database.")
+    ] = False,
+) -> None:
+    """Insert idempotent demo data: the dummy user, a project, shots, generations, tasks."""
+    target = _target(url)
+    with connect(url) as db:
+        result = seed_database(db, allow_remote=allow_remote)
+    if result.total:
+        made = ", ".join(f"{n} {t}" for t, n in result.created.items())
+        out.print(f"Seeded {target.redacted}: {made}.")
+    else:
+        out.print(f"Already seeded: {target.redacted} has every seed row; nothing changed.")
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from dualdb.repositories import (
     TasksRepository,
     UsersRepository,
 )
+from dualdb.schema import TABLES
 from dualdb.scope import Scope
 
 
@@ -92,6 +93,14 @@ class Database(Repositories):
                 f"the database is at revision {current or 'none'}, this dualdb needs {head}: "
                 f"run `dualdb migrate{url}`"
             )
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table, in schema order."""
+        with translated_errors(), self.engine.connect() as conn:
+            return {
+                t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+                for t in TABLES
+            }
 
     @property
     def backend(self) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dualdb import migrations
+from dualdb.schema import TABLES
 
 # The console script installed beside this interpreter (the venv's), else the one on PATH.
 _BESIDE = Path(sys.executable).parent / "dualdb"
@@ -56,6 +57,7 @@ def test_migrate_in_an_empty_folder_creates_local_db(tmp_path: Path) -> None:
         "head": head,
         "pending": [],
         "up_to_date": True,
+        "rows": {t.name: 0 for t in TABLES},
     }
 
 

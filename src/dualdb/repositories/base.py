@@ -39,6 +39,11 @@ def new_id() -> uuid.UUID:
     return uuid_utils.uuid7()
 
 
+def key_or_new(value: object) -> uuid.UUID:
+    """The caller's ``id`` (validated), or a new UUIDv7 when it is None."""
+    return new_id() if value is None else v.uuid_("id", value)
+
+
 def utcnow() -> datetime:
     """The current instant, aware, in UTC."""
     return datetime.now(UTC)

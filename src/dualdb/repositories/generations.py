@@ -13,7 +13,7 @@ from dualdb import validation as v
 from dualdb.dialects import array_contains
 from dualdb.errors import InvalidInput
 from dualdb.records import Generation, Page
-from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, new_id, utcnow
+from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
 from dualdb.schema import generations, tasks
 from dualdb.unset import UNSET, Unset
 
@@ -34,7 +34,7 @@ class GenerationsRepository(Repository[Generation]):
 
     def _values(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return {
-            "id": new_id(),
+            "id": key_or_new(row.get("id")),
             "project_id": v.uuid_("project_id", row.get("project_id")),
             "tasks": v.uuid_list("tasks", row.get("tasks", ())),
             "location": v.optional_text("location", row.get("location"), max_len=v.MAX_LOCATION),
@@ -66,11 +66,11 @@ class GenerationsRepository(Repository[Generation]):
         location: str | None = None,
         type: str | None = None,
         tasks: Sequence[uuid.UUID | str] = (),
+        id: uuid.UUID | str | None = None,
     ) -> Generation:
         """Add a generation to a project; ``tasks`` must be tasks of the same project."""
-        return self.create_many(
-            [{"project_id": project_id, "location": location, "type": type, "tasks": tasks}]
-        )[0]
+        row = {"id": id, "project_id": project_id, "location": location, "type": type}
+        return self.create_many([{**row, "tasks": tasks}])[0]
 
     def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Generation]:
         """Add many generations in one statement batch (all or none)."""

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from dualdb import validation as v
 from dualdb.errors import NotFound, PermissionDenied
 from dualdb.records import Page, Project
-from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, new_id, utcnow
+from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
 from dualdb.schema import projects, users
 from dualdb.unset import UNSET, Unset
 
@@ -29,12 +29,12 @@ class ProjectsRepository(Repository[Project]):
         uid = self._scope.user_id
         return None if uid is None else projects.c.user_id == uid
 
-    def _values(self, name: object, user_id: object) -> dict[str, Any]:
+    def _values(self, name: object, user_id: object, id: object = None) -> dict[str, Any]:
         owner = v.uuid_("user_id", user_id)
         if self._scope.user_id is not None and owner != self._scope.user_id:
             raise PermissionDenied("user_id: you can only create projects you own")
         return {
-            "id": new_id(),
+            "id": key_or_new(id),
             "name": v.name("name", name),
             "user_id": owner,
             "created_at": utcnow(),
@@ -47,9 +47,11 @@ class ProjectsRepository(Repository[Project]):
         if missing:
             raise NotFound(f"user {missing[0]} not found")
 
-    def create(self, name: str, user_id: uuid.UUID | str) -> Project:
-        """Add a project owned by ``user_id`` (who must exist)."""
-        values = self._values(name, user_id)
+    def create(
+        self, name: str, user_id: uuid.UUID | str, *, id: uuid.UUID | str | None = None
+    ) -> Project:
+        """Add a project owned by ``user_id`` (who must exist); ``id`` defaults to a UUIDv7."""
+        values = self._values(name, user_id, id)
         with self._scope.write() as conn:
             self._require_users(conn, {values["user_id"]})
             conn.execute(projects.insert().values(**values))
@@ -57,7 +59,7 @@ class ProjectsRepository(Repository[Project]):
 
     def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Project]:
         """Add many projects in one statement batch (all or none)."""
-        values = [self._values(r.get("name"), r.get("user_id")) for r in rows]
+        values = [self._values(r.get("name"), r.get("user_id"), r.get("id")) for r in rows]
         if values:
             with self._scope.write() as conn:
                 self._require_users(conn, {x["user_id"] for x in values})

@@ -17,7 +17,14 @@ import sqlalchemy as sa
 from dualdb import validation as v
 from dualdb.errors import Conflict, InvalidInput, NotFound
 from dualdb.records import Generation, Page, Shot, ShotGeneration
-from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, new_id, utcnow
+from dualdb.repositories.base import (
+    DEFAULT_BATCH,
+    DEFAULT_LIMIT,
+    Repository,
+    key_or_new,
+    new_id,
+    utcnow,
+)
 from dualdb.schema import generations, shot_generations, shots
 from dualdb.unset import UNSET, Unset
 
@@ -34,18 +41,20 @@ class ShotsRepository(Repository[Shot]):
         owned = self._owned_projects()
         return None if owned is None else shots.c.project_id.in_(owned)
 
-    def _values(self, project_id: object, name: object) -> dict[str, Any]:
+    def _values(self, project_id: object, name: object, id: object = None) -> dict[str, Any]:
         return {
-            "id": new_id(),
+            "id": key_or_new(id),
             "project_id": v.uuid_("project_id", project_id),
             "name": v.name("name", name),
             "created_at": utcnow(),
             "updated_at": None,
         }
 
-    def create(self, project_id: uuid.UUID | str, name: str) -> Shot:
-        """Add a shot to a project."""
-        values = self._values(project_id, name)
+    def create(
+        self, project_id: uuid.UUID | str, name: str, *, id: uuid.UUID | str | None = None
+    ) -> Shot:
+        """Add a shot to a project; ``id`` defaults to a UUIDv7."""
+        values = self._values(project_id, name, id)
         with self._scope.write() as conn:
             self._require_project(conn, "project_id", values["project_id"])
             conn.execute(shots.insert().values(**values))
@@ -53,7 +62,7 @@ class ShotsRepository(Repository[Shot]):
 
     def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Shot]:
         """Add many shots in one statement batch (all or none)."""
-        values = [self._values(r.get("project_id"), r.get("name")) for r in rows]
+        values = [self._values(r.get("project_id"), r.get("name"), r.get("id")) for r in rows]
         if values:
             with self._scope.write() as conn:
                 for project_id in sorted({x["project_id"] for x in values}, key=str):

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from dualdb import validation as v
 from dualdb.errors import Conflict, InvalidInput, NotFound
 from dualdb.records import Page, Task
-from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, new_id, utcnow
+from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
 from dualdb.schema import task_dependencies, tasks
 from dualdb.types import TaskStatus
 from dualdb.unset import UNSET, Unset
@@ -43,7 +43,7 @@ class TasksRepository(Repository[Task]):
         return super()._filter_value(key, value)
 
     def _values(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], list[uuid.UUID]]:
-        unknown = set(row) - {"project_id", "task_type", "params", "status", "depends_on"}
+        unknown = set(row) - {"id", "project_id", "task_type", "params", "status", "depends_on"}
         if unknown:
             field = sorted(unknown)[0]
             raise InvalidInput(field, "unknown task field")
@@ -52,7 +52,7 @@ class TasksRepository(Repository[Task]):
             raise InvalidInput("status", "a new task starts as 'Queued' or 'Pending'")
         deps = v.uuid_list("depends_on", row.get("depends_on", ()))
         values = {
-            "id": new_id(),
+            "id": key_or_new(row.get("id")),
             "project_id": v.uuid_("project_id", row.get("project_id")),
             "task_type": v.task_type("task_type", row.get("task_type")),
             "params": v.params("params", row.get("params")),
@@ -78,6 +78,7 @@ class TasksRepository(Repository[Task]):
         *,
         depends_on: Sequence[uuid.UUID | str] = (),
         status: str = TaskStatus.QUEUED.value,
+        id: uuid.UUID | str | None = None,
     ) -> Task:
         """Add a task: ``Queued`` (claimable once every dependency is Complete) or ``Pending``
         (held until :meth:`release`).  Dependencies must be tasks of the same project.
@@ -85,6 +86,7 @@ class TasksRepository(Repository[Task]):
         return self.create_many(
             [
                 {
+                    "id": id,
                     "project_id": project_id,
                     "task_type": task_type,
                     "params": params,

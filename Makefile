@@ -17,6 +17,7 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/dualdb migrate
 	$(BIN)/dualdb seed
+	$(BIN)/dualdb worker --drain
 	$(BIN)/dualdb status
 
 lint: install

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -232,6 +233,50 @@ def seed(
         out.print(f"Seeded {target.redacted}: {made}.")
     else:
         out.print(f"Already seeded: {target.redacted} has every seed row; nothing changed.")
+
+
+@app.command()
+@handle_errors
+def worker(
+    handler: Annotated[
+        str,
+        typer.Option(help="module:function called with each Task; returns the output location."),
+    ] = "dualdb.worker:demo_handler",
+    task_type: Annotated[
+        list[str] | None, typer.Option("--task-type", help="Only claim this type (repeatable).")
+    ] = None,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between empty polls.")] = 1.0,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
+    worker_id: Annotated[str | None, typer.Option(help="Default: host:pid.")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Process at most one task.")] = False,
+    drain: Annotated[
+        bool, typer.Option("--drain", help="Exit when no task is ready instead of polling.")
+    ] = False,
+    url: UrlOption = None,
+) -> None:
+    """Claim and run tasks with HANDLER until stopped (SIGTERM/SIGINT finish the current one)."""
+    from dualdb.worker import Worker, load_handler
+
+    fn = load_handler(handler)
+    with connect(url) as db:
+        w = Worker(
+            db,
+            fn,
+            worker_id=worker_id,
+            task_types=task_type,
+            poll_interval=poll_interval,
+            heartbeat=timedelta(seconds=heartbeat),
+            on_event=lambda line: out.print(f"  {line}", markup=False),
+        )
+        w.install_signal_handlers()
+        out.print(f"Worker {w.worker_id} on {db.target.redacted}")
+        stats = w.run(once=once, drain=drain)
+        counts = db.tasks.counts()
+    out.print(
+        f"Done: {len(stats.completed)} completed, {len(stats.failed)} failed, "
+        f"{len(stats.released)} released. Queue: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+    )
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from dualdb import validation as v
 from dualdb.errors import Conflict, InvalidInput, NotFound
+from dualdb.queue import TaskQueueMixin
 from dualdb.records import Page, Task
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
 from dualdb.schema import task_dependencies, tasks
@@ -23,8 +24,9 @@ INITIAL_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.PENDING.value)
 FINISHED = (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
 
 
-class TasksRepository(Repository[Task]):
-    """Create, read, update and delete ``tasks``; :meth:`enqueue` is :meth:`create`."""
+class TasksRepository(TaskQueueMixin, Repository[Task]):
+    """Create, read, update and delete ``tasks``, plus the queue verbs of
+    :class:`~dualdb.queue.TaskQueueMixin`; :meth:`enqueue` is :meth:`create`."""
 
     table = tasks
     record = Task
@@ -109,6 +111,7 @@ class TasksRepository(Repository[Task]):
         with self._scope.write() as conn:
             for project_id in sorted({x["project_id"] for x, _ in prepared}, key=str):
                 self._require_project(conn, "project_id", project_id)
+            self._validate_shot_params(conn, prepared)
             status_of = self._dependency_statuses(conn, prepared)
             edges: list[dict[str, uuid.UUID]] = []
             for values, deps in prepared:
@@ -126,6 +129,7 @@ class TasksRepository(Repository[Task]):
             conn.execute(tasks.insert(), [values for values, _ in prepared])
             if edges:
                 conn.execute(task_dependencies.insert(), edges)
+            self._after_bulk_insert(conn, len(prepared))
         return [Task.from_row(_Row(values)) for values, _ in prepared]
 
     def _dependency_statuses(

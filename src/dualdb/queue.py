@@ -1,0 +1,428 @@
+"""The task queue: claim, heartbeat, complete, fail, cancel, release, requeue stale work.
+
+Lifecycle (see docs/queue.md)::
+
+    Pending --release--> Queued --claim--> In Progress --complete--> Complete
+                           ^                    |  \\--fail--------> Failed --cascade--> Cancelled
+                           |--fail(retry) / requeue_stale / release_claim
+    any unfinished --cancel--> Cancelled (and every dependent, transitively)
+
+Readiness is explicit: ``tasks.unmet_dependencies`` counts dependencies that are not yet
+Complete (kept in step through the ``task_dependencies`` edges), so a claim reads the oldest
+row of the partial index ``ix_tasks_ready`` — its cost does not depend on how many tasks are
+finished or blocked.  Postgres claims with ``FOR UPDATE SKIP LOCKED``; SQLite's ``BEGIN
+IMMEDIATE`` transaction makes the single ``UPDATE … RETURNING`` atomic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
+
+import sqlalchemy as sa
+import uuid_utils.compat as uuid_utils
+
+from dualdb import validation as v
+from dualdb.errors import Conflict, InvalidInput, NotFound
+from dualdb.records import Task
+from dualdb.schema import (
+    READY_SQL,
+    RUNNING_SQL,
+    generations,
+    projects,
+    shots,
+    task_dependencies,
+    tasks,
+)
+from dualdb.scope import Scope
+from dualdb.types import TaskStatus
+
+#: Attempts (claims) a task gets before a stale or failed-with-retry task is marked Failed.
+DEFAULT_MAX_ATTEMPTS = 3
+#: Bulk enqueues at least this large refresh Postgres' statistics (ANALYZE): a planner that
+#: still believes the table is tiny picks bad plans for the following claims.
+ANALYZE_AFTER_ROWS = 1000
+
+QUEUED = TaskStatus.QUEUED.value
+PENDING = TaskStatus.PENDING.value
+RUNNING = TaskStatus.IN_PROGRESS.value
+COMPLETE = TaskStatus.COMPLETE.value
+FAILED = TaskStatus.FAILED.value
+CANCELLED = TaskStatus.CANCELLED.value
+UNFINISHED = (PENDING, QUEUED, RUNNING)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskQueueMixin:
+    """Queue verbs of :class:`~dualdb.repositories.TasksRepository`."""
+
+    _scope: Scope
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _task(self, conn: sa.Connection, key: uuid.UUID) -> Task:
+        row = conn.execute(sa.select(tasks).where(tasks.c.id == key)).first()
+        if row is None:
+            raise NotFound(f"task {key} not found")
+        return Task.from_row(row)
+
+    def _visible_task(self, conn: sa.Connection, key: uuid.UUID) -> Task:
+        """The task, if the acting user may write it (same rule as every other write)."""
+        check = getattr(self, "_check_writable")  # noqa: B009 - provided by Repository
+        check(conn, key)
+        return self._task(conn, key)
+
+    def _owner_filter(self) -> list[sa.ColumnElement[bool]]:
+        uid = self._scope.user_id
+        if uid is None:
+            return []
+        owned = sa.select(projects.c.id).where(projects.c.user_id == uid)
+        return [tasks.c.project_id.in_(owned)]
+
+    def _validate_shot_params(
+        self, conn: sa.Connection, prepared: Sequence[tuple[dict[str, Any], list[uuid.UUID]]]
+    ) -> None:
+        """A ``shot_id`` in params must be a shot of the task's project (checked at enqueue)."""
+        for values, _ in prepared:
+            raw = values["params"].get("shot_id")
+            if raw is None:
+                continue
+            shot_id = v.uuid_("params.shot_id", raw)
+            project = conn.execute(
+                sa.select(shots.c.project_id).where(shots.c.id == shot_id)
+            ).scalar()
+            if project != values["project_id"]:
+                raise InvalidInput("params.shot_id", f"shot {shot_id} is not in this project")
+
+    def _after_bulk_insert(self, conn: sa.Connection, rows: int) -> None:
+        if rows >= ANALYZE_AFTER_ROWS and self._scope.dialect == "postgresql":
+            conn.execute(sa.text("ANALYZE tasks"))
+            conn.execute(sa.text("ANALYZE task_dependencies"))
+
+    # --- verbs ---------------------------------------------------------------------------
+
+    def claim(self, worker_id: str, task_types: Sequence[str] | None = None) -> Task | None:
+        """Atomically take the oldest ready task (``Queued``, every dependency Complete).
+
+        Sets it ``In Progress`` with the worker, claim and heartbeat time, attempts + 1.
+        Returns None when nothing is ready.  Safe under any number of processes/machines.
+        """
+        worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
+        types = None if task_types is None else [v.task_type("task_types", t) for t in task_types]
+        if types is not None and not types:
+            raise InvalidInput("task_types", "must name at least one type (or be None for all)")
+        # Literal predicate (not bound parameters) so both planners can use the partial index.
+        pick = (
+            sa.select(tasks.c.id)
+            .where(sa.text(READY_SQL), *self._owner_filter())
+            .order_by(tasks.c.created_at, tasks.c.id)
+            .limit(1)
+        )
+        if types is not None:
+            pick = pick.where(tasks.c.task_type.in_(types))
+        if self._scope.caps.skip_locked:
+            pick = pick.with_for_update(skip_locked=True)
+        now = _now()
+        stmt = (
+            tasks.update()
+            .where(tasks.c.id == pick.scalar_subquery())
+            .values(
+                status=RUNNING,
+                worker_id=worker,
+                generation_started_at=now,
+                heartbeat_at=now,
+                updated_at=now,
+                attempts=tasks.c.attempts + 1,
+            )
+            .returning(*tasks.c)
+        )
+        with self._scope.write() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else Task.from_row(row)
+
+    def heartbeat(self, id: uuid.UUID | str, worker_id: str) -> Task:
+        """Record that ``worker_id`` is still working on the task (keeps it from going stale)."""
+        key = v.uuid_("id", id)
+        worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
+        with self._scope.write() as conn:
+            row = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
+                .values(heartbeat_at=_now())
+                .returning(*tasks.c)
+            ).first()
+            if row is None:
+                self._explain_refusal(conn, key, worker, "heartbeat")
+            return Task.from_row(row)
+
+    def _explain_refusal(
+        self, conn: sa.Connection, key: uuid.UUID, worker: str, verb: str
+    ) -> NoReturn:
+        task = self._visible_task(conn, key)
+        if task.status != RUNNING:
+            raise Conflict(f"cannot {verb} task {key}: it is {task.status}, not In Progress")
+        raise Conflict(f"cannot {verb} task {key}: it is claimed by another worker")
+
+    def complete(self, id: uuid.UUID | str, worker_id: str, output_location: str) -> Task:
+        """Mark the task Complete with its output, as the worker that claimed it.
+
+        Location and status are written in one statement.  Dependents whose last unmet
+        dependency this was become claimable.  When ``params["shot_id"]`` names a shot, the
+        generation is created and appended to the shot exactly once.  Repeating the same
+        call after success returns the task unchanged (a retry after a lost reply is safe).
+        """
+        key = v.uuid_("id", id)
+        worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
+        location = v.text("output_location", output_location, max_len=v.MAX_LOCATION)
+        with self._scope.write() as conn:
+            now = _now()
+            row = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
+                .values(status=COMPLETE, output_location=location, updated_at=now, error=None)
+                .returning(*tasks.c)
+            ).first()
+            if row is None:
+                task = self._visible_task(conn, key)
+                if (task.status, task.worker_id, task.output_location) == (
+                    COMPLETE,
+                    worker,
+                    location,
+                ):
+                    return task
+                self._explain_refusal(conn, key, worker, "complete")
+            task = Task.from_row(row)
+            conn.execute(
+                tasks.update()
+                .where(
+                    tasks.c.id.in_(
+                        sa.select(task_dependencies.c.task_id).where(
+                            task_dependencies.c.dependency_id == key
+                        )
+                    )
+                )
+                .values(unmet_dependencies=tasks.c.unmet_dependencies - 1)
+            )
+            return self._process_generation(conn, task)
+
+    def _process_generation(self, conn: sa.Connection, task: Task) -> Task:
+        """Create the task's generation and append it to its shot, once."""
+        raw = task.params.get("shot_id")
+        if raw is None or task.generation_processed_at is not None:
+            return task
+        # Imported here: the repositories package imports this module.
+        from dualdb.repositories.shots import ShotsRepository
+
+        now = _now()
+        # The guard makes a second attempt (a racing or repeated completion) a no-op.
+        claimed = conn.execute(
+            tasks.update()
+            .where(tasks.c.id == task.id, tasks.c.generation_processed_at.is_(None))
+            .values(generation_processed_at=now)
+            .returning(*tasks.c)
+        ).first()
+        if claimed is None:
+            return self._task(conn, task.id)
+        gid = uuid_utils.uuid7()
+        conn.execute(
+            generations.insert().values(
+                id=gid,
+                project_id=task.project_id,
+                tasks=[task.id],
+                location=task.output_location,
+                type=task.task_type,
+                created_at=now,
+                updated_at=None,
+            )
+        )
+        shot_id = uuid.UUID(str(raw))
+        if conn.execute(sa.select(shots.c.id).where(shots.c.id == shot_id)).first() is not None:
+            ShotsRepository(Scope(self._scope.engine, conn)).add_generation(shot_id, gid)
+        return Task.from_row(claimed)
+
+    def fail(
+        self,
+        id: uuid.UUID | str,
+        worker_id: str,
+        error: str,
+        *,
+        retry: bool = False,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> Task:
+        """Record a failure, as the worker that claimed the task.
+
+        With ``retry`` and attempts left (``attempts < max_attempts``) the task goes back to
+        Queued; otherwise it is Failed and every dependent, transitively, is Cancelled with
+        the cause recorded.
+        """
+        key = v.uuid_("id", id)
+        worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
+        message = v.text("error", error, max_len=v.MAX_ERROR, strip=False)
+        limit = v.non_negative_int("max_attempts", max_attempts)
+        with self._scope.write() as conn:
+            current = conn.execute(
+                sa.select(tasks.c.attempts).where(
+                    tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker
+                )
+            ).first()
+            if current is None:
+                self._explain_refusal(conn, key, worker, "fail")
+            requeue = retry and current.attempts < limit
+            row = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
+                .values(
+                    status=QUEUED if requeue else FAILED,
+                    error=message,
+                    updated_at=_now(),
+                    **({"worker_id": None, "heartbeat_at": None} if requeue else {}),
+                )
+                .returning(*tasks.c)
+            ).one()
+            if not requeue:
+                self._cancel_dependents(conn, [key], f"dependency {key} failed")
+            return Task.from_row(row)
+
+    def cancel(self, id: uuid.UUID | str, reason: str = "cancelled") -> list[Task]:
+        """Cancel an unfinished task and every dependent, transitively.
+
+        Returns the cancelled tasks (the task itself first).  A worker still running it will
+        find its ``complete``/``fail`` refused.
+        """
+        key = v.uuid_("id", id)
+        why = v.text("reason", reason, max_len=v.MAX_ERROR)
+        with self._scope.write() as conn:
+            task = self._visible_task(conn, key)
+            if task.status not in UNFINISHED:
+                raise Conflict(
+                    f"task {key} is {task.status}: only unfinished tasks can be cancelled"
+                )
+            row = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == key, tasks.c.status.in_(UNFINISHED))
+                .values(status=CANCELLED, error=why, updated_at=_now())
+                .returning(*tasks.c)
+            ).one()
+            return [
+                Task.from_row(row),
+                *self._cancel_dependents(conn, [key], f"dependency {key} {why}"),
+            ]
+
+    def _cancel_dependents(
+        self, conn: sa.Connection, roots: list[uuid.UUID], cause: str
+    ) -> list[Task]:
+        """Cancel every unfinished task that (transitively) depends on ``roots``."""
+        edge = task_dependencies
+        seed = sa.select(edge.c.task_id.label("id")).where(edge.c.dependency_id.in_(roots))
+        reach = seed.cte("reach", recursive=True)
+        reach = reach.union(
+            sa.select(edge.c.task_id).join(reach, edge.c.dependency_id == reach.c.id)
+        )
+        rows = conn.execute(
+            tasks.update()
+            .where(tasks.c.id.in_(sa.select(reach.c.id)), tasks.c.status.in_(UNFINISHED))
+            .values(status=CANCELLED, error=f"cancelled: {cause}", updated_at=_now())
+            .returning(*tasks.c)
+        ).all()
+        return sorted((Task.from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
+
+    def release(self, id: uuid.UUID | str) -> Task:
+        """Let a Pending (held) task be claimed: Pending → Queued."""
+        key = v.uuid_("id", id)
+        with self._scope.write() as conn:
+            row = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == key, tasks.c.status == PENDING, *self._owner_filter())
+                .values(status=QUEUED, updated_at=_now())
+                .returning(*tasks.c)
+            ).first()
+            if row is None:
+                task = self._visible_task(conn, key)
+                raise Conflict(f"task {key} is {task.status}, not Pending")
+            return Task.from_row(row)
+
+    def release_claim(self, id: uuid.UUID | str, worker_id: str) -> Task:
+        """Give a claimed task back (In Progress → Queued) without using up an attempt."""
+        key = v.uuid_("id", id)
+        worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
+        with self._scope.write() as conn:
+            row = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
+                .values(
+                    status=QUEUED,
+                    worker_id=None,
+                    heartbeat_at=None,
+                    attempts=tasks.c.attempts - 1,
+                    updated_at=_now(),
+                )
+                .returning(*tasks.c)
+            ).first()
+            if row is None:
+                self._explain_refusal(conn, key, worker, "release")
+            return Task.from_row(row)
+
+    def requeue_stale(
+        self, older_than: timedelta, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    ) -> list[Task]:
+        """Recover tasks whose worker stopped heartbeating for longer than ``older_than``.
+
+        Each goes back to Queued while ``attempts < max_attempts``, else becomes Failed (and
+        its dependents Cancelled).  Returns the tasks changed.
+        """
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise InvalidInput("older_than", "must be a non-negative timedelta")
+        limit = v.non_negative_int("max_attempts", max_attempts)
+        with self._scope.write() as conn:
+            cutoff = _now() - older_than
+            pick = (
+                sa.select(tasks.c.id, tasks.c.attempts, tasks.c.worker_id)
+                .where(sa.text(RUNNING_SQL), tasks.c.heartbeat_at < cutoff, *self._owner_filter())
+                .order_by(tasks.c.heartbeat_at, tasks.c.id)
+            )
+            if self._scope.caps.skip_locked:
+                pick = pick.with_for_update(skip_locked=True)
+            changed: list[Task] = []
+            for stale in conn.execute(pick).all():
+                gone = f"worker {stale.worker_id} stopped heartbeating"
+                requeue = stale.attempts < limit
+                values: dict[str, Any] = (
+                    {"status": QUEUED, "worker_id": None, "heartbeat_at": None}
+                    if requeue
+                    else {"status": FAILED}
+                )
+                row = conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id == stale.id, tasks.c.status == RUNNING)
+                    .values(
+                        **values,
+                        updated_at=_now(),
+                        error=f"requeued: {gone}"
+                        if requeue
+                        else f"failed after {stale.attempts} attempts: {gone}",
+                    )
+                    .returning(*tasks.c)
+                ).one()
+                changed.append(Task.from_row(row))
+                if not requeue:
+                    changed += self._cancel_dependents(
+                        conn, [stale.id], f"dependency {stale.id} failed"
+                    )
+            return changed
+
+    def counts(self, project_id: uuid.UUID | str | None = None) -> dict[str, int]:
+        """Tasks per status (every status present, zeros included)."""
+        clauses = self._owner_filter()
+        if project_id is not None:
+            clauses.append(tasks.c.project_id == v.uuid_("project_id", project_id))
+        with self._scope.read() as conn:
+            rows = conn.execute(
+                sa.select(tasks.c.status, sa.func.count()).where(*clauses).group_by(tasks.c.status)
+            ).all()
+        found = {status: int(n) for status, n in rows}
+        return {s.value: found.get(s.value, 0) for s in TaskStatus}

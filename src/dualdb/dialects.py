@@ -31,6 +31,8 @@ class Capabilities:
     single_writer: bool
     #: ALTER TABLE needs Alembic's batch mode (copy-and-move) for most changes.
     batch_migrations: bool
+    #: Queue timestamps come from the server's clock (one clock for every worker machine).
+    server_clock: bool
 
 
 SQLITE = Capabilities(
@@ -40,6 +42,7 @@ SQLITE = Capabilities(
     native_arrays=False,
     single_writer=True,
     batch_migrations=True,
+    server_clock=False,
 )
 
 POSTGRESQL = Capabilities(
@@ -49,6 +52,7 @@ POSTGRESQL = Capabilities(
     native_arrays=True,
     single_writer=False,
     batch_migrations=False,
+    server_clock=True,
 )
 
 _BY_NAME = {c.name: c for c in (SQLITE, POSTGRESQL)}

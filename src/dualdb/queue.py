@@ -37,7 +37,7 @@ from dualdb.schema import (
     tasks,
 )
 from dualdb.scope import Scope
-from dualdb.types import TaskStatus
+from dualdb.types import TaskStatus, Timestamp
 
 #: Attempts (claims) a task gets before a stale or failed-with-retry task is marked Failed.
 DEFAULT_MAX_ATTEMPTS = 3
@@ -104,6 +104,23 @@ class TaskQueueMixin:
             conn.execute(sa.text("ANALYZE tasks"))
             conn.execute(sa.text("ANALYZE task_dependencies"))
 
+    def _clock(self, minus: timedelta | None = None) -> sa.ColumnElement[datetime]:
+        """The queue's clock, read inside the transaction (so after any lock wait).
+
+        Postgres uses the server's ``clock_timestamp()``: one clock for workers on many
+        machines, evaluated after the statement's snapshot, so a task never appears to start
+        before the dependency it waited for completed.  SQLite (one machine) reads the app
+        clock after ``BEGIN IMMEDIATE`` has taken the write lock.
+        """
+        if self._scope.caps.server_clock:
+            server: sa.ColumnElement[datetime] = sa.func.clock_timestamp(
+                type_=sa.DateTime(timezone=True)
+            )
+            if minus is not None:
+                server = server - minus
+            return sa.type_coerce(server, Timestamp())
+        return sa.literal(_now() - (minus or timedelta(0)), Timestamp())
+
     # --- verbs ---------------------------------------------------------------------------
 
     def claim(self, worker_id: str, task_types: Sequence[str] | None = None) -> Task | None:
@@ -127,21 +144,21 @@ class TaskQueueMixin:
             pick = pick.where(tasks.c.task_type.in_(types))
         if self._scope.caps.skip_locked:
             pick = pick.with_for_update(skip_locked=True)
-        now = _now()
-        stmt = (
-            tasks.update()
-            .where(tasks.c.id == pick.scalar_subquery())
-            .values(
-                status=RUNNING,
-                worker_id=worker,
-                generation_started_at=now,
-                heartbeat_at=now,
-                updated_at=now,
-                attempts=tasks.c.attempts + 1,
-            )
-            .returning(*tasks.c)
-        )
         with self._scope.write() as conn:
+            now = self._clock()
+            stmt = (
+                tasks.update()
+                .where(tasks.c.id == pick.scalar_subquery())
+                .values(
+                    status=RUNNING,
+                    worker_id=worker,
+                    generation_started_at=now,
+                    heartbeat_at=now,
+                    updated_at=now,
+                    attempts=tasks.c.attempts + 1,
+                )
+                .returning(*tasks.c)
+            )
             row = conn.execute(stmt).first()
         return None if row is None else Task.from_row(row)
 
@@ -153,7 +170,7 @@ class TaskQueueMixin:
             row = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
-                .values(heartbeat_at=_now())
+                .values(heartbeat_at=self._clock())
                 .returning(*tasks.c)
             ).first()
             if row is None:
@@ -180,11 +197,12 @@ class TaskQueueMixin:
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         location = v.text("output_location", output_location, max_len=v.MAX_LOCATION)
         with self._scope.write() as conn:
-            now = _now()
             row = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
-                .values(status=COMPLETE, output_location=location, updated_at=now, error=None)
+                .values(
+                    status=COMPLETE, output_location=location, updated_at=self._clock(), error=None
+                )
                 .returning(*tasks.c)
             ).first()
             if row is None:
@@ -279,7 +297,7 @@ class TaskQueueMixin:
                 .values(
                     status=QUEUED if requeue else FAILED,
                     error=message,
-                    updated_at=_now(),
+                    updated_at=self._clock(),
                     **({"worker_id": None, "heartbeat_at": None} if requeue else {}),
                 )
                 .returning(*tasks.c)
@@ -305,7 +323,7 @@ class TaskQueueMixin:
             row = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == key, tasks.c.status.in_(UNFINISHED))
-                .values(status=CANCELLED, error=why, updated_at=_now())
+                .values(status=CANCELLED, error=why, updated_at=self._clock())
                 .returning(*tasks.c)
             ).one()
             return [
@@ -326,7 +344,7 @@ class TaskQueueMixin:
         rows = conn.execute(
             tasks.update()
             .where(tasks.c.id.in_(sa.select(reach.c.id)), tasks.c.status.in_(UNFINISHED))
-            .values(status=CANCELLED, error=f"cancelled: {cause}", updated_at=_now())
+            .values(status=CANCELLED, error=f"cancelled: {cause}", updated_at=self._clock())
             .returning(*tasks.c)
         ).all()
         return sorted((Task.from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
@@ -338,7 +356,7 @@ class TaskQueueMixin:
             row = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == key, tasks.c.status == PENDING, *self._owner_filter())
-                .values(status=QUEUED, updated_at=_now())
+                .values(status=QUEUED, updated_at=self._clock())
                 .returning(*tasks.c)
             ).first()
             if row is None:
@@ -359,7 +377,7 @@ class TaskQueueMixin:
                     worker_id=None,
                     heartbeat_at=None,
                     attempts=tasks.c.attempts - 1,
-                    updated_at=_now(),
+                    updated_at=self._clock(),
                 )
                 .returning(*tasks.c)
             ).first()
@@ -379,7 +397,7 @@ class TaskQueueMixin:
             raise InvalidInput("older_than", "must be a non-negative timedelta")
         limit = v.non_negative_int("max_attempts", max_attempts)
         with self._scope.write() as conn:
-            cutoff = _now() - older_than
+            cutoff = self._clock(minus=older_than)
             pick = (
                 sa.select(tasks.c.id, tasks.c.attempts, tasks.c.worker_id)
                 .where(sa.text(RUNNING_SQL), tasks.c.heartbeat_at < cutoff, *self._owner_filter())
@@ -401,7 +419,7 @@ class TaskQueueMixin:
                     .where(tasks.c.id == stale.id, tasks.c.status == RUNNING)
                     .values(
                         **values,
-                        updated_at=_now(),
+                        updated_at=self._clock(),
                         error=f"requeued: {gone}"
                         if requeue
                         else f"failed after {stale.attempts} attempts: {gone}",

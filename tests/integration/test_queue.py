@@ -1,0 +1,300 @@
+"""Queue semantics on a real SQLite file and a real Postgres: every guarantee in docs/queue.md."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+import dualdb
+from dualdb import Conflict, InvalidInput, NotFound
+from dualdb.database import Database
+from dualdb.records import Project
+from dualdb.schema import task_dependencies, tasks
+
+
+@pytest.fixture
+def db(migrated_url: str) -> Iterator[Database]:
+    with dualdb.connect(migrated_url) as database:
+        yield database
+
+
+@pytest.fixture
+def project(db: Database) -> Project:
+    user = db.users.create()
+    return db.projects.create("Queue", user.id)
+
+
+def test_enqueue_defaults_to_queued_and_claim_takes_oldest(db: Database, project: Project) -> None:
+    first = db.tasks.enqueue(project.id, "single_image", {"n": 1})
+    second = db.tasks.enqueue(project.id, "single_image", {"n": 2})
+    assert first.status == "Queued"
+    claimed = db.tasks.claim("w1")
+    assert claimed is not None and claimed.id == first.id
+    assert (claimed.status, claimed.worker_id, claimed.attempts) == ("In Progress", "w1", 1)
+    assert claimed.generation_started_at is not None
+    assert claimed.heartbeat_at == claimed.generation_started_at
+    again = db.tasks.claim("w2")
+    assert again is not None and again.id == second.id
+    assert db.tasks.claim("w3") is None
+
+
+def test_claim_filters_by_task_type(db: Database, project: Project) -> None:
+    db.tasks.enqueue(project.id, "single_image", {})
+    stitch = db.tasks.enqueue(project.id, "travel_stitch", {})
+    claimed = db.tasks.claim("w", task_types=["travel_stitch"])
+    assert claimed is not None and claimed.id == stitch.id
+    assert db.tasks.claim("w", task_types=["travel_stitch"]) is None
+    with pytest.raises(InvalidInput, match="task_types"):
+        db.tasks.claim("w", task_types=[])
+
+
+def test_pending_is_held_until_released(db: Database, project: Project) -> None:
+    held = db.tasks.enqueue(project.id, "single_image", {}, status="Pending")
+    assert db.tasks.claim("w") is None
+    released = db.tasks.release(held.id)
+    assert released.status == "Queued"
+    claimed = db.tasks.claim("w")
+    assert claimed is not None and claimed.id == held.id
+    with pytest.raises(Conflict, match="not Pending"):
+        db.tasks.release(held.id)
+
+
+def test_dependencies_gate_claims(db: Database, project: Project) -> None:
+    a = db.tasks.enqueue(project.id, "single_image", {})
+    b = db.tasks.enqueue(project.id, "single_image", {})
+    c = db.tasks.enqueue(project.id, "travel_stitch", {}, depends_on=[a.id, b.id])
+    assert c.dependant_on == [a.id, b.id]
+    ca = db.tasks.claim("w")
+    cb = db.tasks.claim("w")
+    assert {ca.id if ca else None, cb.id if cb else None} == {a.id, b.id}
+    assert db.tasks.claim("w") is None  # c waits for both
+    db.tasks.complete(a.id, "w", "a.png")
+    assert db.tasks.claim("w") is None  # still waits for b
+    db.tasks.complete(b.id, "w", "b.png")
+    claimed = db.tasks.claim("w")
+    assert claimed is not None and claimed.id == c.id
+
+
+def test_enqueue_after_dependency_completed_is_ready(db: Database, project: Project) -> None:
+    a = db.tasks.enqueue(project.id, "single_image", {})
+    db.tasks.claim("w")
+    db.tasks.complete(a.id, "w", "a.png")
+    b = db.tasks.enqueue(project.id, "single_image", {}, depends_on=[a.id])
+    claimed = db.tasks.claim("w")
+    assert claimed is not None and claimed.id == b.id
+
+
+def test_dependencies_must_exist_and_share_the_project(db: Database, project: Project) -> None:
+    other = db.projects.create("Other", project.user_id)
+    foreign = db.tasks.enqueue(other.id, "single_image", {})
+    with pytest.raises(InvalidInput, match="another project") as info:
+        db.tasks.enqueue(project.id, "x", {}, depends_on=[foreign.id])
+    assert info.value.field == "depends_on"
+    with pytest.raises(InvalidInput, match="does not exist"):
+        db.tasks.enqueue(project.id, "x", {}, depends_on=[uuid.uuid4()])
+    with pytest.raises(InvalidInput, match="not a valid UUID"):
+        db.tasks.enqueue(project.id, "x", {}, depends_on=["nope"])
+    assert db.tasks.count(project_id=project.id) == 0
+
+
+def test_complete_only_by_the_claiming_worker_and_only_in_progress(
+    db: Database, project: Project
+) -> None:
+    t = db.tasks.enqueue(project.id, "single_image", {})
+    with pytest.raises(Conflict, match="Queued, not In Progress"):
+        db.tasks.complete(t.id, "w1", "x.png")
+    db.tasks.claim("w1")
+    with pytest.raises(Conflict, match="another worker"):
+        db.tasks.complete(t.id, "w2", "x.png")
+    done = db.tasks.complete(t.id, "w1", "files/out.mp4")
+    assert (done.status, done.output_location) == ("Complete", "files/out.mp4")
+    # A retry of the same call (lost reply) is answered, not refused…
+    assert db.tasks.complete(t.id, "w1", "files/out.mp4") == done
+    # …but a different result is a conflict.
+    with pytest.raises(Conflict):
+        db.tasks.complete(t.id, "w1", "files/other.mp4")
+    with pytest.raises(NotFound):
+        db.tasks.complete(uuid.uuid4(), "w1", "x")
+
+
+def test_complete_creates_the_shot_generation_exactly_once(db: Database, project: Project) -> None:
+    shot = db.shots.create(project.id, "Opening")
+    t = db.tasks.enqueue(project.id, "single_image", {"prompt": "p", "shot_id": str(shot.id)})
+    db.tasks.claim("w")
+    done = db.tasks.complete(t.id, "w", "files/a.png")
+    assert done.generation_processed_at is not None
+    gens = db.shots.generations(shot.id)
+    assert [(g.location, g.tasks, g.type) for g in gens] == [
+        ("files/a.png", [t.id], "single_image")
+    ]
+    db.tasks.complete(t.id, "w", "files/a.png")  # retried
+    assert len(db.shots.generations(shot.id)) == 1
+    assert [g.id for g in db.generations.for_task(t.id)] == [gens[0].id]
+
+
+def test_shot_in_params_must_be_in_the_project(db: Database, project: Project) -> None:
+    other = db.projects.create("Other", project.user_id)
+    foreign_shot = db.shots.create(other.id, "Theirs")
+    with pytest.raises(InvalidInput) as info:
+        db.tasks.enqueue(project.id, "single_image", {"shot_id": str(foreign_shot.id)})
+    assert info.value.field == "params.shot_id"
+    with pytest.raises(InvalidInput):
+        db.tasks.enqueue(project.id, "single_image", {"shot_id": "not-a-uuid"})
+
+
+def test_fail_cascades_cancellation_transitively(db: Database, project: Project) -> None:
+    a = db.tasks.enqueue(project.id, "single_image", {})
+    b = db.tasks.enqueue(project.id, "single_image", {}, depends_on=[a.id])
+    c = db.tasks.enqueue(project.id, "travel_stitch", {}, depends_on=[b.id])
+    unrelated = db.tasks.enqueue(project.id, "single_image", {})
+    db.tasks.claim("w")
+    failed = db.tasks.fail(a.id, "w", "CUDA out of memory")
+    assert (failed.status, failed.error) == ("Failed", "CUDA out of memory")
+    for dependent in (b, c):
+        got = db.tasks.get(dependent.id)
+        assert got.status == "Cancelled"
+        assert got.error is not None and str(a.id) in got.error
+    assert db.tasks.get(unrelated.id).status == "Queued"
+    with pytest.raises(InvalidInput, match="will never complete"):
+        db.tasks.enqueue(project.id, "x", {}, depends_on=[a.id])
+
+
+def test_fail_with_retry_requeues_while_attempts_remain(db: Database, project: Project) -> None:
+    t = db.tasks.enqueue(project.id, "single_image", {})
+    for attempt in (1, 2):
+        claimed = db.tasks.claim("w")
+        assert claimed is not None and claimed.attempts == attempt
+        again = db.tasks.fail(t.id, "w", f"flaky {attempt}", retry=True, max_attempts=3)
+        assert (again.status, again.worker_id, again.error) == ("Queued", None, f"flaky {attempt}")
+    db.tasks.claim("w")
+    final = db.tasks.fail(t.id, "w", "flaky 3", retry=True, max_attempts=3)
+    assert (final.status, final.attempts) == ("Failed", 3)
+
+
+def test_cancel_cascades_and_refuses_finished_tasks(db: Database, project: Project) -> None:
+    a = db.tasks.enqueue(project.id, "single_image", {})
+    b = db.tasks.enqueue(project.id, "x", {}, depends_on=[a.id])
+    c = db.tasks.enqueue(project.id, "x", {}, depends_on=[a.id, b.id])  # a fan-in
+    cancelled = db.tasks.cancel(a.id, "user cancelled")
+    assert [t.id for t in cancelled] == [a.id, b.id, c.id]
+    assert all(t.status == "Cancelled" for t in cancelled)
+    with pytest.raises(Conflict, match="only unfinished"):
+        db.tasks.cancel(a.id)
+
+
+def test_cancel_of_a_running_task_refuses_its_completion(db: Database, project: Project) -> None:
+    t = db.tasks.enqueue(project.id, "single_image", {})
+    db.tasks.claim("w")
+    db.tasks.cancel(t.id)
+    with pytest.raises(Conflict, match="Cancelled"):
+        db.tasks.complete(t.id, "w", "late.png")
+    assert db.tasks.get(t.id).output_location is None
+
+
+def test_heartbeat_and_requeue_stale(db: Database, project: Project) -> None:
+    t = db.tasks.enqueue(project.id, "single_image", {})
+    claimed = db.tasks.claim("dead")
+    assert claimed is not None
+    beat = db.tasks.heartbeat(t.id, "dead")
+    assert beat.heartbeat_at is not None and claimed.heartbeat_at is not None
+    assert beat.heartbeat_at >= claimed.heartbeat_at
+    with pytest.raises(Conflict):
+        db.tasks.heartbeat(t.id, "someone-else")
+    assert db.tasks.requeue_stale(timedelta(minutes=5)) == []  # fresh heartbeat
+    time.sleep(0.05)
+    recovered = db.tasks.requeue_stale(timedelta(milliseconds=10))
+    assert [(r.id, r.status, r.worker_id) for r in recovered] == [(t.id, "Queued", None)]
+    assert recovered[0].error is not None and "dead" in recovered[0].error
+    again = db.tasks.claim("alive")
+    assert again is not None and (again.id, again.attempts) == (t.id, 2)
+    db.tasks.complete(t.id, "alive", "ok.png")
+    with pytest.raises(Conflict):
+        db.tasks.complete(t.id, "dead", "ok.png")
+
+
+def test_requeue_stale_fails_after_max_attempts_and_cascades(
+    db: Database, project: Project
+) -> None:
+    t = db.tasks.enqueue(project.id, "single_image", {})
+    child = db.tasks.enqueue(project.id, "x", {}, depends_on=[t.id])
+    db.tasks.claim("dead")
+    time.sleep(0.02)
+    changed = db.tasks.requeue_stale(timedelta(0), max_attempts=1)
+    assert [(c.id, c.status) for c in changed] == [(t.id, "Failed"), (child.id, "Cancelled")]
+    assert changed[0].error is not None and "after 1 attempts" in changed[0].error
+
+
+def test_release_claim_gives_the_task_back_without_an_attempt(
+    db: Database, project: Project
+) -> None:
+    t = db.tasks.enqueue(project.id, "single_image", {})
+    db.tasks.claim("w")
+    back = db.tasks.release_claim(t.id, "w")
+    assert (back.status, back.attempts, back.worker_id) == ("Queued", 0, None)
+
+
+def test_counts_and_list_filters(db: Database, project: Project) -> None:
+    a = db.tasks.enqueue(project.id, "single_image", {})
+    db.tasks.enqueue(project.id, "travel_stitch", {}, depends_on=[a.id])
+    db.tasks.enqueue(project.id, "single_image", {}, status="Pending")
+    db.tasks.claim("gpu-1")
+    counts = db.tasks.counts(project.id)
+    assert counts == {
+        "Pending": 1,
+        "Queued": 1,
+        "In Progress": 1,
+        "Complete": 0,
+        "Failed": 0,
+        "Cancelled": 0,
+    }
+    assert db.tasks.counts() == counts
+    assert [t.id for t in db.tasks.list(worker_id="gpu-1").items] == [a.id]
+    assert len(db.tasks.list(status="Queued", task_type="travel_stitch").items) == 1
+    with pytest.raises(InvalidInput, match="not a task status"):
+        db.tasks.list(status="queued")
+
+
+def test_readiness_bookkeeping_matches_the_canonical_array(
+    db: Database, project: Project, migrated_url: str
+) -> None:
+    """task_dependencies and unmet_dependencies always agree with dependant_on and statuses."""
+    a = db.tasks.enqueue(project.id, "x", {})
+    b = db.tasks.enqueue(project.id, "x", {}, depends_on=[a.id])
+    c = db.tasks.enqueue(project.id, "x", {}, depends_on=[a.id, b.id])
+    db.tasks.claim("w")
+    db.tasks.complete(a.id, "w", "a")
+    with db.engine.connect() as conn:
+        edges = {(r.task_id, r.dependency_id) for r in conn.execute(sa.select(task_dependencies))}
+        rows = conn.execute(sa.select(tasks.c.id, tasks.c.unmet_dependencies)).all()
+    unmet = {r.id: r.unmet_dependencies for r in rows}
+    assert edges == {(b.id, a.id), (c.id, a.id), (c.id, b.id)}
+    assert unmet == {a.id: 0, b.id: 0, c.id: 1}
+
+
+def test_delete_refuses_a_task_others_wait_for(db: Database, project: Project) -> None:
+    a = db.tasks.enqueue(project.id, "x", {})
+    b = db.tasks.enqueue(project.id, "x", {}, depends_on=[a.id])
+    with pytest.raises(Conflict, match="cancel it"):
+        db.tasks.delete(a.id)
+    db.tasks.delete(b.id)
+    db.tasks.delete(a.id)
+    assert db.tasks.count() == 0
+
+
+def test_queue_verbs_validate_input(db: Database, project: Project) -> None:
+    t = db.tasks.enqueue(project.id, "x", {})
+    with pytest.raises(InvalidInput, match="worker_id"):
+        db.tasks.claim("")
+    with pytest.raises(InvalidInput, match="id"):
+        db.tasks.complete("nope", "w", "x")
+    with pytest.raises(InvalidInput, match="older_than"):
+        db.tasks.requeue_stale(timedelta(seconds=-1))
+    with pytest.raises(InvalidInput, match="output_location"):
+        db.tasks.claim("w")
+        db.tasks.complete(t.id, "w", "")
+    assert db.tasks.get(t.id).status == "In Progress"

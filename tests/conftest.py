@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -65,26 +66,33 @@ def _can_connect(url: str) -> str | None:
         return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def _initdb() -> str | None:
+    """The newest local ``initdb`` (Debian keeps it off PATH, under /usr/lib/postgresql)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return str(found[-1]) if found else shutil.which("initdb")
+
+
+def _as_postgres() -> list[str]:
+    """PostgreSQL refuses to run as root: run its binaries as the ``postgres`` user then."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
 def _start_cluster() -> tuple[str | None, str, Path | None]:
-    bins = (
-        sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-        if Path("/usr/lib/postgresql").is_dir()
-        else []
-    )
-    initdb = str(bins[-1]) if bins else shutil.which("initdb")
+    initdb = _initdb()
     if initdb is None:
         return None, "no PostgreSQL server reachable and no initdb binary found", None
     bindir = Path(initdb).parent
     base = Path(tempfile.mkdtemp(prefix="dualdb-pg-"))
     data, sock = base / "data", base / "sock"
     sock.mkdir()
-    prefix: list[str] = []
-    if os.geteuid() == 0:
+    prefix = _as_postgres()
+    if prefix:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
         base.chmod(0o755)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = "54329"
+    with socket.socket() as probe:  # a free port for the throwaway server
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     try:
         subprocess.run(
             [*prefix, initdb, "-D", str(data), "-U", "postgres", "-A", "trust"],
@@ -127,19 +135,21 @@ def pg_server() -> Iterator[PgServer]:
         yield PgServer(_DEFAULT_PG)
         return
     url, problem, base = _start_cluster()
-    server = PgServer(url, problem or None, base)
     try:
-        yield server
+        yield PgServer(url, problem or None, base)
     finally:
         if base is not None:
-            prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-            bindir = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]).parent
-            subprocess.run(
-                [*prefix, str(bindir / "pg_ctl"), "-D", str(base / "data"), "-m", "fast", "stop"],
-                capture_output=True,
-                check=False,
-            )
-            shutil.rmtree(base, ignore_errors=True)
+            _stop_cluster(base)
+
+
+def _stop_cluster(base: Path) -> None:
+    pg_ctl = Path(_initdb() or "pg_ctl").parent / "pg_ctl"
+    subprocess.run(
+        [*_as_postgres(), str(pg_ctl), "-D", str(base / "data"), "-m", "fast", "stop"],
+        capture_output=True,
+        check=False,
+    )
+    shutil.rmtree(base, ignore_errors=True)
 
 
 _PG_STATE: dict[str, object] = {"ran": 0, "skipped_reason": None, "where": None}

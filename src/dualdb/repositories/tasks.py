@@ -138,18 +138,11 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
         """Statuses of every dependency; refuses unknown ones and ones in another project."""
         wanted = {d for _, deps in prepared for d in deps}
         batch = {values["id"]: values for values, _ in prepared}
-        existing = (
-            {
-                r.id: r
-                for r in conn.execute(
-                    sa.select(tasks.c.id, tasks.c.project_id, tasks.c.status).where(
-                        tasks.c.id.in_(wanted - set(batch))
-                    )
-                )
-            }
-            if wanted - set(batch)
-            else {}
-        )
+        outside = wanted - set(batch)
+        existing: dict[uuid.UUID, Any] = {}
+        if outside:
+            query = sa.select(tasks.c.id, tasks.c.project_id, tasks.c.status)
+            existing = {r.id: r for r in conn.execute(query.where(tasks.c.id.in_(outside)))}
         seen: set[uuid.UUID] = set()
         statuses: dict[uuid.UUID, str] = {k: r.status for k, r in existing.items()}
         for values, deps in prepared:

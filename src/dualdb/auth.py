@@ -1,0 +1,446 @@
+"""Supabase access tokens: verification, and the Postgres settings that make RLS apply.
+
+:class:`TokenVerifier` checks a user's access token (a JWT issued by Supabase Auth) the way
+Supabase's own API does, and returns typed :class:`Claims`:
+
+* the signature — HS256 with the project's legacy JWT secret (``SUPABASE_JWT_SECRET``), or
+  ES256/RS256 with a public key from the project's JWKS
+  (``SUPABASE_URL`` + ``/auth/v1/.well-known/jwks.json``, see :class:`JwksSource`);
+* the algorithm against a fixed allow-list (:data:`ALGORITHMS`): the token header only says
+  which of *our* algorithms it claims, never which algorithm we run — ``none`` is refused, an
+  HS256 token is never checked against a JWKS public key, a JWKS key is only used for the
+  algorithm its own type implies;
+* ``aud`` (``authenticated``), ``exp`` (required), ``sub`` (a user UUID) and, when
+  ``SUPABASE_URL`` is known, ``iss`` (``SUPABASE_URL/auth/v1``).
+
+Every failure is :class:`~dualdb.errors.PermissionDenied` with a short reason.  Messages and
+``repr()`` never contain the token, the JWT secret or key material.
+
+:func:`act_as_user` and :func:`act_as_service` put an open Postgres transaction into the state
+PostgREST uses (``request.jwt.claims`` and ``SET LOCAL ROLE``), so the Row Level Security
+policies of migration 0004 apply.  Both are transaction-scoped, hence safe behind Supabase's
+transaction pooler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jwt
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from dualdb.config import Settings, load_settings
+from dualdb.errors import ConfigError, PermissionDenied
+
+__all__ = [
+    "ALGORITHMS",
+    "AUDIENCE",
+    "AUTHENTICATED_ROLE",
+    "SERVICE_ROLE",
+    "Claims",
+    "JwksSource",
+    "TokenVerifier",
+    "act_as_service",
+    "act_as_user",
+    "jwks_url",
+    "project_issuer",
+]
+
+#: The only algorithms ever used to verify a token (HS256 only when a JWT secret is set).
+ALGORITHMS: tuple[str, ...] = ("HS256", "ES256", "RS256")
+_ASYMMETRIC = frozenset({"ES256", "RS256"})
+#: The audience Supabase Auth puts in user access tokens.
+AUDIENCE = "authenticated"
+#: The Postgres role a verified user acts as (PostgREST's, and the RLS policies').
+AUTHENTICATED_ROLE = "authenticated"
+#: The Postgres role trusted server code (workers) acts as; it bypasses RLS.
+SERVICE_ROLE = "service_role"
+#: Seconds of clock skew tolerated on ``exp``/``iat``/``nbf``.
+DEFAULT_LEEWAY_S = 10.0
+#: Longer inputs are refused before any parsing.
+MAX_TOKEN_LENGTH = 16_384
+#: Cap on a JWKS document fetched from a URL.
+_MAX_JWKS_BYTES = 1_000_000
+
+
+def project_issuer(supabase_url: str) -> str:
+    """The ``iss`` Supabase Auth writes into tokens of the project at ``supabase_url``."""
+    return supabase_url.strip().rstrip("/") + "/auth/v1"
+
+
+def jwks_url(supabase_url: str) -> str:
+    """Where the project at ``supabase_url`` publishes its signing keys."""
+    return project_issuer(supabase_url) + "/.well-known/jwks.json"
+
+
+def _shown(value: object) -> str:
+    """A short, printable rendering of an attacker-controlled header value."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The verified claims of an access token.
+
+    ``user_id`` is ``sub`` as a UUID; ``raw`` is every claim, read-only, as Supabase issued it
+    (what :func:`act_as_user` hands to Postgres as ``request.jwt.claims``).
+    """
+
+    user_id: uuid.UUID
+    role: str
+    email: str | None
+    expires_at: datetime | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False, hash=False)
+
+    @classmethod
+    def for_user_id(cls, user_id: uuid.UUID | str, *, email: str | None = None) -> Claims:
+        """Claims for trusted server code acting for ``user_id`` without a token.
+
+        They carry what the RLS policies read (``sub``, ``role``, ``aud``); nothing is verified,
+        so never build them from client input.
+        """
+        uid = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
+        raw: dict[str, Any] = {"sub": str(uid), "role": AUTHENTICATED_ROLE, "aud": AUDIENCE}
+        if email is not None:
+            raw["email"] = email
+        return cls(
+            user_id=uid,
+            role=AUTHENTICATED_ROLE,
+            email=email,
+            expires_at=None,
+            raw=MappingProxyType(raw),
+        )
+
+    def to_json(self) -> str:
+        """The claims as the JSON text PostgREST puts in ``request.jwt.claims``."""
+        return json.dumps(dict(self.raw), sort_keys=True, separators=(",", ":"), default=str)
+
+
+class JwksSource:
+    """A project's JSON Web Key Set: loaded lazily, cached, refetched for an unknown ``kid``.
+
+    ``source`` is a URL (``https://…`` or ``http://…``), a file path, or the JWKS as a dict.
+    Keys are cached for ``cache_ttl`` seconds.  A token whose ``kid`` is not in the cache makes
+    one refetch (key rotation), but at most one per ``min_refetch_interval`` seconds, so a
+    stream of made-up ``kid`` values cannot turn into a stream of requests.  Symmetric
+    (``oct``) keys are ignored: HS256 only ever uses the configured JWT secret.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | Mapping[str, Any],
+        *,
+        cache_ttl: float = 600.0,
+        min_refetch_interval: float = 30.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self._source = source
+        self.cache_ttl = cache_ttl
+        self.min_refetch_interval = min_refetch_interval
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._keys: list[tuple[str | None, jwt.PyJWK]] | None = None
+        self._fetched_at = 0.0
+        #: How many times the set was (re)loaded — visible so caching can be verified.
+        self.loads = 0
+
+    @classmethod
+    def for_project(cls, supabase_url: str, **options: Any) -> JwksSource:
+        """The JWKS of the Supabase project at ``supabase_url``."""
+        return cls(jwks_url(supabase_url), **options)
+
+    @property
+    def where(self) -> str:
+        """Where the keys come from (a URL, a path, or ``<dict>``) — public information."""
+        if isinstance(self._source, Mapping):
+            return "<dict>"
+        return os.fspath(self._source)
+
+    def __repr__(self) -> str:
+        return f"JwksSource({self.where!r})"
+
+    def _is_url(self) -> bool:
+        return isinstance(self._source, str) and self._source.lower().startswith(
+            ("https://", "http://")
+        )
+
+    def _read(self) -> Any:
+        if isinstance(self._source, Mapping):
+            return self._source
+        if self._is_url():
+            url = str(self._source)
+            request = urllib.request.Request(
+                url, headers={"Accept": "application/json", "User-Agent": "dualdb"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    body = response.read(_MAX_JWKS_BYTES + 1)
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                reason = getattr(err, "reason", None) or type(err).__name__
+                raise PermissionDenied(
+                    f"cannot load the signing keys from {url}: {reason}"
+                ) from None
+            if len(body) > _MAX_JWKS_BYTES:
+                raise PermissionDenied(f"the signing keys at {url} are too large")
+        else:
+            try:
+                body = Path(os.fspath(self._source)).read_bytes()
+            except OSError as err:
+                raise PermissionDenied(
+                    f"cannot load the signing keys from {self.where}: {err.strerror}"
+                ) from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise PermissionDenied(f"the signing keys at {self.where} are not JSON") from None
+
+    def _load(self) -> None:
+        data = self._read()
+        entries = data.get("keys") if isinstance(data, Mapping) else None
+        if not isinstance(entries, list):
+            raise PermissionDenied(f"{self.where} is not a JSON Web Key Set")
+        keys: list[tuple[str | None, jwt.PyJWK]] = []
+        for entry in entries:
+            if not isinstance(entry, Mapping) or entry.get("kty") == "oct":
+                continue
+            if entry.get("use", "sig") != "sig":
+                continue
+            try:
+                key = jwt.PyJWK(dict(entry))
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                continue  # a key type we do not use; others in the set may still be fine
+            if key.algorithm_name not in _ASYMMETRIC:
+                continue
+            kid = entry.get("kid")
+            keys.append((kid if isinstance(kid, str) else None, key))
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+        self.loads += 1
+
+    def key_for(self, kid: str | None, algorithm: str) -> jwt.PyJWK:
+        """The public key ``kid`` for ``algorithm``; :class:`PermissionDenied` if there is none."""
+        with self._lock:
+            now = time.monotonic()
+            if self._keys is None or now - self._fetched_at >= self.cache_ttl:
+                self._load()
+            found = self._find(kid, algorithm)
+            if found is None and now - self._fetched_at >= self.min_refetch_interval:
+                self._load()  # keys may have been rotated since the last load
+                found = self._find(kid, algorithm)
+        if found is None:
+            if kid is None:
+                raise PermissionDenied("token has no key id (kid) and no single key matches")
+            raise PermissionDenied(f"token key id {_shown(kid)} is not in the project's JWKS")
+        if found.algorithm_name != algorithm:
+            raise PermissionDenied(f"token key id {_shown(kid)} is not an {algorithm} key")
+        return found
+
+    def _find(self, kid: str | None, algorithm: str) -> jwt.PyJWK | None:
+        assert self._keys is not None
+        if kid is not None:
+            return next((k for k_id, k in self._keys if k_id == kid), None)
+        matching = [k for _, k in self._keys if k.algorithm_name == algorithm]
+        return matching[0] if len(matching) == 1 else None
+
+
+# Order matters: subclasses before their bases.
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "token has expired"),
+    (jwt.ImmatureSignatureError, "token is not valid yet"),
+    (jwt.InvalidAudienceError, f"token audience is not {AUDIENCE!r}"),
+    (jwt.InvalidIssuerError, "token was not issued by this project"),
+    (jwt.InvalidIssuedAtError, "token issue time (iat) is invalid"),
+    (jwt.InvalidSignatureError, "token signature is invalid"),
+    (jwt.InvalidAlgorithmError, "token algorithm is not accepted"),
+    (jwt.InvalidKeyError, "the verification key cannot be used"),
+    (jwt.DecodeError, "token is malformed"),
+)
+
+
+def _reason(err: jwt.PyJWTError) -> str:
+    if isinstance(err, jwt.MissingRequiredClaimError):
+        return f"token has no {err.claim!r} claim"
+    for kind, reason in _REASONS:
+        if isinstance(err, kind):
+            return reason
+    return "token is invalid"
+
+
+class TokenVerifier:
+    """Verifies Supabase access tokens; see the module docstring for what is checked.
+
+    Build it from the environment with :meth:`from_settings`, or explicitly (tests, several
+    projects).  At least one of ``jwt_secret`` (HS256) and ``jwks`` (ES256/RS256) is needed.
+    ``issuer`` defaults to none (not checked) unless built from ``SUPABASE_URL``.
+    """
+
+    def __init__(
+        self,
+        *,
+        jwt_secret: str | SecretStr | None = None,
+        jwks: JwksSource | str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        issuer: str | None = None,
+        audience: str = AUDIENCE,
+        leeway: float = DEFAULT_LEEWAY_S,
+    ) -> None:
+        secret = jwt_secret.get_secret_value() if isinstance(jwt_secret, SecretStr) else jwt_secret
+        self._secret = SecretStr(secret) if secret else None
+        self._jwks = jwks if isinstance(jwks, JwksSource) or jwks is None else JwksSource(jwks)
+        if self._secret is None and self._jwks is None:
+            raise ConfigError(
+                "verifying access tokens needs SUPABASE_URL (for the project's JWKS) "
+                "or SUPABASE_JWT_SECRET"
+            )
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> TokenVerifier:
+        """A verifier for the project in ``SUPABASE_URL`` / ``SUPABASE_JWT_SECRET``."""
+        s = settings if settings is not None else load_settings()
+        url = (s.supabase_url or "").strip()
+        return cls(
+            jwt_secret=s.supabase_jwt_secret,
+            jwks=JwksSource.for_project(url) if url else None,
+            issuer=project_issuer(url) if url else None,
+        )
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The algorithms this verifier accepts (a subset of :data:`ALGORITHMS`)."""
+        return tuple(
+            a
+            for a in ALGORITHMS
+            if (a == "HS256" and self._secret is not None)
+            or (a in _ASYMMETRIC and self._jwks is not None)
+        )
+
+    def __repr__(self) -> str:
+        secret = "'**********'" if self._secret is not None else None
+        return (
+            f"TokenVerifier(algorithms={list(self.algorithms)!r}, audience={self.audience!r}, "
+            f"issuer={self.issuer!r}, jwt_secret={secret}, jwks={self._jwks!r})"
+        )
+
+    def verify(self, token: str) -> Claims:
+        """Verify ``token`` (optionally prefixed ``Bearer ``) and return its :class:`Claims`.
+
+        Raises :class:`PermissionDenied` with the reason when anything is wrong.
+        """
+        if not isinstance(token, str):
+            raise PermissionDenied("access token must be a string")
+        text = token.strip()
+        if text[:7].lower() == "bearer ":
+            text = text[7:].strip()
+        if not text:
+            raise PermissionDenied("no access token given")
+        if len(text) > MAX_TOKEN_LENGTH:
+            raise PermissionDenied("access token is too long")
+        try:
+            header = jwt.get_unverified_header(text)
+        except jwt.PyJWTError:
+            raise PermissionDenied("token is malformed") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
+            raise PermissionDenied(f"token algorithm {_shown(alg)} is not accepted")
+        key: Any
+        if alg == "HS256":
+            if self._secret is None:
+                raise PermissionDenied("HS256 tokens are not accepted: no JWT secret is set")
+            key = self._secret.get_secret_value()
+        else:
+            if self._jwks is None:
+                raise PermissionDenied(f"{alg} tokens are not accepted: no JWKS is configured")
+            kid = header.get("kid")
+            if kid is not None and not isinstance(kid, str):
+                raise PermissionDenied("token key id (kid) is not a string")
+            key = self._jwks.key_for(kid, alg).key
+        required = ["exp", "sub", "aud"] + (["iss"] if self.issuer else [])
+        try:
+            payload = jwt.decode(
+                text,
+                key,
+                algorithms=[alg],  # exactly one, chosen above from our own list
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": required},
+            )
+        except jwt.PyJWTError as err:
+            raise PermissionDenied(_reason(err)) from None
+        return _claims(payload)
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    try:
+        user_id = uuid.UUID(str(payload["sub"]))
+    except ValueError:
+        raise PermissionDenied("token subject (sub) is not a user id") from None
+    role = payload.get("role", AUTHENTICATED_ROLE)
+    if role != AUTHENTICATED_ROLE:
+        raise PermissionDenied(f"token role {_shown(role)} is not {AUTHENTICATED_ROLE!r}")
+    email = payload.get("email")
+    exp = payload["exp"]
+    return Claims(
+        user_id=user_id,
+        role=AUTHENTICATED_ROLE,
+        email=email if isinstance(email, str) and email else None,
+        expires_at=datetime.fromtimestamp(float(exp), tz=UTC),
+        raw=MappingProxyType(dict(payload)),
+    )
+
+
+_SET_CLAIMS = sa.text(
+    "SELECT set_config('request.jwt.claims', :claims, true), "
+    "set_config('request.jwt.claim.sub', :sub, true), "
+    "set_config('request.jwt.claim.role', :role, true)"
+)
+
+
+def act_as_user(conn: sa.Connection, claims: Claims) -> None:
+    """Run the rest of the open Postgres transaction as ``claims``' user, under RLS.
+
+    Sets ``request.jwt.claims`` (read by ``auth.uid()``/``auth.jwt()``; the older per-claim
+    settings too, so any version of Supabase's functions agrees) and ``SET LOCAL ROLE
+    authenticated``.  Everything is ``LOCAL``: it ends with the transaction, so a pooled
+    connection never carries one user's identity into another's transaction.
+    """
+    _require_transaction(conn)
+    conn.execute(
+        _SET_CLAIMS,
+        {"claims": claims.to_json(), "sub": str(claims.user_id), "role": AUTHENTICATED_ROLE},
+    )
+    conn.exec_driver_sql(f"SET LOCAL ROLE {AUTHENTICATED_ROLE}")
+
+
+def act_as_service(conn: sa.Connection) -> None:
+    """Run the rest of the open Postgres transaction as ``service_role`` (bypasses RLS)."""
+    _require_transaction(conn)
+    conn.execute(
+        _SET_CLAIMS,
+        {"claims": json.dumps({"role": SERVICE_ROLE}), "sub": "", "role": SERVICE_ROLE},
+    )
+    conn.exec_driver_sql(f"SET LOCAL ROLE {SERVICE_ROLE}")
+
+
+def _require_transaction(conn: sa.Connection) -> None:
+    if conn.dialect.name != "postgresql":
+        raise ValueError("act_as_user/act_as_service apply to Postgres connections only")
+    if not conn.in_transaction():
+        # SET LOCAL outside a transaction is a no-op with a warning: never silently unscoped.
+        raise ValueError("act_as_user/act_as_service need an open transaction")

@@ -1,0 +1,205 @@
+"""Supabase-ready Postgres connections: transaction pooler, dropped connections, sslmode.
+
+What reaches psycopg is read with SQLAlchemy's ``do_connect`` event (the exact keyword
+arguments of ``psycopg.connect``), and behaviour is checked on a real server.  Postgres only:
+none of this exists on SQLite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+
+from dualdb import migrations
+from dualdb.config import Settings, Target, resolve
+from dualdb.engine import create_engine, ping
+from dualdb.errors import DatabaseUnavailable, MigrationError
+from tests.conftest import PgServer
+
+POSTGRES_ONLY = [
+    pytest.mark.postgres_only,
+    pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)]),
+]
+
+
+def postgres_only(fn: Any) -> Any:
+    for mark in reversed(POSTGRES_ONLY):
+        fn = mark(fn)
+    return fn
+
+
+def connect_kwargs(target: Target) -> dict[str, Any]:
+    """The keyword arguments the engine for ``target`` hands to ``psycopg.connect``."""
+    engine = create_engine(target)
+    seen: dict[str, Any] = {}
+
+    @event.listens_for(engine, "do_connect")
+    def record(_dialect: Any, _record: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        seen.update(kwargs)
+
+    try:
+        with engine.connect():
+            pass
+    except exc.DBAPIError:
+        pass  # nothing listens there; the arguments were recorded before the attempt
+    finally:
+        engine.dispose()
+    assert seen, "the engine never tried to connect"
+    return seen
+
+
+def with_query(url: str, query: str) -> str:
+    return url + ("&" if "?" in url else "?") + query
+
+
+def prepared_statements_after_repeats(target: Target) -> tuple[object, int]:
+    """Run one statement ten times; (psycopg's prepare_threshold, server-side prepared count)."""
+    engine = create_engine(target)
+    try:
+        with engine.connect() as conn:
+            for _ in range(10):
+                conn.execute(sa.text("SELECT 1 WHERE 1 = :x"), {"x": 1})
+            threshold = conn.connection.dbapi_connection.prepare_threshold  # type: ignore[union-attr]
+            count = conn.execute(sa.text("SELECT count(*) FROM pg_prepared_statements")).scalar()
+        return threshold, int(count or 0)
+    finally:
+        engine.dispose()
+
+
+# --- transaction pooler ----------------------------------------------------------------------
+
+
+def test_port_6543_means_no_prepared_statements() -> None:
+    target = resolve("postgresql://postgres:pw@127.0.0.1:6543/postgres")
+    assert target.transaction_pooler
+    assert connect_kwargs(target)["prepare_threshold"] is None
+
+
+def test_session_pooler_and_direct_urls_keep_prepared_statements() -> None:
+    target = resolve("postgresql://postgres:pw@127.0.0.1:1/postgres")
+    assert not target.transaction_pooler
+    assert "prepare_threshold" not in connect_kwargs(target)  # psycopg's default applies
+
+
+@postgres_only
+def test_prepared_statements_are_off_behind_the_pooler_on_a_real_server(db_url: str) -> None:
+    direct = resolve(db_url)
+    threshold, prepared = prepared_statements_after_repeats(direct)
+    assert (threshold, prepared > 0) == (5, True)  # the control: psycopg prepares by default
+
+    flagged = resolve(with_query(db_url, "pgbouncer=true"))
+    assert flagged.transaction_pooler and "pgbouncer" not in flagged.url.query
+    assert prepared_statements_after_repeats(flagged) == (None, 0)
+
+    forced = resolve(db_url, settings=Settings.model_validate({"DUALDB_TRANSACTION_POOLER": "1"}))
+    assert forced.transaction_pooler
+    assert prepared_statements_after_repeats(forced) == (None, 0)
+
+
+@pytest.mark.parametrize(
+    ("url", "env"),
+    [
+        ("postgresql://u:p@127.0.0.1:6543/postgres", {}),
+        ("postgresql://u:p@127.0.0.1:5432/postgres?pgbouncer=true", {}),
+        ("postgresql://u:p@127.0.0.1:5432/postgres", {"DUALDB_TRANSACTION_POOLER": "true"}),
+    ],
+)
+def test_migration_commands_refuse_the_transaction_pooler(url: str, env: dict[str, str]) -> None:
+    target = resolve(url, settings=Settings.model_validate(env))
+    for run in (
+        lambda: migrations.upgrade(target),
+        lambda: migrations.downgrade(target, "base"),
+        lambda: migrations.generate(target, "x"),
+    ):
+        with pytest.raises(MigrationError, match=r"session pooler .* or the direct connection"):
+            run()
+
+
+def test_an_explicit_setting_can_deny_pooler_mode_on_port_6543() -> None:
+    settings = Settings.model_validate({"DUALDB_TRANSACTION_POOLER": "false"})
+    assert not resolve("postgresql://u@127.0.0.1:6543/db", settings=settings).transaction_pooler
+
+
+# --- dropped connections ---------------------------------------------------------------------
+
+
+def _kill_pooled_connection(engine: sa.Engine, pg_server: PgServer) -> int:
+    with engine.connect() as conn:
+        pid = int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() or 0)
+    assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    assert pg_server.admin_url is not None
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(100):  # termination is asynchronous
+            gone = admin.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)", (pid,)
+            ).fetchone()
+            if gone and gone[0]:
+                break
+            admin.execute("SELECT pg_sleep(0.02)")
+    return pid
+
+
+@postgres_only
+def test_a_connection_killed_server_side_is_replaced(db_url: str, pg_server: PgServer) -> None:
+    engine = create_engine(resolve(db_url))
+    try:
+        dead = _kill_pooled_connection(engine, pg_server)
+        with engine.connect() as conn:  # pool_pre_ping notices and reconnects
+            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() != dead
+        ping(engine)
+    finally:
+        engine.dispose()
+
+
+@postgres_only
+def test_without_pre_ping_the_same_kill_surfaces(db_url: str, pg_server: PgServer) -> None:
+    """Control for the test above: the killed connection really was dead."""
+    engine = sa.create_engine(resolve(db_url).url)
+    try:
+        _kill_pooled_connection(engine, pg_server)
+        with pytest.raises(exc.OperationalError), engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    finally:
+        engine.dispose()
+
+
+# --- sslmode ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["require", "verify-full", "disable"])
+def test_sslmode_passes_through_from_the_url(mode: str) -> None:
+    url = f"postgresql://postgres:pw@db.abcdefgh.supabase.co:5432/postgres?sslmode={mode}"
+    target = resolve(url)
+    assert target.url.query["sslmode"] == mode
+    assert target.redacted.endswith(f"?sslmode={mode}") and "pw" not in target.redacted
+    local = resolve(f"postgresql://postgres:pw@127.0.0.1:1/postgres?sslmode={mode}")
+    assert connect_kwargs(local)["sslmode"] == mode
+
+
+@postgres_only
+def test_sslmode_reaches_the_server(db_url: str, pg_server: PgServer) -> None:
+    assert pg_server.admin_url is not None
+    with psycopg.connect(pg_server.admin_url) as admin:
+        ssl_on = admin.execute("SHOW ssl").fetchone() == ("on",)
+    engine = create_engine(resolve(with_query(db_url, "sslmode=require")))
+    try:
+        if ssl_on:
+            with engine.connect() as conn:
+                assert conn.connection.dbapi_connection.pgconn.ssl_in_use  # type: ignore[union-attr]
+        else:
+            # The server has no SSL: libpq refuses rather than silently going plain text.
+            with pytest.raises(DatabaseUnavailable, match="SSL"):
+                ping(engine)
+    finally:
+        engine.dispose()
+    plain = create_engine(resolve(with_query(db_url, "sslmode=disable")))
+    try:
+        with plain.connect() as conn:
+            assert not conn.connection.dbapi_connection.pgconn.ssl_in_use  # type: ignore[union-attr]
+    finally:
+        plain.dispose()

@@ -13,21 +13,24 @@ databases (including migration 0004, which makes the same roles on a bare Postgr
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from dualdb.config import resolve
 from dualdb.migrations import upgrade
-from tests.conftest import _CI, PgServer, _create_database, _drop_database, _require_pg
+from tests.conftest import (
+    _CI,
+    PgServer,
+    _create_database,
+    _drop_database,
+    _require_pg,
+    _start_cluster,
+    _stop_cluster,
+)
 
 #: (name, attributes) of Supabase's API roles.
 API_ROLES = (
@@ -175,58 +178,23 @@ class FreshCluster:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def fresh_cluster(pg_server: PgServer) -> Iterator[FreshCluster]:
-    """Start a throwaway cluster from the local PostgreSQL binaries (skipped without them).
+    """A throwaway cluster started from the local PostgreSQL binaries (skipped without them).
 
     The shared server cannot show what happens when the roles are missing: once anything has
     migrated there, the cluster-wide roles exist.
     """
     _require_pg(pg_server)
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    initdb = str(found[-1]) if found else shutil.which("initdb")
-    if initdb is None:
-        pytest.skip("no initdb binary: cannot start a fresh PostgreSQL cluster")
-    bindir = Path(initdb).parent
-    # Not under pytest's tmp_path: its parents are private to this user, and the server runs
-    # as ``postgres`` when we are root.
-    base = Path(tempfile.mkdtemp(prefix="dualdb-fresh-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        for path in (base, sock):
-            shutil.chown(path, "postgres")
-        base.chmod(0o755)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
-    pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data)]
+    url, problem, base = _start_cluster()
+    if url is None:
+        if _CI:
+            pytest.fail(f"a fresh PostgreSQL cluster is needed here: {problem}", pytrace=False)
+        pytest.skip(problem)
     try:
-        try:
-            subprocess.run(
-                [*prefix, initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-N"],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-            subprocess.run(
-                [*pg_ctl, "-w", "-l", str(base / "log"), "-o", options, "start"],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-        except (subprocess.SubprocessError, OSError) as err:
-            if _CI:
-                pytest.fail(f"could not start a fresh PostgreSQL cluster: {err}", pytrace=False)
-            pytest.skip(f"could not start a fresh PostgreSQL cluster: {err}")
+        port = make_url(url).port
+        assert port is not None
         yield FreshCluster(port)
     finally:
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, check=False)
-        shutil.rmtree(base, ignore_errors=True)
+        if base is not None:
+            _stop_cluster(base)

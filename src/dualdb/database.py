@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from sqlalchemy import exc
 from dualdb import migrations
 from dualdb.config import Target, resolve
 from dualdb.engine import create_engine, ping, translate, translated_errors
-from dualdb.errors import DatabaseUnavailable, SchemaOutOfDate
+from dualdb.errors import ConfigError, DatabaseUnavailable, SchemaOutOfDate
 from dualdb.repositories import (
     GenerationsRepository,
     ProjectsRepository,
@@ -60,14 +61,21 @@ class Database(Repositories):
 
     def __init__(self, target: Target, *, check_schema: bool = True) -> None:
         self.target = target
-        if target.backend == "sqlite" and check_schema:
-            path = target.url.database or ""
-            if path and path != ":memory:" and not Path(path).exists():
-                raise SchemaOutOfDate(
-                    f"SQLite file {path} does not exist: run `dualdb migrate` to create it"
-                )
+        # First, so a SQLite file in a missing folder is DatabaseUnavailable (nothing to migrate).
         self.engine = create_engine(target)
         try:
+            path = target.url.database or ""
+            # Checked before connecting: connecting would create an empty file.
+            if (
+                target.backend == "sqlite"
+                and check_schema
+                and path not in ("", ":memory:")
+                and not Path(path).exists()
+            ):
+                raise SchemaOutOfDate(
+                    f"SQLite file {path} does not exist: run `{self._migrate_command()}` "
+                    "to create it"
+                )
             ping(self.engine)
             if check_schema:
                 self._check_schema()
@@ -84,15 +92,20 @@ class Database(Repositories):
             raise translate(err) or DatabaseUnavailable("cannot read the database") from None
         head = migrations.head_revision()
         if current != head:
-            url = (
-                ""
-                if self.target.app_env == "local" and self.target.backend == "sqlite"
-                else (f" --url '{self.target.redacted}'")
-            )
             raise SchemaOutOfDate(
                 f"the database is at revision {current or 'none'}, this dualdb needs {head}: "
-                f"run `dualdb migrate{url}`"
+                f"run `{self._migrate_command()}`"
             )
+
+    def _migrate_command(self) -> str:
+        """The command that migrates this database: ``--url`` unless it is the environment's."""
+        try:
+            default: Target | None = resolve()
+        except ConfigError:
+            default = None
+        if default is not None and default.url == self.target.url:
+            return "dualdb migrate"
+        return f"dualdb migrate --url {shlex.quote(self.target.redacted)}"
 
     def row_counts(self) -> dict[str, int]:
         """Rows per table, in schema order."""

@@ -144,6 +144,12 @@ class Repository(Generic[R]):
         return Page(items=items, next_cursor=self._encode(items[-1]) if more and items else None)
 
     def _iter(self, filters: Mapping[str, Any], batch_size: int) -> Iterator[R]:
+        # Validate now, so bad arguments fail at the call and not at the first next().
+        size = v.limit("batch_size", batch_size)
+        self._filters(filters)
+        return self._batches(filters, size)
+
+    def _batches(self, filters: Mapping[str, Any], batch_size: int) -> Iterator[R]:
         cursor: str | None = None
         while True:
             page = self._list(filters, batch_size, cursor)
@@ -196,16 +202,29 @@ class Repository(Generic[R]):
                 raise ValueError
             out: list[Any] = []
             for col, value in zip(self.order_by, data[1:], strict=True):
-                if col == "id" or col.endswith("_id"):
-                    out.append(uuid.UUID(value))
-                elif col.endswith("_at"):
-                    out.append(parse_timestamp(value))
+                # A cursor is user input: check every value's type (and an int's range, so
+                # neither backend sees an out-of-range integer) before it reaches SQL.
+                if col == "id" or col.endswith("_id") or col.endswith("_at"):
+                    if not isinstance(value, str):
+                        raise ValueError(col)
+                    is_time = col.endswith("_at")
+                    out.append(parse_timestamp(value) if is_time else uuid.UUID(value))
                 elif isinstance(value, int) and not isinstance(value, bool):
+                    if not -(2**31) <= value < 2**31:
+                        raise ValueError(col)
                     out.append(value)
                 else:
                     raise ValueError(col)
             return out
-        except (ValueError, TypeError, KeyError, IndexError, binascii.Error, json.JSONDecodeError):
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            OverflowError,
+            binascii.Error,
+            json.JSONDecodeError,
+        ):
             raise InvalidInput("cursor", "not a cursor returned by this list") from None
 
     def _after(self, key: Sequence[Any]) -> sa.ColumnElement[bool]:

@@ -14,7 +14,8 @@ from dualdb.dialects import array_contains
 from dualdb.errors import InvalidInput
 from dualdb.records import Generation, Page
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
-from dualdb.schema import generations, tasks
+from dualdb.repositories.shots import ShotsRepository
+from dualdb.schema import generations, shot_generations, tasks
 from dualdb.unset import UNSET, Unset
 
 MAX_TYPE = 100
@@ -141,3 +142,20 @@ class GenerationsRepository(Repository[Generation]):
                 current = self.get(key)
                 self._require_tasks(conn, current.project_id, values["tasks"])
             return self._update(key, values)
+
+    def delete(self, id: uuid.UUID | str) -> None:
+        """Delete the generation; it leaves every shot it was on, whose positions close up."""
+        key = v.uuid_("id", id)
+        placed = ShotsRepository(self._scope)
+        with self._scope.write() as conn:
+            self._check_writable(conn, key)
+            on = conn.execute(
+                sa.select(shot_generations.c.shot_id).where(shot_generations.c.generation_id == key)
+            ).scalars()
+            # One lock order, so concurrent edits of the same shots cannot deadlock.
+            shot_ids = sorted(set(on), key=str)
+            for shot_id in shot_ids:
+                placed._lock(conn, shot_id)
+            super().delete(key)
+            for shot_id in shot_ids:
+                placed._write_positions(conn, placed._placements(conn, shot_id))

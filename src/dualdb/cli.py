@@ -279,6 +279,45 @@ def worker(
     )
 
 
+@app.command()
+@handle_errors
+def studio(
+    url: UrlOption = None,
+    port: Annotated[
+        int, typer.Option("--port", help="Port to listen on (0: any free port).")
+    ] = 4983,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    read_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--read-only/--read-write",
+            help="Refuse or allow edits. Default: read-only for Postgres (APP_ENV=web), "
+            "read-write for a local SQLite file.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_remote_host: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote-host",
+            help="Allow a --host other machines can reach (the studio has no login).",
+        ),
+    ] = False,
+) -> None:
+    """Browse and edit the database in a web UI (like Drizzle Studio)."""
+    # Imported here: only this command needs the web stack (sqladmin, Starlette, uvicorn).
+    from dualdb.studio import serve
+
+    serve(
+        _target(url),
+        host=host,
+        port=port,
+        read_only=read_only,
+        allow_remote_host=allow_remote_host,
+        announce=lambda line: out.print(line, markup=False),
+    )
+
+
 def main() -> None:
     """Entry point of the ``dualdb`` console script."""
     app()

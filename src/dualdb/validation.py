@@ -6,6 +6,7 @@ names the offending argument.  The studio's forms use the same functions as the 
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterable
@@ -121,11 +122,29 @@ def json_document(field: str, value: object, *, max_bytes: int = MAX_PARAMS_BYTE
 
 
 def params(field: str, value: object) -> dict[str, Any]:
-    """Task params: a JSON object."""
+    """Task params: a JSON object, returned as the backends give it back.
+
+    That is a fresh copy (tuples become lists, later changes to ``value`` do not leak in) with
+    every object's keys in jsonb's order (shorter keys first, then bytewise), which Postgres
+    imposes; storing that order on SQLite too makes ``params`` identical on both backends.
+    """
     if not isinstance(value, dict):
         raise InvalidInput(field, f"must be a JSON object (dict), not {type(value).__name__}")
-    out: dict[str, Any] = json_document(field, value)
+    json_document(field, value)
+    try:
+        out: dict[str, Any] = _jsonb_order(json.loads(dump_json(value)))
+    except RecursionError:
+        raise InvalidInput(field, "nested too deeply") from None
     return out
+
+
+def _jsonb_order(value: Any) -> Any:
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))
+        return {k: _jsonb_order(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [_jsonb_order(item) for item in value]
+    return value
 
 
 def aware_datetime(field: str, value: object) -> datetime:

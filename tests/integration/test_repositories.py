@@ -452,6 +452,29 @@ def test_enqueue_with_dependencies(db: dualdb.Database, world: World) -> None:
     )
 
 
+def test_task_params_come_back_exactly_as_create_returned_them(
+    db: dualdb.Database, world: World
+) -> None:
+    params: dict[str, Any] = {
+        "zz": 1,
+        "b": {"yy": [1, (2, 3)], "a": None},
+        "a": 2**70,
+        "é": "ünïcode",
+        "f": 0.1,
+        "big": 1e300,
+    }
+    task = db.tasks.enqueue(world.project.id, "x", params)
+    params["zz"] = "changed afterwards"
+    stored = db.tasks.get(task.id)
+    assert stored == task, "create returns what the database holds (tuples are lists)"
+    assert stored.params["zz"] == 1, "the record does not share the caller's dict"
+    # Postgres' jsonb orders keys (shorter first, then bytewise); SQLite must match it.
+    assert list(stored.params) == ["a", "b", "f", "zz", "é", "big"]  # "é" is two bytes
+    assert list(stored.params["b"]) == ["a", "yy"]
+    assert db.tasks.update(task.id, params={"zz": 0, "a": 1}).params == {"a": 1, "zz": 0}
+    assert list(db.tasks.get(task.id).params) == ["a", "zz"]
+
+
 def test_tasks_list_filters(db: dualdb.Database, world: World) -> None:
     pid = world.project.id
     q1 = db.tasks.enqueue(pid, "upscale", {})

@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -233,6 +233,23 @@ class Repository(Generic[R]):
         return sa.tuple_(*cols) > sa.tuple_(*keys)
 
     # --- writes ----------------------------------------------------------------------------
+
+    def _rows(self, rows: object, fields: frozenset[str]) -> list[Mapping[str, Any]]:
+        """The rows of a ``create_many``: dicts whose keys are all ``fields`` of this table.
+
+        An unknown key is refused rather than ignored, so a typo cannot silently drop a value.
+        """
+        if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Iterable):
+            raise InvalidInput("rows", f"must be a list of {self.entity} dicts")
+        out: list[Mapping[str, Any]] = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise InvalidInput(f"rows[{i}]", f"must be a dict, not {type(row).__name__}")
+            unknown = sorted(set(row) - fields, key=str)
+            if unknown:
+                raise InvalidInput(str(unknown[0]), f"unknown {self.entity} field")
+            out.append(row)
+        return out
 
     def delete(self, id: uuid.UUID | str) -> None:
         """Delete the row (children go with it: every foreign key cascades)."""

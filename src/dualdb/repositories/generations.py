@@ -75,7 +75,8 @@ class GenerationsRepository(Repository[Generation]):
 
     def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Generation]:
         """Add many generations in one statement batch (all or none)."""
-        values = [self._values(r) for r in rows]
+        checked = self._rows(rows, frozenset({"id", "project_id", "location", "type", "tasks"}))
+        values = [self._values(r) for r in checked]
         if values:
             with self._scope.write() as conn:
                 for project_id in sorted({x["project_id"] for x in values}, key=str):

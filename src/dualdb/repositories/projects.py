@@ -59,7 +59,8 @@ class ProjectsRepository(Repository[Project]):
 
     def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Project]:
         """Add many projects in one statement batch (all or none)."""
-        values = [self._values(r.get("name"), r.get("user_id"), r.get("id")) for r in rows]
+        checked = self._rows(rows, frozenset({"id", "name", "user_id"}))
+        values = [self._values(r.get("name"), r.get("user_id"), r.get("id")) for r in checked]
         if values:
             with self._scope.write() as conn:
                 self._require_users(conn, {x["user_id"] for x in values})

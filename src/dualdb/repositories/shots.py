@@ -62,7 +62,8 @@ class ShotsRepository(Repository[Shot]):
 
     def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Shot]:
         """Add many shots in one statement batch (all or none)."""
-        values = [self._values(r.get("project_id"), r.get("name"), r.get("id")) for r in rows]
+        checked = self._rows(rows, frozenset({"id", "project_id", "name"}))
+        values = [self._values(r.get("project_id"), r.get("name"), r.get("id")) for r in checked]
         if values:
             with self._scope.write() as conn:
                 for project_id in sorted({x["project_id"] for x in values}, key=str):

@@ -50,7 +50,8 @@ class UsersRepository(Repository[User]):
 
     def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[User]:
         """Add many users in one statement batch (all or none)."""
-        values = [self._values(r.get("id"), r.get("email")) for r in rows]
+        checked = self._rows(rows, frozenset({"id", "email"}))
+        values = [self._values(r.get("id"), r.get("email")) for r in checked]
         if values:
             with self._scope.write() as conn:
                 conn.execute(users.insert(), values)

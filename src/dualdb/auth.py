@@ -418,7 +418,8 @@ def act_as_user(conn: sa.Connection, claims: Claims) -> None:
     Sets ``request.jwt.claims`` (read by ``auth.uid()``/``auth.jwt()``; the older per-claim
     settings too, so any version of Supabase's functions agrees) and ``SET LOCAL ROLE
     authenticated``.  Everything is ``LOCAL``: it ends with the transaction, so a pooled
-    connection never carries one user's identity into another's transaction.
+    connection never carries one user's identity into another's transaction.  Call it right
+    after ``BEGIN``: rolling back a SAVEPOINT taken *before* it would undo it.
     """
     _require_transaction(conn)
     conn.execute(

@@ -409,3 +409,24 @@ def test_scoping_refuses_to_run_outside_a_transaction(world: World) -> None:
             act_as_user(conn, Claims.for_user_id(world.a.user))
         with pytest.raises(ValueError, match="open transaction"):
             act_as_service(conn)
+
+
+def test_the_scope_survives_a_rolled_back_savepoint_taken_after_it(world: World) -> None:
+    """Sessions run each call in a SAVEPOINT: a failed call must not drop the user's scope."""
+    with world.engine.begin() as conn:
+        helper_as_user(conn, world.a.user)
+        savepoint = conn.begin_nested()
+        with pytest.raises(exc.DBAPIError):
+            conn.execute(shots.insert().values(project_id=world.b.project, name="x"))
+        savepoint.rollback()
+        assert conn.execute(sa.text("SELECT current_user")).scalar() == "authenticated"
+        assert visible(conn) == world.a.rows()
+
+
+def test_a_scope_set_inside_a_savepoint_is_undone_by_its_rollback(world: World) -> None:
+    """Why the scope must be set right after BEGIN, before any SAVEPOINT (Postgres semantics)."""
+    with world.engine.begin() as conn:
+        savepoint = conn.begin_nested()
+        helper_as_user(conn, world.a.user)
+        savepoint.rollback()
+        assert conn.execute(sa.text("SELECT current_user")).scalar() == "postgres"

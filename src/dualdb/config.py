@@ -23,6 +23,8 @@ Backend = Literal["sqlite", "postgresql"]
 
 #: Transaction-pooler port of Supabase (PgBouncer/Supavisor in transaction mode).
 TRANSACTION_POOLER_PORT = 6543
+#: libpq connection parameters that are secrets when given in the URL's query string.
+_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
 
 
 class Settings(BaseSettings):
@@ -78,8 +80,16 @@ class Target:
 
     @property
     def redacted(self) -> str:
-        """The URL as users write it (``sqlite:///…``, ``postgresql://…``), password hidden."""
-        text = self.url.render_as_string(hide_password=True)
+        """The URL as users write it (``sqlite:///…``, ``postgresql://…``), password hidden.
+
+        libpq also takes secrets as query parameters (``?password=…``): those are hidden too.
+        """
+        url = self.url
+        hidden = [k for k in url.query if k.lower() in _SECRET_QUERY_KEYS]
+        if hidden:
+            url = url.update_query_dict(dict.fromkeys(hidden, "***"))
+        text = url.render_as_string(hide_password=True)
+        text = text.replace("=%2A%2A%2A", "=***")
         return text.replace("sqlite+pysqlite://", "sqlite://", 1).replace(
             "postgresql+psycopg://", "postgresql://", 1
         )

@@ -125,3 +125,15 @@ def test_dotenv_files_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     (tmp_path / ".env").write_text("DUALDB_SQLITE_PATH=from-env-file.db\nAPP_ENV=local\n")
     (tmp_path / ".env.local").write_text("DUALDB_SQLITE_PATH=from-env-local.db\n")
     assert resolve().url.database == "from-env-local.db"
+
+
+@pytest.mark.parametrize("key", ["password", "sslpassword", "PASSWORD"])
+def test_secrets_in_the_query_string_are_hidden_too(key: str) -> None:
+    """libpq accepts ``?password=…``: redaction must not stop at the userinfo part."""
+    target = resolve(
+        f"postgresql://u@db.x.supabase.co:5432/postgres?{key}=hunter2secret&sslmode=require"
+    )
+    assert target.url.query[key] == "hunter2secret"  # still handed to the driver
+    for shown in (target.redacted, repr(target), str(target)):
+        assert "hunter2secret" not in shown
+        assert f"{key}=***" in shown and "sslmode=require" in shown

@@ -1,6 +1,6 @@
 """dualdb: one schema, one migration history and one data-access layer over SQLite and Postgres."""
 
-from dualdb.database import Database, Session, connect
+from dualdb.database import Database, ScopedDatabase, Session, connect
 from dualdb.errors import (
     ConfigError,
     Conflict,
@@ -28,6 +28,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "SchemaOutOfDate",
+    "ScopedDatabase",
     "Session",
     "__version__",
     "connect",

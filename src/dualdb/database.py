@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,9 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from dualdb import migrations
+from dualdb import validation as v
+from dualdb.auth import Claims, TokenVerifier, act_as_service, act_as_user
 from dualdb.config import Target, resolve
 from dualdb.engine import create_engine, ping, translate, translated_errors
-from dualdb.errors import ConfigError, DatabaseUnavailable, SchemaOutOfDate
+from dualdb.errors import ConfigError, DatabaseUnavailable, PermissionDenied, SchemaOutOfDate
 from dualdb.repositories import (
     GenerationsRepository,
     ProjectsRepository,
@@ -23,7 +26,7 @@ from dualdb.repositories import (
     TasksRepository,
     UsersRepository,
 )
-from dualdb.schema import TABLES
+from dualdb.schema import DUMMY_USER_ID, TABLES
 from dualdb.scope import Scope
 
 
@@ -40,6 +43,23 @@ class Repositories:
         self.tasks = TasksRepository(scope)
 
 
+class _Sessions:
+    """``session()`` for a database view: one transaction, acting as the view's actor."""
+
+    _scope: Scope
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on any error."""
+        scope = self._scope
+        with translated_errors(), scope.engine.connect() as conn, conn.begin():
+            # The actor is set right after BEGIN, before any per-call SAVEPOINT, so a
+            # rolled-back call cannot undo it.
+            if scope.on_begin is not None:
+                scope.on_begin(conn)
+            yield Session(conn, scope.bound_to(conn))
+
+
 class Session(Repositories):
     """One transaction.  Commits when the ``with`` block ends, rolls back on any error.
 
@@ -52,15 +72,49 @@ class Session(Repositories):
         self.connection = connection
 
 
-class Database(Repositories):
+class ScopedDatabase(_Sessions, Repositories):
+    """The same repositories, acting as one user (:meth:`Database.for_user`/``as_user``) or as
+    the service (:meth:`Database.as_service`).
+
+    Acting as a user, every read sees only that user's rows (their ``users`` row, their
+    projects and everything under them) and a write to anything else is
+    :class:`~dualdb.errors.PermissionDenied` — on Postgres enforced by Row Level Security
+    (each transaction sets ``request.jwt.claims`` and ``SET LOCAL ROLE authenticated``, as
+    PostgREST does) and by the DAL on both backends, so the errors are identical.
+    """
+
+    def __init__(self, database: Database, scope: Scope, claims: Claims | None) -> None:
+        super().__init__(scope)
+        self.database = database
+        #: The verified (or trusted) claims; None when acting as the service.
+        self.claims = claims
+
+    @property
+    def user_id(self) -> uuid.UUID | None:
+        """The acting user (None for the service)."""
+        return self._scope.user_id
+
+    def __repr__(self) -> str:
+        who = f"user {self.user_id}" if self.user_id is not None else "service"
+        return f"ScopedDatabase({self.database.target.redacted!r}, {who})"
+
+
+class Database(_Sessions, Repositories):
     """A database (SQLite or Postgres) and its repositories.
 
     Calls on ``db.projects`` etc. run in their own transaction each; use :meth:`session` to
     group calls into one.  Thread-safe; close it (or use it as a context manager) when done.
     """
 
-    def __init__(self, target: Target, *, check_schema: bool = True) -> None:
+    def __init__(
+        self,
+        target: Target,
+        *,
+        check_schema: bool = True,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
         self.target = target
+        self._verifier = verifier
         # First, so a SQLite file in a missing folder is DatabaseUnavailable (nothing to migrate).
         self.engine = create_engine(target)
         try:
@@ -120,11 +174,43 @@ class Database(Repositories):
         """``"sqlite"`` or ``"postgresql"``."""
         return self.target.backend
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on any error."""
-        with translated_errors(), self.engine.connect() as conn, conn.begin():
-            yield Session(conn, Scope(self.engine, conn))
+    def for_user(self, access_token: str | None) -> ScopedDatabase:
+        """The repositories as the user of a Supabase access token (verified first).
+
+        The token is checked by :class:`~dualdb.auth.TokenVerifier` (``SUPABASE_JWT_SECRET``
+        and/or the JWKS of ``SUPABASE_URL``); any problem is
+        :class:`~dualdb.errors.PermissionDenied`.  Locally (``APP_ENV=local``), ``None``
+        stands for the fixed dummy user ``00000000-0000-0000-0000-000000000000``.
+        """
+        if access_token is None:
+            if self.target.app_env != "local":
+                raise PermissionDenied("no access token")
+            return self.as_user(DUMMY_USER_ID)
+        return self._scoped(self._token_verifier().verify(access_token))
+
+    def as_user(self, user_id: uuid.UUID | str, *, email: str | None = None) -> ScopedDatabase:
+        """The repositories as ``user_id``, for trusted server code (no token is checked)."""
+        uid = v.uuid_("user_id", user_id)
+        return self._scoped(Claims.for_user_id(uid, email=email))
+
+    def as_service(self) -> ScopedDatabase:
+        """The repositories as the service (workers): every row; ``service_role`` on Postgres."""
+        on_begin = act_as_service if self.target.backend == "postgresql" else None
+        return ScopedDatabase(self, Scope(self.engine, on_begin=on_begin), None)
+
+    def _scoped(self, claims: Claims) -> ScopedDatabase:
+        def on_begin(conn: sa.Connection) -> None:
+            act_as_user(conn, claims)
+
+        hook = on_begin if self.target.backend == "postgresql" else None
+        return ScopedDatabase(
+            self, Scope(self.engine, user_id=claims.user_id, on_begin=hook), claims
+        )
+
+    def _token_verifier(self) -> TokenVerifier:
+        if self._verifier is None:
+            self._verifier = TokenVerifier.from_settings()
+        return self._verifier
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -145,11 +231,16 @@ class Database(Repositories):
         return f"Database({self.target.redacted!r})"
 
 
-def connect(url: str | None = None, *, check_schema: bool = True) -> Database:
+def connect(
+    url: str | None = None, *, check_schema: bool = True, verifier: TokenVerifier | None = None
+) -> Database:
     """Open the database at ``url``, or the one the environment selects (``APP_ENV`` …).
+
+    ``verifier`` checks the tokens given to :meth:`Database.for_user` (default: built from
+    ``SUPABASE_URL`` / ``SUPABASE_JWT_SECRET`` on first use).
 
     Raises :class:`~dualdb.errors.SchemaOutOfDate` when it is not at the migration head (with
     the command that fixes it), :class:`~dualdb.errors.DatabaseUnavailable` when it cannot be
     reached, :class:`~dualdb.errors.ConfigError` for bad settings.
     """
-    return Database(resolve(url), check_schema=check_schema)
+    return Database(resolve(url), check_schema=check_schema, verifier=verifier)

@@ -39,8 +39,13 @@ class Scope:
         self.user_id = user_id
         self.caps: Capabilities = capabilities(engine.dialect.name)
         self._connection = connection
-        self._on_begin = on_begin
+        #: Run at the start of every transaction this scope opens (not inside a session).
+        self.on_begin = on_begin
         self._local = threading.local()
+
+    def bound_to(self, connection: sa.Connection) -> Scope:
+        """The same actor, inside ``connection``'s transaction (a session)."""
+        return Scope(self.engine, connection, user_id=self.user_id)
 
     @property
     def dialect(self) -> str:
@@ -81,8 +86,8 @@ class Scope:
     def _enter(self, conn: sa.Connection) -> Iterator[sa.Connection]:
         self._local.conn = conn
         try:
-            if self._on_begin is not None:
-                self._on_begin(conn)
+            if self.on_begin is not None:
+                self.on_begin(conn)
             yield conn
         finally:
             self._local.conn = None

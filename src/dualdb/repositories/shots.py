@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dualdb import validation as v
-from dualdb.errors import Conflict, InvalidInput, NotFound
+from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from dualdb.records import Generation, Page, Shot, ShotGeneration
 from dualdb.repositories.base import (
     DEFAULT_BATCH,
@@ -150,9 +150,15 @@ class ShotsRepository(Repository[Shot]):
         pos = None if position is None else v.non_negative_int("position", position)
         with self._scope.write() as conn:
             project_id = self._lock(conn, sid)
+            owned = self._owned_projects()
             gen_project = conn.execute(
-                sa.select(generations.c.project_id).where(generations.c.id == gid)
+                sa.select(generations.c.project_id).where(
+                    generations.c.id == gid,
+                    *([] if owned is None else [generations.c.project_id.in_(owned)]),
+                )
             ).scalar()
+            if gen_project is None and owned is not None:
+                raise PermissionDenied(f"generation_id: generation {gid} is not yours")
             if gen_project is None:
                 raise NotFound(f"generation {gid} not found")
             if gen_project != project_id:

@@ -141,8 +141,11 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
         outside = wanted - set(batch)
         existing: dict[uuid.UUID, Any] = {}
         if outside:
+            # Only visible tasks: someone else's task "does not exist" for a scoped user, on
+            # SQLite (filtered here) exactly as on Postgres (hidden by RLS).
             query = sa.select(tasks.c.id, tasks.c.project_id, tasks.c.status)
-            existing = {r.id: r for r in conn.execute(query.where(tasks.c.id.in_(outside)))}
+            query = query.where(tasks.c.id.in_(outside), *self._where())
+            existing = {r.id: r for r in conn.execute(query)}
         seen: set[uuid.UUID] = set()
         statuses: dict[uuid.UUID, str] = {k: r.status for k, r in existing.items()}
         for values, deps in prepared:

@@ -26,11 +26,12 @@ Check = Callable[[str, Any], object]
 _SPLIT_RE = re.compile(r"[\s,]+")
 
 
-def message(exc: InvalidInput) -> str:
-    """The message of ``exc`` without its ``field:`` prefix (the form shows it by the field)."""
+def message(exc: InvalidInput, field: str) -> str:
+    """The message of ``exc``, without its ``field:`` prefix when that names the form field
+    itself (the form shows it next to the field); ``depends_on[2]: …`` keeps its index."""
     text = str(exc)
-    prefix = f"{exc.field}: "
-    return text[len(prefix) :] if text.startswith(prefix) else text
+    prefix = f"{field}: "
+    return text[len(prefix) :] if exc.field == field and text.startswith(prefix) else text
 
 
 class DalCheck:
@@ -59,7 +60,7 @@ class DalCheck:
         try:
             self.check(field.name, field.data)
         except InvalidInput as exc:
-            raise StopValidation(message(exc)) from None
+            raise StopValidation(message(exc, field.name)) from None
 
 
 def _styled(kwargs: dict[str, Any], css: str = "form-control") -> dict[str, Any]:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from dualdb.types import JSON_NULL, TaskStatus
 
 #: Longest JSON shown in a list cell before it is cut (the detail page shows all of it).
-LIST_JSON_CHARS = 80
+LIST_JSON_CHARS = 40
 
 #: Status → Tabler badge colour.
 _STATUS_COLOURS: dict[str, str] = {
@@ -34,13 +34,15 @@ _STATUS_COLOURS: dict[str, str] = {
 Formatter = Callable[[Any, str, Request], Any]
 
 
-def utc(value: datetime | None) -> str:
-    """``2025-01-31 12:34:56.123456 UTC``: always UTC, always microseconds (fixed width)."""
+def utc(value: datetime | None, *, seconds: bool = False) -> str:
+    """``2025-01-31 12:34:56.123456 UTC``: always UTC, microseconds unless ``seconds``."""
     if value is None:
         return ""
     if value.tzinfo is None:  # pragma: no cover - the Timestamp type always returns aware values
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    return value.astimezone(UTC).strftime(
+        "%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M:%S.%f UTC"
+    )
 
 
 def null() -> Markup:
@@ -48,31 +50,40 @@ def null() -> Markup:
     return Markup('<span class="text-muted fst-italic">NULL</span>')
 
 
-def timestamp(value: datetime | None) -> Markup:
-    """A timestamp in UTC, or NULL."""
+def timestamp(value: datetime | None, *, seconds: bool = False) -> Markup:
+    """A timestamp in UTC, or NULL; to the second in lists (the tooltip has it all)."""
     if value is None:
         return null()
-    return Markup('<time datetime="{}">{}</time>').format(value.isoformat(), utc(value))
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        value.isoformat(), utc(value), utc(value, seconds=seconds)
+    )
 
 
-def uuid_link(request: Request, identity: str, value: uuid.UUID | str | None) -> Markup:
-    """A UUID in monospace, linked to the detail page of the row it names in ``identity``."""
+def uuid_link(
+    request: Request, identity: str, value: uuid.UUID | str | None, *, short: bool = False
+) -> Markup:
+    """A UUID in monospace, linked to the detail page of the row it names in ``identity``.
+
+    ``short`` shows its first 8 digits (the whole UUID is the link's tooltip): list pages
+    use it for references to other rows, so a wide table still fits on a screen.
+    """
     if value is None:
         return null()
-    url = request.url_for("admin:details", identity=identity, pk=str(value))
-    return Markup('<a href="{}" class="font-monospace">{}</a>').format(url, str(value))
+    text = str(value)
+    url = request.url_for("admin:details", identity=identity, pk=text)
+    shown = f"{text[:8]}…" if short else text
+    return Markup('<a href="{}" class="font-monospace" title="{}">{}</a>').format(url, text, shown)
 
 
 def uuid_list(
-    request: Request, identity: str, values: Sequence[uuid.UUID] | None, *, vertical: bool
+    request: Request, identity: str, values: Sequence[uuid.UUID] | None, *, short: bool = False
 ) -> Markup:
-    """A ``uuid[]`` value: each UUID linked, or ``[]`` when empty."""
+    """A ``uuid[]`` value: each UUID linked, one per line, or ``[]`` when empty."""
     if values is None:
         return null()
     if not values:
         return Markup('<span class="text-muted font-monospace">[]</span>')
-    sep = Markup("<br>") if vertical else Markup(", ")
-    return sep.join(uuid_link(request, identity, v) for v in values)
+    return Markup("<br>").join(uuid_link(request, identity, v, short=short) for v in values)
 
 
 def json_text(value: Any, *, indent: int | None = None) -> str:

@@ -65,6 +65,9 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        # Listening now, not when uvicorn starts: a browser opened on the printed URL at once
+        # waits in the backlog instead of being refused.
+        sock.listen(128)
     except OSError as exc:
         sock.close()
         raise ConfigError(

@@ -97,17 +97,21 @@ def _formatter(table: sa.Table, column: sa.Column[Any], *, detail: bool) -> fmt.
     kind = column.type
     if isinstance(kind, UUID):
         target = _target(table, column)
-        return lambda row, name, request: fmt.uuid_link(request, target, getattr(row, name))
+        # A list shows a row's own id in full; references to other rows shortened.
+        short = not detail and bool(column.foreign_keys) and not column.primary_key
+        return lambda row, name, request: fmt.uuid_link(
+            request, target, getattr(row, name), short=short
+        )
     if isinstance(kind, UUIDArray):
         target = ARRAY_TARGETS[(table.name, column.name)]
         return lambda row, name, request: fmt.uuid_list(
-            request, target, getattr(row, name), vertical=detail
+            request, target, getattr(row, name), short=not detail
         )
     if isinstance(kind, JSONB):
         show = fmt.json_block if detail else fmt.json_cell
         return lambda row, name, request: show(getattr(row, name))
     if isinstance(kind, Timestamp):
-        return lambda row, name, request: fmt.timestamp(getattr(row, name))
+        return lambda row, name, request: fmt.timestamp(getattr(row, name), seconds=not detail)
     if table is schema.tasks and column.name == "status":
         return lambda row, name, request: fmt.status_badge(getattr(row, name))
     return lambda row, name, request: fmt.text(getattr(row, name))
@@ -313,17 +317,16 @@ class TasksView(TableView, model=Task):
     name = "task"
     name_plural = "tasks"
     icon = "fa-solid fa-list-check"
+    # The queue's view of a task; the detail page shows every column.
     column_list = (
         "id",
         "task_type",
         "status",
-        "params",
         "dependant_on",
-        "project_id",
+        "params",
         "worker_id",
         "attempts",
         "created_at",
-        "updated_at",
     )
     column_searchable_list = ("id", "task_type", "status", "worker_id", "params", "error")
     column_sortable_list = sortable(schema.tasks)

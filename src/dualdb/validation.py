@@ -144,6 +144,8 @@ def _jsonb_order(value: Any) -> Any:
         return {k: _jsonb_order(value[k]) for k in keys}
     if isinstance(value, list):
         return [_jsonb_order(item) for item in value]
+    if isinstance(value, float) and value == 0.0:
+        return 0.0  # jsonb numbers have no negative zero
     return value
 
 

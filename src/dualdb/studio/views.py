@@ -80,8 +80,9 @@ class StudioContext:
     """What every view of one studio app shares."""
 
     db: Database
-    #: The same database, for reads only (``BEGIN`` not ``BEGIN IMMEDIATE`` on SQLite; a
-    #: ``READ ONLY`` transaction on Postgres): sqladmin's own ORM session can never write.
+    #: The same database, for sqladmin's ORM session, which only reads (every write goes
+    #: through the DAL): a deferred ``BEGIN`` on SQLite, so browsing takes no write lock, and
+    #: ``READ ONLY`` transactions on Postgres, so the database itself refuses a stray write.
     read_engine: Engine
     read_only: bool
 

@@ -573,6 +573,44 @@ def test_add_move_remove_reorder_keep_positions_dense(db: dualdb.Database, world
     assert db.shot_generations.count(generation_id=e) == 1
 
 
+def test_shot_generations_list_paginates_by_shot_then_position(
+    db: dualdb.Database, world: World
+) -> None:
+    shots = [world.shot, *db.shots.create_many([{"project_id": world.project.id, "name": "B"}])]
+    gens = db.generations.create_many([{"project_id": world.project.id} for _ in range(5)])
+    for shot in shots:
+        for g in reversed(gens):
+            db.shots.add_generation(shot.id, g.id, position=0)  # ends up in gens order
+    expected = sorted(
+        (p for s in shots for p in db.shots.placements(s.id)), key=lambda p: (p.shot_id, p.position)
+    )
+    seen: list[ShotGeneration] = []
+    cursor = None
+    while True:
+        page = db.shot_generations.list(limit=3, cursor=cursor)
+        seen += page.items
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == expected and len(seen) == 10
+    assert list(db.shot_generations.iter(batch_size=4)) == expected
+    assert [p.generation_id for p in db.shot_generations.iter(shot_id=shots[1].id)] == [
+        g.id for g in gens
+    ]
+    assert db.shot_generations.count(shot_id=shots[0].id) == 5
+    entity = db.shot_generations.entity
+    sid = str(shots[0].id)
+    for crafted in (
+        _cursor(entity, sid, 2**40, str(uuid.uuid4())),  # out of any integer column's range
+        _cursor(entity, sid, True, str(uuid.uuid4())),
+        _cursor(entity, sid, "1", str(uuid.uuid4())),
+        _cursor(entity, 5, 1, str(uuid.uuid4())),
+    ):
+        with pytest.raises(InvalidInput) as err:
+            db.shot_generations.list(cursor=crafted)
+        assert err.value.field == "cursor"
+
+
 def test_placement_errors_change_nothing(db: dualdb.Database, world: World) -> None:
     shot = world.shot.id
     here = db.generations.create(world.project.id)

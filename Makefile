@@ -21,11 +21,16 @@ demo: install
 	$(BIN)/dualdb status
 
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy --strict src
 
 test: lint
 	$(BIN)/pytest
+
+# dualdb vs plain sqlite3/psycopg on SQLite and Postgres (docs/benchmarks.md);
+# e.g. make bench BENCH_ARGS="--quick" or BENCH_ARGS="--backend sqlite --json bench.json"
+bench: install
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

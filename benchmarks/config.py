@@ -1,0 +1,49 @@
+"""Benchmark sizes: the defaults (a few minutes on 2 cores) and the ``--quick`` smoke sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How much work each measurement does."""
+
+    #: Single-row gets per implementation (split into ``rounds``, alternating dualdb and raw).
+    get_ops: int = 3000
+    #: Projects to pick the gets from.
+    projects: int = 1000
+    #: Rounds the gets are split into (the reported number is the median round).
+    rounds: int = 5
+    #: Tasks drained per throughput run (half of them depend on the one before).
+    tasks: int = 2000
+    #: Process counts of the throughput runs (each process has its own connection/Database).
+    procs: tuple[int, ...] = (1, 4)
+    #: Finished tasks in the "small" table of the claim-cost measurement.
+    small: int = 1000
+    #: Finished tasks in the "large" table of the claim-cost measurement.
+    large: int = 100_000
+    #: Blocked tasks (chains and fan-ins waiting on unfinished work) in the "blocked" table.
+    blocked: int = 100_000
+    #: Measured claims per implementation and scenario.
+    claims: int = 300
+    #: Length of the dependency chains of the bulk-loaded tasks.
+    chain_length: int = 100
+    #: Chains joined by one fan-in task (which waits for all their tails).
+    fan_in: int = 20
+
+
+#: ``--quick``: every code path, small sizes (a smoke run, not a measurement).
+QUICK = BenchConfig(
+    get_ops=200,
+    projects=50,
+    rounds=2,
+    tasks=80,
+    procs=(1, 4),
+    small=100,
+    large=2000,
+    blocked=2000,
+    claims=20,
+    chain_length=20,
+    fan_in=5,
+)

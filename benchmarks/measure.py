@@ -1,0 +1,318 @@
+"""The measurements: single-row get, claim→complete throughput, claim cost by table shape.
+
+Every function measures dualdb and the raw driver in the same run, interleaved where it can
+be, so noise on a shared machine hits both alike: compare the ratios.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import queue
+import re
+import statistics
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+import dualdb
+from benchmarks.raw import RawDriver, open_raw
+
+#: How long (seconds) processes may take to start and connect before the run is abandoned.
+START_TIMEOUT_S = 180.0
+#: How long (seconds) one throughput run may take at most.
+RUN_TIMEOUT_S = 1800.0
+#: Claims made (untimed) before measuring, to warm caches and prepared statements.
+WARMUP_CLAIMS = 5
+
+
+def _median_us(samples_ns: list[int]) -> float:
+    return statistics.median(samples_ns) / 1000.0
+
+
+# --- single-row get ---------------------------------------------------------------------------
+
+
+def measure_get(
+    db: dualdb.Database, raw: RawDriver, ids: list[uuid.UUID], ops: int, rounds: int
+) -> tuple[float, float]:
+    """µs per ``get`` for dualdb and raw: the median of ``rounds`` alternating rounds."""
+    per_round = max(1, ops // max(1, rounds))
+    picks = [ids[i % len(ids)] for i in range(per_round)]
+    for key in picks[:20]:  # warm-up: caches, prepared statements
+        db.projects.get(key)
+        raw.get_project(key)
+
+    def dualdb_round() -> float:
+        start = time.perf_counter_ns()
+        for key in picks:
+            db.projects.get(key)
+        return (time.perf_counter_ns() - start) / per_round / 1000.0
+
+    def raw_round() -> float:
+        start = time.perf_counter_ns()
+        for key in picks:
+            if raw.get_project(key) is None:
+                raise RuntimeError(f"project {key} not found by the raw driver")
+        return (time.perf_counter_ns() - start) / per_round / 1000.0
+
+    ours: list[float] = []
+    theirs: list[float] = []
+    for r in range(max(1, rounds)):
+        if r % 2 == 0:
+            ours.append(dualdb_round())
+            theirs.append(raw_round())
+        else:
+            theirs.append(raw_round())
+            ours.append(dualdb_round())
+    return statistics.median(ours), statistics.median(theirs)
+
+
+# --- claim→complete throughput ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One drain: how many tasks, how long, by how many processes."""
+
+    impl: str
+    procs: int
+    completed: int
+    seconds: float
+
+    @property
+    def tasks_per_s(self) -> float:
+        """Completed tasks per second of wall time."""
+        return self.completed / self.seconds if self.seconds > 0 else 0.0
+
+
+def _drain(
+    impl: str, url: str, worker: str, barrier: Barrier, results: Any
+) -> None:  # pragma: no cover - runs in a child process
+    """Child process: connect, wait for the start signal, claim→complete until nothing is left.
+
+    Ends when a claim finds nothing ready *and* no task is Queued any more (a dependent of a
+    task another process is still running stays Queued, so this process keeps polling).
+    """
+    try:
+        claim: Callable[[], Any]
+        complete: Callable[[Any], None]
+        queued_left: Callable[[], bool]
+        close: Callable[[], None]
+        if impl == "dualdb":
+            db = dualdb.connect(url)
+            tasks = db.tasks
+
+            def claim() -> Any:
+                task = tasks.claim(worker)
+                return None if task is None else task.id
+
+            def complete(key: Any) -> None:
+                tasks.complete(key, worker, f"files/{key}.mp4")
+
+            def queued_left() -> bool:
+                return tasks.count(status="Queued") > 0
+
+            close = db.close
+        else:
+            raw = open_raw(url)
+
+            def claim() -> Any:
+                row = raw.claim(worker)
+                return None if row is None else row[0]
+
+            def complete(key: Any) -> None:
+                raw.complete(key, worker, f"files/{key}.mp4")
+
+            queued_left = raw.queued_left
+            close = raw.close
+    except BaseException:
+        barrier.abort()
+        results.put(("error", worker, traceback.format_exc()))
+        return
+    try:
+        barrier.wait(START_TIMEOUT_S)
+        start = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+        done = 0
+        while True:
+            key = claim()
+            if key is None:
+                if not queued_left():
+                    break
+                time.sleep(0.0005)
+                continue
+            complete(key)
+            done += 1
+        end = time.perf_counter()
+        results.put(("ok", worker, done, start, end))
+    except BaseException:
+        results.put(("error", worker, traceback.format_exc()))
+    finally:
+        close()
+
+
+def _collect(children: list[Any], barrier: Barrier, results: Any) -> list[tuple[Any, ...]]:
+    """Every child's outcome; a child that dies without one, or any error, stops the rest."""
+    outcomes: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + START_TIMEOUT_S + RUN_TIMEOUT_S
+    while len(outcomes) < len(children):
+        try:
+            outcomes.append(results.get(timeout=0.2))
+            if outcomes[-1][0] == "error":
+                barrier.abort()  # the others stop waiting for the one that failed
+            continue
+        except queue.Empty:
+            pass
+        crashed = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+        everyone_left = all(c.exitcode is not None for c in children)
+        if crashed or everyone_left or time.monotonic() > deadline:
+            barrier.abort()
+            with contextlib.suppress(queue.Empty):
+                while len(outcomes) < len(children):
+                    outcomes.append(results.get(timeout=2))
+            if len(outcomes) < len(children):
+                why = f"exited with code {crashed[0]}" if crashed else "did not report in time"
+                raise RuntimeError(f"a benchmark worker process {why}")
+    return outcomes
+
+
+def _context() -> Any:
+    """A fork server with dualdb preloaded (fast, clean children); spawn where there is none."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["dualdb", "benchmarks.measure"])
+    return ctx
+
+
+def measure_throughput(impl: str, url: str, procs: int) -> Throughput:
+    """Drain every ready task of the database at ``url`` with ``procs`` processes.
+
+    Each process opens its own connection (``dualdb.connect`` or the raw driver), then all
+    start together; the time is from the start signal to the last process finishing.
+    """
+    ctx = _context()
+    barrier = ctx.Barrier(procs)
+    results = ctx.Queue()
+    children = [
+        ctx.Process(
+            target=_drain,
+            args=(impl, url, f"bench-{impl}-{i}", barrier, results),
+            daemon=True,
+        )
+        for i in range(procs)
+    ]
+    for child in children:
+        child.start()
+    try:
+        outcomes = _collect(children, barrier, results)
+    finally:
+        for child in children:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()
+                child.join()
+    # The first cause, not a process that only saw the start signal cancelled.
+    errors = sorted((o for o in outcomes if o[0] == "error"), key=lambda o: "BrokenBarrier" in o[2])
+    if errors:
+        raise RuntimeError(f"{impl} worker {errors[0][1]} failed:\n{errors[0][2]}")
+    completed = sum(int(o[2]) for o in outcomes)
+    seconds = max(float(o[4]) for o in outcomes) - min(float(o[3]) for o in outcomes)
+    return Throughput(impl, procs, completed, seconds)
+
+
+# --- claim latency and plans ------------------------------------------------------------------
+
+
+@contextmanager
+def captured_statements(engine: sa.Engine) -> Iterator[list[tuple[str, Any]]]:
+    """Record the ``(SQL, parameters)`` dualdb sends while the block runs."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def explain(db: dualdb.Database, statement: str, parameters: Any) -> list[str]:
+    """The plan of ``statement`` (``EXPLAIN QUERY PLAN`` / ``EXPLAIN``), without running it."""
+    prefix = "EXPLAIN QUERY PLAN " if db.backend == "sqlite" else "EXPLAIN "
+    with db.engine.connect() as conn:
+        rows = conn.exec_driver_sql(prefix + statement, parameters).all()
+        conn.rollback()
+    if db.backend == "sqlite":
+        return [str(r[-1]) for r in rows]
+    return [str(r[0]) for r in rows]
+
+
+def plan_summary(plan: list[str]) -> str:
+    """The access paths of a plan, in order: index names, or the table scans."""
+    found: list[str] = []
+    for line in plan:
+        for match in re.finditer(
+            r"(?:USING (?:COVERING )?INDEX|Index (?:Only )?Scan(?: Backward)? using) (\w+)"
+            r"|(Seq Scan on \w+|Bitmap Heap Scan on \w+|^SCAN \w+$|TEMP B-TREE)",
+            line.strip(),
+        ):
+            name = match.group(1) or match.group(2)
+            if name not in found:
+                found.append(name)
+    return ", ".join(found) or "?"
+
+
+@dataclass(frozen=True)
+class ClaimLatency:
+    """Claim latency on one table shape."""
+
+    dualdb_us: float
+    raw_us: float
+    dualdb_p90_us: float
+    raw_p90_us: float
+    plan: list[str]
+
+
+def measure_claims(db: dualdb.Database, raw: RawDriver, claims: int) -> ClaimLatency:
+    """µs per claim (median of ``claims``), dualdb and raw interleaved; dualdb's claim plan.
+
+    Needs ``2 * (claims + WARMUP_CLAIMS)`` ready tasks.
+    """
+    with captured_statements(db.engine) as seen:
+        if db.tasks.claim("bench-warmup") is None:
+            raise RuntimeError("no ready task to claim")
+    statement, parameters = next(s for s in seen if s[0].lstrip().upper().startswith("UPDATE"))
+    plan = explain(db, statement, parameters)
+    for _ in range(WARMUP_CLAIMS - 1):
+        db.tasks.claim("bench-warmup")
+    for _ in range(WARMUP_CLAIMS):
+        raw.claim("bench-warmup")
+    ours: list[int] = []
+    theirs: list[int] = []
+    for i in range(claims):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for which in order:
+            start = time.perf_counter_ns()
+            got = db.tasks.claim("bench-dualdb") if which == 0 else raw.claim("bench-raw")
+            elapsed = time.perf_counter_ns() - start
+            if got is None:
+                raise RuntimeError("ran out of ready tasks while measuring claims")
+            (ours if which == 0 else theirs).append(elapsed)
+
+    def p90(samples: list[int]) -> float:
+        return statistics.quantiles(samples, n=10)[-1] / 1000.0 if len(samples) > 1 else 0.0
+
+    return ClaimLatency(_median_us(ours), _median_us(theirs), p90(ours), p90(theirs), plan)

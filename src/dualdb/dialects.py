@@ -33,6 +33,9 @@ class Capabilities:
     batch_migrations: bool
     #: Queue timestamps come from the server's clock (one clock for every worker machine).
     server_clock: bool
+    #: Hot queries name their index (``INDEXED BY``): without planner statistics SQLite may
+    #: otherwise walk a broader index (all Queued rows, blocked ones included).
+    index_hints: bool
 
 
 SQLITE = Capabilities(
@@ -43,6 +46,7 @@ SQLITE = Capabilities(
     single_writer=True,
     batch_migrations=True,
     server_clock=False,
+    index_hints=True,
 )
 
 POSTGRESQL = Capabilities(
@@ -53,6 +57,7 @@ POSTGRESQL = Capabilities(
     single_writer=False,
     batch_migrations=False,
     server_clock=True,
+    index_hints=False,
 )
 
 _BY_NAME = {c.name: c for c in (SQLITE, POSTGRESQL)}

@@ -77,12 +77,14 @@ class TaskQueueMixin:
         check(conn, key)
         return self._task(conn, key)
 
-    def _owner_filter(self) -> list[sa.ColumnElement[bool]]:
+    def _owner_filter(
+        self, project_id: sa.ColumnElement[Any] = tasks.c.project_id
+    ) -> list[sa.ColumnElement[bool]]:
         uid = self._scope.user_id
         if uid is None:
             return []
         owned = sa.select(projects.c.id).where(projects.c.user_id == uid)
-        return [tasks.c.project_id.in_(owned)]
+        return [project_id.in_(owned)]
 
     def _validate_shot_params(
         self, conn: sa.Connection, prepared: Sequence[tuple[dict[str, Any], list[uuid.UUID]]]
@@ -123,6 +125,39 @@ class TaskQueueMixin:
 
     # --- verbs ---------------------------------------------------------------------------
 
+    def _ready_pick(self, types: list[str] | None) -> sa.Select[Any]:
+        """``SELECT id`` of the oldest ready task, read from the partial ready index.
+
+        The predicate is a literal (not bound parameters) so both planners can match the
+        partial index; on SQLite the index is also named (``INDEXED BY``), since without
+        statistics its planner prefers ``ix_tasks_status_created_at`` and would walk every
+        blocked task.
+        """
+        index = "ix_tasks_ready" if types is None else "ix_tasks_ready_by_type"
+        if self._scope.caps.index_hints:
+            source: Any = sa.text(f"tasks INDEXED BY {index}")
+
+            def col(name: str) -> sa.ColumnElement[Any]:
+                return sa.literal_column(name)
+        else:
+            source = tasks
+
+            def col(name: str) -> sa.ColumnElement[Any]:
+                return tasks.c[name]
+
+        pick = (
+            sa.select(col("id"))
+            .select_from(source)
+            .where(sa.text(READY_SQL), *self._owner_filter(col("project_id")))
+            .order_by(col("created_at"), col("id"))
+            .limit(1)
+        )
+        if types is not None:
+            pick = pick.where(col("task_type").in_(types))
+        if self._scope.caps.skip_locked:
+            pick = pick.with_for_update(skip_locked=True)
+        return pick
+
     def claim(self, worker_id: str, task_types: Sequence[str] | None = None) -> Task | None:
         """Atomically take the oldest ready task (``Queued``, every dependency Complete).
 
@@ -133,17 +168,7 @@ class TaskQueueMixin:
         types = None if task_types is None else [v.task_type("task_types", t) for t in task_types]
         if types is not None and not types:
             raise InvalidInput("task_types", "must name at least one type (or be None for all)")
-        # Literal predicate (not bound parameters) so both planners can use the partial index.
-        pick = (
-            sa.select(tasks.c.id)
-            .where(sa.text(READY_SQL), *self._owner_filter())
-            .order_by(tasks.c.created_at, tasks.c.id)
-            .limit(1)
-        )
-        if types is not None:
-            pick = pick.where(tasks.c.task_type.in_(types))
-        if self._scope.caps.skip_locked:
-            pick = pick.with_for_update(skip_locked=True)
+        pick = self._ready_pick(types)
         with self._scope.write() as conn:
             now = self._clock()
             stmt = (

@@ -23,12 +23,6 @@ import dualdb
 #: Long enough that Postgres' bulk enqueue refreshes statistics (dualdb ANALYZEs >= 1000 rows).
 CHAIN = 1200
 
-KNOWN_SQLITE_PROBLEM = (
-    "known problem (docs/benchmarks.md): SQLite, with no sqlite_stat1, plans the untyped "
-    "claim's ready-pick on ix_tasks_status_created_at. Fix in dualdb.queue: on SQLite select "
-    "from 'tasks INDEXED BY ix_tasks_ready'; then drop this xfail"
-)
-
 
 def _claim_plan(db: dualdb.Database, task_types: list[str] | None) -> tuple[Any, list[str]]:
     """Claim once, capturing dualdb's UPDATE; return the claimed task and the UPDATE's plan."""
@@ -62,10 +56,7 @@ def test_claim_reads_the_ready_index_behind_blocked_tasks(
     backend: str,
     task_types: list[str] | None,
     index: str,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if backend == "sqlite" and task_types is None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_SQLITE_PROBLEM))
     with dualdb.connect(migrated_url) as db:
         user = db.users.create()
         project = db.projects.create(name="plan", user_id=user.id)

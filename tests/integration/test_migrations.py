@@ -303,3 +303,18 @@ def test_readiness_migration_backfills_edges_and_counts(db_url: str) -> None:
         assert migrations.check(target) == []
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_tasks_table_is_vacuumed_often_on_postgres(migrated_url: str) -> None:
+    engine = create_engine(resolve(migrated_url))
+    try:
+        with engine.connect() as conn:
+            options = conn.execute(
+                sa.text("SELECT reloptions FROM pg_class WHERE relname = 'tasks'")
+            ).scalar()
+        assert "autovacuum_vacuum_scale_factor=0.0" in options
+        assert "autovacuum_vacuum_threshold=5000" in options
+    finally:
+        engine.dispose()

@@ -88,10 +88,10 @@ def column(page: Page, n: int) -> list[str]:
     ]
 
 
-def field_error(page: Page, name: str) -> str:
-    """The error shown under form field ``name`` (the input is marked invalid too)."""
+def expect_field_error(page: Page, name: str, text: str) -> None:
+    """Form field ``name`` is marked invalid, with ``text`` in the error shown under it."""
     expect(page.locator(f"[name='{name}'].is-invalid")).to_be_visible()
-    return page.locator(f"[name='{name}'] ~ .invalid-feedback").inner_text()
+    expect(page.locator(f"[name='{name}'] ~ .invalid-feedback")).to_contain_text(text)
 
 
 # --- browsing --------------------------------------------------------------------------------
@@ -140,12 +140,14 @@ def test_tasks_table_search_sort_and_pagination(page: Page, studio: str, db: Dat
     # Search also reaches into the JSON params.
     page.fill("#search-input", "DUSK")
     page.press("#search-input", "Enter")
+    expect(page).to_have_url(f"{studio}studio/tasks/list?search=DUSK")
     expect(page.locator("table tbody tr")).to_have_count(1)
     assert column(page, 1) == [str(KEYFRAME_2)]
 
     # Sort by task_type, descending: the stitch first, then the keyframes by id (tie-break).
     page.goto(f"{studio}studio/tasks/list")
     page.locator("table thead").get_by_role("link", name="task_type").click()
+    expect(page).to_have_url(f"{studio}studio/tasks/list?sortBy=task_type&sort=asc")
     page.locator("table thead").get_by_role("link", name="task_type").click()
     expect(page).to_have_url(f"{studio}studio/tasks/list?sortBy=task_type&sort=desc")
     keyframes = sorted([str(KEYFRAME_1), str(KEYFRAME_2)])
@@ -155,8 +157,9 @@ def test_tasks_table_search_sort_and_pagination(page: Page, studio: str, db: Dat
     page.goto(f"{studio}studio/tasks/list?pageSize=1")
     expect(page.get_by_text("Showing 1 to 1 of 3 items")).to_be_visible()
     seen = column(page, 1)
-    for _ in range(2):
+    for n in (2, 3):
         page.get_by_role("link", name="next").click()
+        expect(page.get_by_text(f"Showing {n} to {n} of 3 items")).to_be_visible()
         seen += column(page, 1)
     assert seen == [str(t.id) for t in db.tasks.list().items]
 
@@ -213,16 +216,18 @@ def test_invalid_json_is_a_form_error_and_nothing_is_written(
     page.goto(f"{studio}studio/tasks/edit/{KEYFRAME_1}")
     page.fill("[name='params']", '{"prompt": "a lighthouse at night",')
     page.get_by_role("button", name="Save", exact=True).click()
-    assert "invalid JSON" in field_error(page, "params")
-    assert "line 1" in field_error(page, "params")
+    expect_field_error(page, "params", "invalid JSON: Expecting property name")
+    expect_field_error(page, "params", "(line 1, column")
+    # What was typed is kept, to be fixed.
+    expect(page.locator("[name='params']")).to_have_value('{"prompt": "a lighthouse at night",')
     # Valid JSON that is not an object is refused by the DAL's rule for params.
     page.fill("[name='params']", "[1, 2, 3]")
     page.get_by_role("button", name="Save", exact=True).click()
-    assert "must be a JSON object" in field_error(page, "params")
+    expect_field_error(page, "params", "must be a JSON object")
     # NaN is not JSON (Python's parser would take it).
     page.fill("[name='params']", '{"strength": NaN}')
     page.get_by_role("button", name="Save", exact=True).click()
-    assert "invalid JSON" in field_error(page, "params")
+    expect_field_error(page, "params", "invalid JSON: NaN is not valid JSON")
 
     assert db.tasks.get(KEYFRAME_1) == before
 
@@ -237,8 +242,8 @@ def test_bad_uuids_are_form_errors_and_nothing_is_written(
     page.fill("[name='params']", '{"prompt": "x"}')
     page.fill("[name='depends_on']", f"{KEYFRAME_1}\nzzz")
     page.get_by_role("button", name="Save", exact=True).click()
-    assert "not a valid UUID: 'not-a-uuid'" in field_error(page, "project_id")
-    assert "depends_on[1]: not a valid UUID: 'zzz'" in field_error(page, "depends_on")
+    expect_field_error(page, "project_id", "not a valid UUID: 'not-a-uuid'")
+    expect_field_error(page, "depends_on", "depends_on[1]: not a valid UUID: 'zzz'")
     assert db.tasks.count() == tasks_before
 
 

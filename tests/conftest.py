@@ -118,6 +118,7 @@ def _start_cluster() -> tuple[str | None, str, Path | None]:
             timeout=120,
         )
     except (subprocess.SubprocessError, OSError) as err:
+        shutil.rmtree(base, ignore_errors=True)
         return None, f"could not start a throwaway PostgreSQL cluster: {err}", None
     return f"postgresql://postgres@127.0.0.1:{port}/postgres", "", base
 

@@ -209,7 +209,11 @@ class Database(_Sessions, Repositories):
 
     def _token_verifier(self) -> TokenVerifier:
         if self._verifier is None:
-            self._verifier = TokenVerifier.from_settings()
+            try:
+                self._verifier = TokenVerifier.from_settings()
+            except ConfigError as exc:
+                # Nothing can verify the token: refuse it, and say what to configure.
+                raise PermissionDenied(f"cannot verify access tokens: {exc}") from None
         return self._verifier
 
     def close(self) -> None:

@@ -195,3 +195,12 @@ def test_no_token_means_the_dummy_user_locally_only(
     monkeypatch.setenv("APP_ENV", "web")
     with dualdb.connect(migrated_url) as web, pytest.raises(PermissionDenied, match="no access"):
         web.for_user(None)
+
+
+def test_tokens_cannot_be_verified_without_configuration(
+    migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("SUPABASE_URL", "SUPABASE_JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    with dualdb.connect(migrated_url) as db, pytest.raises(PermissionDenied, match="SUPABASE"):
+        db.for_user(_token(uuid.uuid4()))

@@ -163,7 +163,7 @@ class Database(_Sessions, Repositories):
 
     def row_counts(self) -> dict[str, int]:
         """Rows per table, in schema order."""
-        with translated_errors(), self.engine.connect() as conn:
+        with self._scope.read() as conn:
             return {
                 t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
                 for t in TABLES

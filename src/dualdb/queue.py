@@ -168,12 +168,14 @@ class TaskQueueMixin:
         types = None if task_types is None else [v.task_type("task_types", t) for t in task_types]
         if types is not None and not types:
             raise InvalidInput("task_types", "must name at least one type (or be None for all)")
-        pick = self._ready_pick(types)
         with self._scope.write() as conn:
-            now = self._clock()
+            # UPDATE … FROM (SELECT id, <clock> … LIMIT 1 [FOR UPDATE SKIP LOCKED]) AS pick:
+            # the clock is read once, for the picked row, after its lock is taken.
+            pick = self._ready_pick(types).add_columns(self._clock().label("now")).subquery("pick")
+            now = pick.c.now
             stmt = (
                 tasks.update()
-                .where(tasks.c.id == pick.scalar_subquery())
+                .where(tasks.c.id == pick.c.id)
                 .values(
                     status=RUNNING,
                     worker_id=worker,

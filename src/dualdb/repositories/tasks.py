@@ -18,6 +18,8 @@ from dualdb.schema import task_dependencies, tasks
 from dualdb.types import TaskStatus
 from dualdb.unset import UNSET, Unset
 
+#: The keys a row of ``create_many`` may have.
+TASK_FIELDS = frozenset({"id", "project_id", "task_type", "params", "status", "depends_on"})
 #: Statuses a new task may start in.
 INITIAL_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.PENDING.value)
 #: Statuses a task never leaves (except by an explicit retry of a failure).
@@ -45,10 +47,6 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
         return super()._filter_value(key, value)
 
     def _values(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], list[uuid.UUID]]:
-        unknown = set(row) - {"id", "project_id", "task_type", "params", "status", "depends_on"}
-        if unknown:
-            field = sorted(unknown)[0]
-            raise InvalidInput(field, "unknown task field")
         status = v.status("status", row.get("status", TaskStatus.QUEUED.value))
         if status not in INITIAL_STATUSES:
             raise InvalidInput("status", "a new task starts as 'Queued' or 'Pending'")
@@ -105,7 +103,8 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
 
         A row's ``depends_on`` may name existing tasks or tasks earlier in the same batch.
         """
-        prepared = [self._values(r) for r in rows]
+        checked = self._rows(rows, TASK_FIELDS)
+        prepared = [self._values(r) for r in checked]
         if not prepared:
             return []
         with self._scope.write() as conn:

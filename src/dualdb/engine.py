@@ -36,6 +36,20 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 5
 #: Execution option: this transaction only reads (SQLite then uses a deferred BEGIN).
 READ_ONLY = "dualdb_read_only"
+#: Execution option (SQLite): no BEGIN at all — each statement is its own snapshot.
+_SQLITE_AUTOCOMMIT = "dualdb_autocommit"
+
+
+def autocommit_read_options(dialect_name: str) -> dict[str, Any]:
+    """Execution options for a call that reads with one statement: no BEGIN/COMMIT.
+
+    A single ``SELECT`` is atomic on its own, and skipping the transaction saves two round
+    trips on Postgres and a BEGIN on SQLite.  (Not SQLAlchemy's ``AUTOCOMMIT`` level on SQLite:
+    resetting it hands transaction control back to the sqlite3 module.)
+    """
+    if dialect_name == "sqlite":
+        return {READ_ONLY: True, _SQLITE_AUTOCOMMIT: True}
+    return {"isolation_level": "AUTOCOMMIT"}
 
 
 def _sqlite_engine(target: Target) -> Engine:
@@ -64,7 +78,10 @@ def _sqlite_engine(target: Target) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        if conn.get_execution_options().get(READ_ONLY):
+        options = conn.get_execution_options()
+        if options.get(_SQLITE_AUTOCOMMIT):
+            return
+        if options.get(READ_ONLY):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -16,6 +16,7 @@ IMMEDIATE`` transaction makes the single ``UPDATE … RETURNING`` atomic.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -121,11 +122,18 @@ class TaskQueueMixin:
             if minus is not None:
                 server = server - minus
             return sa.type_coerce(server, Timestamp())
-        return sa.literal(_now() - (minus or timedelta(0)), Timestamp())
+        if minus is not None:
+            return sa.literal(_now() - minus, Timestamp())
+        # A parameter, so statements can be built once; :meth:`_at` supplies its value.
+        return sa.bindparam("now", type_=Timestamp())
+
+    def _at(self) -> dict[str, Any]:
+        """The parameters of :meth:`_clock` — call it inside the transaction, after the lock."""
+        return {} if self._scope.caps.server_clock else {"now": _now()}
 
     # --- verbs ---------------------------------------------------------------------------
 
-    def _ready_pick(self, types: list[str] | None) -> sa.Select[Any]:
+    def _ready_pick(self, typed: bool) -> sa.Select[Any]:
         """``SELECT id`` of the oldest ready task, read from the partial ready index.
 
         The predicate is a literal (not bound parameters) so both planners can match the
@@ -133,7 +141,7 @@ class TaskQueueMixin:
         statistics its planner prefers ``ix_tasks_status_created_at`` and would walk every
         blocked task.
         """
-        index = "ix_tasks_ready" if types is None else "ix_tasks_ready_by_type"
+        index = "ix_tasks_ready_by_type" if typed else "ix_tasks_ready"
         if self._scope.caps.index_hints:
             source: Any = sa.text(f"tasks INDEXED BY {index}")
 
@@ -152,8 +160,8 @@ class TaskQueueMixin:
             .order_by(col("created_at"), col("id"))
             .limit(1)
         )
-        if types is not None:
-            pick = pick.where(col("task_type").in_(types))
+        if typed:
+            pick = pick.where(col("task_type").in_(sa.bindparam("types", expanding=True)))
         if self._scope.caps.skip_locked:
             pick = pick.with_for_update(skip_locked=True)
         return pick
@@ -168,26 +176,69 @@ class TaskQueueMixin:
         types = None if task_types is None else [v.task_type("task_types", t) for t in task_types]
         if types is not None and not types:
             raise InvalidInput("task_types", "must name at least one type (or be None for all)")
+        stmt = self._claim_typed if types is not None else self._claim_any
         with self._scope.write() as conn:
-            # UPDATE … FROM (SELECT id, <clock> … LIMIT 1 [FOR UPDATE SKIP LOCKED]) AS pick:
-            # the clock is read once, for the picked row, after its lock is taken.
-            pick = self._ready_pick(types).add_columns(self._clock().label("now")).subquery("pick")
-            now = pick.c.now
-            stmt = (
-                tasks.update()
-                .where(tasks.c.id == pick.c.id)
-                .values(
-                    status=RUNNING,
-                    worker_id=worker,
-                    generation_started_at=now,
-                    heartbeat_at=now,
-                    updated_at=now,
-                    attempts=tasks.c.attempts + 1,
-                )
-                .returning(*tasks.c)
-            )
-            row = conn.execute(stmt).first()
+            row = conn.execute(stmt, {"worker": worker, "types": types, **self._at()}).first()
         return None if row is None else Task.from_row(row)
+
+    # The hot statements are built once per repository: building them cost more than running
+    # them (SQLAlchemy's construction and cache-key work, measured in docs/benchmarks.md).
+
+    @functools.cached_property
+    def _claim_any(self) -> sa.Update:
+        return self._claim_statement(typed=False)
+
+    @functools.cached_property
+    def _claim_typed(self) -> sa.Update:
+        return self._claim_statement(typed=True)
+
+    def _claim_statement(self, typed: bool) -> sa.Update:
+        # UPDATE … FROM (SELECT id, <clock> … LIMIT 1 [FOR UPDATE SKIP LOCKED]) AS pick:
+        # the clock is read once, for the picked row, after its lock is taken.
+        pick = self._ready_pick(typed).add_columns(self._clock().label("now")).subquery("pick")
+        now = pick.c.now
+        return (
+            tasks.update()
+            .where(tasks.c.id == pick.c.id)
+            .values(
+                status=RUNNING,
+                worker_id=sa.bindparam("worker"),
+                generation_started_at=now,
+                heartbeat_at=now,
+                updated_at=now,
+                attempts=tasks.c.attempts + 1,
+            )
+            .returning(*tasks.c)
+        )
+
+    @functools.cached_property
+    def _complete_statement(self) -> sa.Update:
+        return (
+            tasks.update()
+            .where(
+                tasks.c.id == sa.bindparam("key"),
+                tasks.c.status == RUNNING,
+                tasks.c.worker_id == sa.bindparam("worker"),
+            )
+            .values(
+                status=COMPLETE,
+                output_location=sa.bindparam("location"),
+                updated_at=self._clock(),
+                error=None,
+            )
+            .returning(*tasks.c)
+        )
+
+    @functools.cached_property
+    def _release_dependents(self) -> sa.Update:
+        waiting = sa.select(task_dependencies.c.task_id).where(
+            task_dependencies.c.dependency_id == sa.bindparam("key")
+        )
+        return (
+            tasks.update()
+            .where(tasks.c.id.in_(waiting))
+            .values(unmet_dependencies=tasks.c.unmet_dependencies - 1)
+        )
 
     def heartbeat(self, id: uuid.UUID | str, worker_id: str) -> Task:
         """Record that ``worker_id`` is still working on the task (keeps it from going stale)."""
@@ -198,7 +249,8 @@ class TaskQueueMixin:
                 tasks.update()
                 .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
                 .values(heartbeat_at=self._clock())
-                .returning(*tasks.c)
+                .returning(*tasks.c),
+                self._at(),
             ).first()
             if row is None:
                 self._explain_refusal(conn, key, worker, "heartbeat")
@@ -224,14 +276,8 @@ class TaskQueueMixin:
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         location = v.text("output_location", output_location, max_len=v.MAX_LOCATION)
         with self._scope.write() as conn:
-            row = conn.execute(
-                tasks.update()
-                .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
-                .values(
-                    status=COMPLETE, output_location=location, updated_at=self._clock(), error=None
-                )
-                .returning(*tasks.c)
-            ).first()
+            params = {"key": key, "worker": worker, "location": location, **self._at()}
+            row = conn.execute(self._complete_statement, params).first()
             if row is None:
                 task = self._visible_task(conn, key)
                 if (task.status, task.worker_id, task.output_location) == (
@@ -242,17 +288,7 @@ class TaskQueueMixin:
                     return task
                 self._explain_refusal(conn, key, worker, "complete")
             task = Task.from_row(row)
-            conn.execute(
-                tasks.update()
-                .where(
-                    tasks.c.id.in_(
-                        sa.select(task_dependencies.c.task_id).where(
-                            task_dependencies.c.dependency_id == key
-                        )
-                    )
-                )
-                .values(unmet_dependencies=tasks.c.unmet_dependencies - 1)
-            )
+            conn.execute(self._release_dependents, {"key": key})
             return self._process_generation(conn, task)
 
     def _process_generation(self, conn: sa.Connection, task: Task) -> Task:
@@ -327,7 +363,8 @@ class TaskQueueMixin:
                     updated_at=self._clock(),
                     **({"worker_id": None, "heartbeat_at": None} if requeue else {}),
                 )
-                .returning(*tasks.c)
+                .returning(*tasks.c),
+                self._at(),
             ).one()
             if not requeue:
                 self._cancel_dependents(conn, [key], f"dependency {key} failed")
@@ -351,7 +388,8 @@ class TaskQueueMixin:
                 tasks.update()
                 .where(tasks.c.id == key, tasks.c.status.in_(UNFINISHED))
                 .values(status=CANCELLED, error=why, updated_at=self._clock())
-                .returning(*tasks.c)
+                .returning(*tasks.c),
+                self._at(),
             ).one()
             return [
                 Task.from_row(row),
@@ -372,7 +410,8 @@ class TaskQueueMixin:
             tasks.update()
             .where(tasks.c.id.in_(sa.select(reach.c.id)), tasks.c.status.in_(UNFINISHED))
             .values(status=CANCELLED, error=f"cancelled: {cause}", updated_at=self._clock())
-            .returning(*tasks.c)
+            .returning(*tasks.c),
+            self._at(),
         ).all()
         return sorted((Task.from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
 
@@ -384,7 +423,8 @@ class TaskQueueMixin:
                 tasks.update()
                 .where(tasks.c.id == key, tasks.c.status == PENDING, *self._owner_filter())
                 .values(status=QUEUED, updated_at=self._clock())
-                .returning(*tasks.c)
+                .returning(*tasks.c),
+                self._at(),
             ).first()
             if row is None:
                 task = self._visible_task(conn, key)
@@ -406,7 +446,8 @@ class TaskQueueMixin:
                     attempts=tasks.c.attempts - 1,
                     updated_at=self._clock(),
                 )
-                .returning(*tasks.c)
+                .returning(*tasks.c),
+                self._at(),
             ).first()
             if row is None:
                 self._explain_refusal(conn, key, worker, "release")
@@ -451,7 +492,8 @@ class TaskQueueMixin:
                         if requeue
                         else f"failed after {stale.attempts} attempts: {gone}",
                     )
-                    .returning(*tasks.c)
+                    .returning(*tasks.c),
+                    self._at(),
                 ).one()
                 changed.append(Task.from_row(row))
                 if not requeue:
@@ -465,7 +507,7 @@ class TaskQueueMixin:
         clauses = self._owner_filter()
         if project_id is not None:
             clauses.append(tasks.c.project_id == v.uuid_("project_id", project_id))
-        with self._scope.read() as conn:
+        with self._scope.read(single_statement=True) as conn:
             rows = conn.execute(
                 sa.select(tasks.c.status, sa.func.count()).where(*clauses).group_by(tasks.c.status)
             ).all()

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 
 from dualdb.dialects import Capabilities, capabilities
-from dualdb.engine import READ_ONLY, translated_errors
+from dualdb.engine import READ_ONLY, autocommit_read_options, translated_errors
 
 #: Called with the connection at the start of each transaction (e.g. to set the RLS role).
 TransactionHook = Callable[[sa.Connection], None]
@@ -68,8 +68,12 @@ class Scope:
                 yield from self._enter(conn)
 
     @contextmanager
-    def read(self) -> Iterator[sa.Connection]:
-        """A connection for a call that only reads."""
+    def read(self, *, single_statement: bool = False) -> Iterator[sa.Connection]:
+        """A connection for a call that only reads.
+
+        ``single_statement``: the call runs one ``SELECT``, so outside a session it needs no
+        transaction at all (unless the scope sets the actor per transaction).
+        """
         with translated_errors():
             if self._connection is not None:
                 yield self._connection
@@ -79,6 +83,9 @@ class Scope:
                 yield current
                 return
             with self.engine.connect() as raw:
+                if single_statement and self.on_begin is None:
+                    yield raw.execution_options(**autocommit_read_options(self.dialect))
+                    return
                 conn = raw.execution_options(**{READ_ONLY: True})
                 with conn.begin():
                     yield from self._enter(conn)

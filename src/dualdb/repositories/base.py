@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -110,11 +111,15 @@ class Repository(Generic[R]):
     def find(self, id: uuid.UUID | str) -> R | None:
         """The row with this id, or None."""
         key = v.uuid_("id", id)
-        with self._scope.read() as conn:
-            row = conn.execute(
-                sa.select(self.table).where(*self._where(self.table.c.id == key))
-            ).first()
+        with self._scope.read(single_statement=True) as conn:
+            row = conn.execute(self._select_by_id, {"key": key}).first()
         return None if row is None else self._record(row)
+
+    @functools.cached_property
+    def _select_by_id(self) -> sa.Select[Any]:
+        """Built once per repository: rebuilding it on every call cost more than running it."""
+        key = sa.bindparam("key", type_=self.table.c.id.type)
+        return sa.select(self.table).where(*self._where(self.table.c.id == key))
 
     def get(self, id: uuid.UUID | str) -> R:
         """The row with this id; :class:`NotFound` if there is none (or it is not visible)."""
@@ -126,7 +131,7 @@ class Repository(Generic[R]):
     def count(self, **filters: Any) -> int:
         """How many rows match ``filters`` (the same keywords as :meth:`list`)."""
         clauses = self._filters(filters)
-        with self._scope.read() as conn:
+        with self._scope.read(single_statement=True) as conn:
             stmt = sa.select(sa.func.count()).select_from(self.table).where(*self._where(*clauses))
             return int(conn.execute(stmt).scalar_one())
 
@@ -137,7 +142,7 @@ class Repository(Generic[R]):
             clauses.append(self._after(self._decode(cursor)))
         cols = [self.table.c[c] for c in self.order_by]
         stmt = sa.select(self.table).where(*self._where(*clauses)).order_by(*cols).limit(size + 1)
-        with self._scope.read() as conn:
+        with self._scope.read(single_statement=True) as conn:
             rows = conn.execute(stmt).all()
         items = [self._record(r) for r in rows[:size]]
         more = len(rows) > size

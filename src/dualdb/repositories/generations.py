@@ -110,7 +110,7 @@ class GenerationsRepository(Repository[Generation]):
     def for_task(self, task_id: uuid.UUID | str) -> builtins.list[Generation]:
         """The generations a task contributed to (``task_id`` in their ``tasks``), oldest first."""
         tid = v.uuid_("task_id", task_id)
-        with self._scope.read() as conn:
+        with self._scope.read(single_statement=True) as conn:
             rows = conn.execute(
                 sa.select(generations)
                 .where(*self._where(array_contains(generations.c.tasks, tid)))

@@ -225,14 +225,14 @@ class ShotsRepository(Repository[Shot]):
         """The shot's placements in position order."""
         sid = v.uuid_("shot_id", shot_id)
         self.get(sid)
-        with self._scope.read() as conn:
+        with self._scope.read(single_statement=True) as conn:
             return self._placements(conn, sid)
 
     def generations(self, shot_id: uuid.UUID | str) -> builtins.list[Generation]:
         """The generations on the shot, in position order."""
         sid = v.uuid_("shot_id", shot_id)
         self.get(sid)
-        with self._scope.read() as conn:
+        with self._scope.read(single_statement=True) as conn:
             rows = conn.execute(
                 sa.select(generations)
                 .join(shot_generations, shot_generations.c.generation_id == generations.c.id)

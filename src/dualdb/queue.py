@@ -59,6 +59,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _held_by(key: Any, worker: Any) -> tuple[sa.ColumnElement[bool], ...]:
+    """The task ``key``, In Progress and claimed by ``worker`` (values or bind parameters)."""
+    return (tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
+
+
 class TaskQueueMixin:
     """Queue verbs of :class:`~dualdb.repositories.TasksRepository`."""
 
@@ -215,11 +220,7 @@ class TaskQueueMixin:
     def _complete_statement(self) -> sa.Update:
         return (
             tasks.update()
-            .where(
-                tasks.c.id == sa.bindparam("key"),
-                tasks.c.status == RUNNING,
-                tasks.c.worker_id == sa.bindparam("worker"),
-            )
+            .where(*_held_by(sa.bindparam("key"), sa.bindparam("worker")))
             .values(
                 status=COMPLETE,
                 output_location=sa.bindparam("location"),
@@ -247,7 +248,7 @@ class TaskQueueMixin:
         with self._scope.write() as conn:
             row = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
+                .where(*_held_by(key, worker))
                 .values(heartbeat_at=self._clock())
                 .returning(*tasks.c),
                 self._at(),
@@ -347,16 +348,14 @@ class TaskQueueMixin:
         limit = v.non_negative_int("max_attempts", max_attempts)
         with self._scope.write() as conn:
             current = conn.execute(
-                sa.select(tasks.c.attempts).where(
-                    tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker
-                )
+                sa.select(tasks.c.attempts).where(*_held_by(key, worker))
             ).first()
             if current is None:
                 self._explain_refusal(conn, key, worker, "fail")
             requeue = retry and current.attempts < limit
             row = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
+                .where(*_held_by(key, worker))
                 .values(
                     status=QUEUED if requeue else FAILED,
                     error=message,
@@ -438,7 +437,7 @@ class TaskQueueMixin:
         with self._scope.write() as conn:
             row = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
+                .where(*_held_by(key, worker))
                 .values(
                     status=QUEUED,
                     worker_id=None,

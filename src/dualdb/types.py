@@ -34,6 +34,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler, TypeCompiler
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 __all__ = [
     "JSONB",
@@ -201,43 +202,28 @@ def _json_default(type_: _JSONStorage, compiler: TypeCompiler, **kw: Any) -> str
     return "TEXT"
 
 
-class _AsText(sa.sql.expression.ColumnElement[str]):
-    """``expr::text`` on Postgres so the driver hands back the JSON text unparsed."""
+class _OnPostgres(sa.sql.expression.ColumnElement[Any]):
+    """``template`` wrapped around ``expr`` on Postgres; ``expr`` unchanged on other dialects."""
 
     inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012 - SQLAlchemy's declaration, read-only
+        ("expr", InternalTraversal.dp_clauseelement),
+        ("template", InternalTraversal.dp_string),
+    ]
 
-    def __init__(self, expr: sa.sql.expression.ColumnElement[Any]) -> None:
+    def __init__(self, expr: sa.sql.expression.ColumnElement[Any], template: str) -> None:
         self.expr = expr
+        self.template = template
         self.type = expr.type
 
 
-@compiles(_AsText, "postgresql")
-def _as_text_pg(element: _AsText, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"({compiler.process(element.expr, **kw)})::text"
+@compiles(_OnPostgres, "postgresql")
+def _on_postgres_pg(element: _OnPostgres, compiler: SQLCompiler, **kw: Any) -> str:
+    return element.template.format(compiler.process(element.expr, **kw))
 
 
-@compiles(_AsText)
-def _as_text_default(element: _AsText, compiler: SQLCompiler, **kw: Any) -> str:
-    return compiler.process(element.expr, **kw)
-
-
-class _JSONBindCast(sa.sql.expression.ColumnElement[Any]):
-    """``CAST(:param AS jsonb)`` on Postgres; the bare parameter elsewhere."""
-
-    inherit_cache = True
-
-    def __init__(self, expr: sa.sql.expression.ColumnElement[Any]) -> None:
-        self.expr = expr
-        self.type = expr.type
-
-
-@compiles(_JSONBindCast, "postgresql")
-def _bind_cast_pg(element: _JSONBindCast, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"CAST({compiler.process(element.expr, **kw)} AS JSONB)"
-
-
-@compiles(_JSONBindCast)
-def _bind_cast_default(element: _JSONBindCast, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(_OnPostgres)
+def _on_postgres_default(element: _OnPostgres, compiler: SQLCompiler, **kw: Any) -> str:
     return compiler.process(element.expr, **kw)
 
 
@@ -322,10 +308,11 @@ class JSONB(sa.types.TypeDecorator[Any]):
     cache_ok = True
 
     def bind_expression(self, bindvalue: Any) -> Any:
-        return _JSONBindCast(bindvalue)
+        return _OnPostgres(bindvalue, "CAST({} AS JSONB)")
 
     def column_expression(self, column: Any) -> Any:
-        return _AsText(column)
+        # Read as text so the driver hands back the JSON unparsed (JSON null ≠ SQL NULL).
+        return _OnPostgres(column, "({})::text")
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:

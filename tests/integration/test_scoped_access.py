@@ -204,3 +204,23 @@ def test_tokens_cannot_be_verified_without_configuration(
         monkeypatch.delenv(name, raising=False)
     with dualdb.connect(migrated_url) as db, pytest.raises(PermissionDenied, match="SUPABASE"):
         db.for_user(_token(uuid.uuid4()))
+
+
+def test_writing_an_id_that_does_not_exist_is_denied_like_someone_elses(
+    db: Database, sides: tuple[Side, Side]
+) -> None:
+    """Under RLS a missing row and another user's row look the same: both writes are denied."""
+    alice, _ = sides
+    me = db.as_user(alice.user)
+    before = snapshot(db)
+    for write in (
+        lambda: me.projects.update(uuid.uuid4(), name="x"),
+        lambda: me.shots.delete(uuid.uuid4()),
+        lambda: me.tasks.update(uuid.uuid4(), params={}),
+        lambda: me.shots.create(uuid.uuid4(), "orphan"),
+    ):
+        with pytest.raises(PermissionDenied, match="not yours"):
+            write()
+    assert snapshot(db) == before
+    with pytest.raises(NotFound):  # reads still say NotFound
+        me.projects.get(uuid.uuid4())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -298,3 +299,32 @@ def test_queue_verbs_validate_input(db: Database, project: Project) -> None:
         db.tasks.claim("w")
         db.tasks.complete(t.id, "w", "")
     assert db.tasks.get(t.id).status == "In Progress"
+
+
+def test_racing_completions_create_the_generation_once(
+    db: Database, project: Project, migrated_url: str
+) -> None:
+    """Eight threads, each with its own connection, complete the same task at the same time."""
+    shot = db.shots.create(project.id, "Race")
+    t = db.tasks.enqueue(project.id, "single_image", {"shot_id": str(shot.id)})
+    db.tasks.claim("w")
+    start = threading.Barrier(8)
+    results: list[object] = []
+
+    def finish() -> None:
+        with dualdb.connect(migrated_url) as own:
+            start.wait()
+            try:
+                results.append(own.tasks.complete(t.id, "w", "files/race.png"))
+            except Exception as exc:  # collected and asserted below
+                results.append(exc)
+
+    threads = [threading.Thread(target=finish) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert len(results) == 8
+    assert all(getattr(r, "status", None) == "Complete" for r in results), results
+    assert [g.location for g in db.shots.generations(shot.id)] == ["files/race.png"]
+    assert len(db.generations.for_task(t.id)) == 1

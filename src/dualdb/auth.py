@@ -395,12 +395,15 @@ def _claims(payload: dict[str, Any]) -> Claims:
     if role != AUTHENTICATED_ROLE:
         raise PermissionDenied(f"token role {_shown(role)} is not {AUTHENTICATED_ROLE!r}")
     email = payload.get("email")
-    exp = payload["exp"]
+    try:
+        expires_at = datetime.fromtimestamp(float(payload["exp"]), tz=UTC)
+    except (ValueError, OverflowError, OSError, TypeError):
+        raise PermissionDenied("token expiry is invalid") from None
     return Claims(
         user_id=user_id,
         role=AUTHENTICATED_ROLE,
         email=email if isinstance(email, str) and email else None,
-        expires_at=datetime.fromtimestamp(float(exp), tz=UTC),
+        expires_at=expires_at,
         raw=MappingProxyType(dict(payload)),
     )
 

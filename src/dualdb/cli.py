@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dualdb import migrations
@@ -32,8 +33,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Markup off by default: URLs, revisions and messages can contain "[...]"; only the styled
+# prefixes below opt in, with everything interpolated escaped.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 UrlOption = Annotated[
     str | None,
@@ -67,7 +70,7 @@ def _target(url: str | None) -> Target:
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {_scrub(message)}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(_scrub(message))}", markup=True, soft_wrap=True)
     return typer.Exit(code=1)
 
 
@@ -96,7 +99,7 @@ def handle_errors(fn: F) -> F:
 
 
 def _progress(line: str) -> None:
-    out.print(f"  [green]✓[/] {line}", markup=True)
+    out.print(f"  [green]✓[/] {escape(line)}", markup=True)
 
 
 @app.command()
@@ -167,7 +170,7 @@ def check(url: UrlOption = None) -> None:
     if not problems:
         out.print(f"OK: the {target.backend} schema matches the models.")
         return
-    err.print(f"[bold red]Schema drift[/] in {target.redacted}:", markup=True)
+    err.print(f"[bold red]Schema drift[/] in {escape(target.redacted)}:", markup=True)
     for line in problems:
         err.print(f"  - {line}", markup=False, soft_wrap=True)
     err.print(

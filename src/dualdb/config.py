@@ -125,7 +125,8 @@ def _parse(raw: str) -> URL:
         )
     try:
         url = make_url(text)
-    except ArgumentError:
+        url.port  # noqa: B018 - a non-numeric port only fails when read
+    except (ArgumentError, ValueError):
         raise ConfigError("the database URL could not be parsed") from None
     if url.get_backend_name() == "sqlite" and not url.database:
         raise ConfigError("a SQLite URL needs a file path: sqlite:///path/to/file.db")

@@ -180,10 +180,13 @@ class Database(_Sessions, Repositories):
         The token is checked by :class:`~dualdb.auth.TokenVerifier` (``SUPABASE_JWT_SECRET``
         and/or the JWKS of ``SUPABASE_URL``); any problem is
         :class:`~dualdb.errors.PermissionDenied`.  Locally (``APP_ENV=local``), ``None``
-        stands for the fixed dummy user ``00000000-0000-0000-0000-000000000000``.
+        stands for the fixed dummy user ``00000000-0000-0000-0000-000000000000`` on the
+        local SQLite file (never on Postgres).
         """
         if access_token is None:
-            if self.target.app_env != "local":
+            # Only the local SQLite file has a stand-in user; a Postgres URL given explicitly
+            # while APP_ENV is unset is still a real database.
+            if self.target.app_env != "local" or self.target.backend != "sqlite":
                 raise PermissionDenied("no access token")
             return self.as_user(DUMMY_USER_ID)
         return self._scoped(self._token_verifier().verify(access_token))

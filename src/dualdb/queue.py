@@ -38,7 +38,7 @@ from dualdb.schema import (
     tasks,
 )
 from dualdb.scope import Scope
-from dualdb.types import TaskStatus, Timestamp
+from dualdb.types import TaskStatus, Timestamp, to_uuid
 
 #: Attempts (claims) a task gets before a stale or failed-with-retry task is marked Failed.
 DEFAULT_MAX_ATTEMPTS = 3
@@ -57,6 +57,13 @@ UNFINISHED = (PENDING, QUEUED, RUNNING)
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _uuid_or_none(value: object) -> uuid.UUID | None:
+    try:
+        return to_uuid(value)
+    except ValueError:
+        return None
 
 
 def _held_by(key: Any, worker: Any) -> tuple[sa.ColumnElement[bool], ...]:
@@ -220,7 +227,7 @@ class TaskQueueMixin:
     def _complete_statement(self) -> sa.Update:
         return (
             tasks.update()
-            .where(*_held_by(sa.bindparam("key"), sa.bindparam("worker")))
+            .where(*_held_by(sa.bindparam("key"), sa.bindparam("worker")), *self._owner_filter())
             .values(
                 status=COMPLETE,
                 output_location=sa.bindparam("location"),
@@ -248,7 +255,7 @@ class TaskQueueMixin:
         with self._scope.write() as conn:
             row = conn.execute(
                 tasks.update()
-                .where(*_held_by(key, worker))
+                .where(*_held_by(key, worker), *self._owner_filter())
                 .values(heartbeat_at=self._clock())
                 .returning(*tasks.c),
                 self._at(),
@@ -322,8 +329,16 @@ class TaskQueueMixin:
                 updated_at=None,
             )
         )
-        shot_id = uuid.UUID(str(raw))
-        if conn.execute(sa.select(shots.c.id).where(shots.c.id == shot_id)).first() is not None:
+        # The shot was checked at enqueue/update; if it is gone (or params were written by
+        # another tool) the generation is still recorded, just not placed — completing a task
+        # must never fail on its output's destination.
+        shot_id = _uuid_or_none(raw)
+        shot_project = None
+        if shot_id is not None:
+            shot_project = conn.execute(
+                sa.select(shots.c.project_id).where(shots.c.id == shot_id)
+            ).scalar()
+        if shot_id is not None and shot_project == task.project_id:
             ShotsRepository(Scope(self._scope.engine, conn)).add_generation(shot_id, gid)
         return Task.from_row(claimed)
 
@@ -348,14 +363,14 @@ class TaskQueueMixin:
         limit = v.non_negative_int("max_attempts", max_attempts)
         with self._scope.write() as conn:
             current = conn.execute(
-                sa.select(tasks.c.attempts).where(*_held_by(key, worker))
+                sa.select(tasks.c.attempts).where(*_held_by(key, worker), *self._owner_filter())
             ).first()
             if current is None:
                 self._explain_refusal(conn, key, worker, "fail")
             requeue = retry and current.attempts < limit
             row = conn.execute(
                 tasks.update()
-                .where(*_held_by(key, worker))
+                .where(*_held_by(key, worker), *self._owner_filter())
                 .values(
                     status=QUEUED if requeue else FAILED,
                     error=message,
@@ -437,7 +452,7 @@ class TaskQueueMixin:
         with self._scope.write() as conn:
             row = conn.execute(
                 tasks.update()
-                .where(*_held_by(key, worker))
+                .where(*_held_by(key, worker), *self._owner_filter())
                 .values(
                     status=QUEUED,
                     worker_id=None,

@@ -174,6 +174,11 @@ class Worker:
         except Conflict as exc:  # cancelled or requeued meanwhile: nothing to record
             self._on_event(f"could not record result: {exc}")
             return
+        except DualdbError as exc:
+            # The database refused or was unreachable: keep working; the task stays claimed
+            # and requeue_stale hands it to a worker again once its heartbeat is old.
+            self._on_event(f"could not record result ({type(exc).__name__}): {exc}")
+            return
         getattr(self.stats, verb).append(task)
         self._on_event(f"{verb} {task.task_type} {task.id} → {task.status}")
 

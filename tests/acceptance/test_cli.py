@@ -107,6 +107,10 @@ def test_status_redacts_the_password(tmp_path: Path) -> None:
         (["migrate", "--url", "postgresql://u:p@127.0.0.1:6543/postgres"], {}, "session pooler"),
         (["generate", "-m", " "], {}, "needs a message"),
         (["sql", "--from", "bad rev"], {}, "not a revision"),
+        # Text that looks like rich markup is printed as it is, not interpreted.
+        (["migrate", "[/x]"], {}, "'[/x]'"),
+        (["migrate", "zz[bold]"], {}, "zz[bold]"),
+        (["status", "--url", "postgresql://u:p@127.0.0.1:abc/db"], {}, "could not be parsed"),
     ],
 )
 def test_bad_input_is_one_clear_line(

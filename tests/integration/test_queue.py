@@ -328,3 +328,49 @@ def test_racing_completions_create_the_generation_once(
     assert all(getattr(r, "status", None) == "Complete" for r in results), results
     assert [g.location for g in db.shots.generations(shot.id)] == ["files/race.png"]
     assert len(db.generations.for_task(t.id)) == 1
+
+
+def test_enqueue_racing_the_completion_of_its_dependency_is_never_stranded(
+    db: Database, project: Project, migrated_url: str
+) -> None:
+    """A dependent enqueued (uncommitted) while its dependency completes ends up claimable."""
+    dep = db.tasks.enqueue(project.id, "single_image", {})
+    db.tasks.claim("w")
+    done: list[object] = []
+
+    def complete_dep() -> None:
+        with dualdb.connect(migrated_url) as own:
+            done.append(own.tasks.complete(dep.id, "w", "dep.png"))
+
+    with db.session() as s:
+        child = s.tasks.enqueue(project.id, "travel_stitch", {}, depends_on=[dep.id])
+        racer = threading.Thread(target=complete_dep)
+        racer.start()
+        time.sleep(0.5)  # the completion runs now: it must wait for this enqueue, not miss it
+    racer.join(timeout=60)
+    assert len(done) == 1
+    claimed = db.tasks.claim("w")
+    assert claimed is not None and claimed.id == child.id
+
+
+def test_a_shot_that_disappeared_does_not_poison_completion(
+    db: Database, project: Project
+) -> None:
+    shot = db.shots.create(project.id, "Gone")
+    t = db.tasks.enqueue(project.id, "single_image", {"shot_id": str(shot.id)})
+    db.shots.delete(shot.id)
+    db.tasks.claim("w")
+    done = db.tasks.complete(t.id, "w", "files/orphan.png")
+    assert done.status == "Complete" and done.generation_processed_at is not None
+    assert [g.location for g in db.generations.for_task(t.id)] == ["files/orphan.png"]
+
+
+def test_updating_params_checks_the_shot_like_enqueue(db: Database, project: Project) -> None:
+    other = db.projects.create("Other", project.user_id)
+    foreign = db.shots.create(other.id, "Theirs")
+    t = db.tasks.enqueue(project.id, "single_image", {})
+    for bad in ({"shot_id": "not-a-uuid"}, {"shot_id": str(foreign.id)}):
+        with pytest.raises(InvalidInput) as info:
+            db.tasks.update(t.id, params=bad)
+        assert info.value.field == "params.shot_id"
+    assert db.tasks.get(t.id).params == {}

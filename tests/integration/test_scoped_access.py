@@ -188,10 +188,14 @@ def test_for_user_verifies_the_token_then_scopes(db: Database, sides: tuple[Side
 
 
 def test_no_token_means_the_dummy_user_locally_only(
-    db: Database, monkeypatch: pytest.MonkeyPatch, migrated_url: str
+    db: Database, monkeypatch: pytest.MonkeyPatch, migrated_url: str, backend: str
 ) -> None:
     assert db.target.app_env == "local"
-    assert db.for_user(None).user_id == uuid.UUID(DUMMY_USER_ID)
+    if backend == "sqlite":
+        assert db.for_user(None).user_id == uuid.UUID(DUMMY_USER_ID)
+    else:  # a Postgres URL is a real database even with APP_ENV unset
+        with pytest.raises(PermissionDenied, match="no access"):
+            db.for_user(None)
     monkeypatch.setenv("APP_ENV", "web")
     with dualdb.connect(migrated_url) as web, pytest.raises(PermissionDenied, match="no access"):
         web.for_user(None)
@@ -224,3 +228,22 @@ def test_writing_an_id_that_does_not_exist_is_denied_like_someone_elses(
     assert snapshot(db) == before
     with pytest.raises(NotFound):  # reads still say NotFound
         me.projects.get(uuid.uuid4())
+
+
+@pytest.mark.parametrize("verb", ["heartbeat", "fail", "complete", "release_claim"])
+def test_a_user_cannot_act_on_another_users_claimed_task(
+    db: Database, sides: tuple[Side, Side], verb: str
+) -> None:
+    alice, bob = sides
+    claimed = db.as_user(bob.user).tasks.claim("gpu-1")  # only Bob's task is visible to him
+    assert claimed is not None and claimed.id == bob.task
+    args: dict[str, tuple[object, ...]] = {
+        "heartbeat": (bob.task, "gpu-1"),
+        "fail": (bob.task, "gpu-1", "pwned"),
+        "complete": (bob.task, "gpu-1", "evil.mp4"),
+        "release_claim": (bob.task, "gpu-1"),
+    }
+    before = snapshot(db)
+    with pytest.raises(PermissionDenied):
+        getattr(db.as_user(alice.user).tasks, verb)(*args[verb])
+    assert snapshot(db) == before

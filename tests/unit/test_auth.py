@@ -304,6 +304,9 @@ def test_expired_and_not_yet_valid_tokens_are_rejected(verifier: TokenVerifier) 
     denied(verifier, sign(claims(exp=now - 60), SECRET, "HS256"), "token has expired")
     denied(verifier, sign(claims(exp=None), SECRET, "HS256"), "no 'exp' claim")
     denied(verifier, sign(claims(nbf=now + 600), SECRET, "HS256"), "not valid yet")
+    # Validly signed, but an expiry no datetime can hold: refused, not a raw ValueError.
+    for far in (10**12, 10**20):
+        denied(verifier, sign(claims(exp=far), SECRET, "HS256"), "expiry is invalid")
 
 
 def test_audience_is_checked(verifier: TokenVerifier) -> None:

@@ -70,7 +70,15 @@ def test_url_forms(url: str, backend: str, database: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["mysql://u@h/db", "postgresql+asyncpg://u@h/db", "sqlite://", "   ", "http://x"]
+    "url",
+    [
+        "mysql://u@h/db",
+        "postgresql+asyncpg://u@h/db",
+        "sqlite://",
+        "   ",
+        "http://x",
+        "postgresql://u:pw@host:abc/db",
+    ],
 )
 def test_unsupported_urls_are_refused(url: str) -> None:
     with pytest.raises(ConfigError):

@@ -144,6 +144,11 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
             # SQLite (filtered here) exactly as on Postgres (hidden by RLS).
             query = sa.select(tasks.c.id, tasks.c.project_id, tasks.c.status)
             query = query.where(tasks.c.id.in_(outside), *self._where())
+            if self._scope.caps.skip_locked:
+                # FOR SHARE: a dependency completing, failing or being cancelled right now
+                # waits for this enqueue (and then sees its edge), or this enqueue waits and
+                # reads the new status — never a dependent stranded with a stale count.
+                query = query.with_for_update(read=True)
             existing = {r.id: r for r in conn.execute(query)}
         seen: set[uuid.UUID] = set()
         statuses: dict[uuid.UUID, str] = {k: r.status for k, r in existing.items()}
@@ -215,11 +220,19 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
             return self.get(key)
         with self._scope.write() as conn:
             self._check_writable(conn, key)
-            current = conn.execute(sa.select(tasks.c.status).where(tasks.c.id == key)).scalar()
+            current = conn.execute(
+                sa.select(tasks.c.status, tasks.c.project_id).where(tasks.c.id == key)
+            ).first()
             if current is None:
                 raise NotFound(f"task {key} not found")
-            if current not in INITIAL_STATUSES:
-                raise Conflict(f"task {key} is {current}: only Pending or Queued tasks can change")
+            if current.status not in INITIAL_STATUSES:
+                raise Conflict(
+                    f"task {key} is {current.status}: only Pending or Queued tasks can change"
+                )
+            if "params" in values:
+                self._validate_shot_params(
+                    conn, [({"params": values["params"], "project_id": current.project_id}, [])]
+                )
             return self._update(key, values)
 
     def delete(self, id: uuid.UUID | str) -> None:

@@ -60,8 +60,7 @@ class Scope:
                 with self._connection.begin_nested():
                     yield self._connection
                 return
-            current: sa.Connection | None = getattr(self._local, "conn", None)
-            if current is not None:
+            if (current := self._current()) is not None:
                 yield current
                 return
             with self.engine.begin() as conn:
@@ -75,11 +74,7 @@ class Scope:
         transaction at all (unless the scope sets the actor per transaction).
         """
         with translated_errors():
-            if self._connection is not None:
-                yield self._connection
-                return
-            current: sa.Connection | None = getattr(self._local, "conn", None)
-            if current is not None:
+            if (current := self._connection or self._current()) is not None:
                 yield current
                 return
             with self.engine.connect() as raw:
@@ -89,6 +84,11 @@ class Scope:
                 conn = raw.execution_options(**{READ_ONLY: True})
                 with conn.begin():
                     yield from self._enter(conn)
+
+    def _current(self) -> sa.Connection | None:
+        """The transaction of the call this one is nested in (this thread), if any."""
+        conn: sa.Connection | None = getattr(self._local, "conn", None)
+        return conn
 
     def _enter(self, conn: sa.Connection) -> Iterator[sa.Connection]:
         self._local.conn = conn

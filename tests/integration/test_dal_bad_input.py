@@ -8,7 +8,7 @@ together.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,23 +18,10 @@ import sqlalchemy as sa
 import dualdb
 from dualdb.errors import Conflict, InvalidInput, NotFound
 from dualdb.schema import tasks
-from tests.integration.dal_support import World, assert_unchanged, build_world
+from tests.integration.dal_support import World, assert_unchanged
 
 #: (label, call, expected error, field the error must name — None when it names none)
 Case = tuple[str, Callable[[], object], type[Exception], str | None]
-
-
-@pytest.fixture
-def db(migrated_url: str) -> Iterator[dualdb.Database]:
-    """A connected database at the migration head (SQLite file or Postgres)."""
-    with dualdb.connect(migrated_url) as database:
-        yield database
-
-
-@pytest.fixture
-def world(db: dualdb.Database) -> World:
-    """Two users with a project each, a shot, tasks and a generation."""
-    return build_world(db)
 
 
 def check(db: dualdb.Database, cases: list[Case]) -> None:

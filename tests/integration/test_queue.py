@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -16,12 +15,6 @@ from dualdb import Conflict, InvalidInput, NotFound
 from dualdb.database import Database
 from dualdb.records import Project
 from dualdb.schema import task_dependencies, tasks
-
-
-@pytest.fixture
-def db(migrated_url: str) -> Iterator[Database]:
-    with dualdb.connect(migrated_url) as database:
-        yield database
 
 
 @pytest.fixture

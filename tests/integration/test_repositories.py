@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,22 +36,9 @@ from dualdb.errors import (
 )
 from dualdb.records import Record, ShotGeneration
 from dualdb.schema import TABLES, task_dependencies, tasks
-from tests.integration.dal_support import World, assert_unchanged, build_world, snapshot
+from tests.integration.dal_support import World, assert_unchanged, snapshot
 
 DUALDB = str(Path(sys.executable).parent / "dualdb")
-
-
-@pytest.fixture
-def db(migrated_url: str) -> Iterator[dualdb.Database]:
-    """A connected database at the migration head (SQLite file or Postgres)."""
-    with dualdb.connect(migrated_url) as database:
-        yield database
-
-
-@pytest.fixture
-def world(db: dualdb.Database) -> World:
-    """Two users with a project each, a shot, tasks and a generation."""
-    return build_world(db)
 
 
 def order_key(record: Any) -> tuple[Any, ...]:

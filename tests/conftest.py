@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis
 import psycopg
 import pytest
 from psycopg import sql
@@ -37,6 +38,11 @@ BACKENDS = [
 
 _DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 _CI = bool(os.environ.get("CI"))
+
+
+# No per-example deadline: CI shares two cores, and a slow example is not a wrong one.
+hypothesis.settings.register_profile("dualdb", deadline=None, print_blob=True)
+hypothesis.settings.load_profile("dualdb")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -253,16 +253,22 @@ class TaskQueueMixin:
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         with self._scope.write() as conn:
-            row = conn.execute(
-                tasks.update()
-                .where(*_held_by(key, worker), *self._owner_filter())
-                .values(heartbeat_at=self._clock())
-                .returning(*tasks.c),
-                self._at(),
-            ).first()
-            if row is None:
-                self._explain_refusal(conn, key, worker, "heartbeat")
-            return Task.from_row(row)
+            return self._update_held(conn, key, worker, "heartbeat", heartbeat_at=self._clock())
+
+    def _update_held(
+        self, conn: sa.Connection, key: uuid.UUID, worker: str, verb: str, **values: Any
+    ) -> Task:
+        """Update the task ``worker`` holds (In Progress, visible); Conflict saying why if not."""
+        row = conn.execute(
+            tasks.update()
+            .where(*_held_by(key, worker), *self._owner_filter())
+            .values(**values)
+            .returning(*tasks.c),
+            self._at(),
+        ).first()
+        if row is None:
+            self._explain_refusal(conn, key, worker, verb)
+        return Task.from_row(row)
 
     def _explain_refusal(
         self, conn: sa.Connection, key: uuid.UUID, worker: str, verb: str
@@ -368,21 +374,19 @@ class TaskQueueMixin:
             if current is None:
                 self._explain_refusal(conn, key, worker, "fail")
             requeue = retry and current.attempts < limit
-            row = conn.execute(
-                tasks.update()
-                .where(*_held_by(key, worker), *self._owner_filter())
-                .values(
-                    status=QUEUED if requeue else FAILED,
-                    error=message,
-                    updated_at=self._clock(),
-                    **({"worker_id": None, "heartbeat_at": None} if requeue else {}),
-                )
-                .returning(*tasks.c),
-                self._at(),
-            ).one()
+            task = self._update_held(
+                conn,
+                key,
+                worker,
+                "fail",
+                status=QUEUED if requeue else FAILED,
+                error=message,
+                updated_at=self._clock(),
+                **({"worker_id": None, "heartbeat_at": None} if requeue else {}),
+            )
             if not requeue:
                 self._cancel_dependents(conn, [key], f"dependency {key} failed")
-            return Task.from_row(row)
+            return task
 
     def cancel(self, id: uuid.UUID | str, reason: str = "cancelled") -> list[Task]:
         """Cancel an unfinished task and every dependent, transitively.
@@ -450,22 +454,17 @@ class TaskQueueMixin:
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         with self._scope.write() as conn:
-            row = conn.execute(
-                tasks.update()
-                .where(*_held_by(key, worker), *self._owner_filter())
-                .values(
-                    status=QUEUED,
-                    worker_id=None,
-                    heartbeat_at=None,
-                    attempts=tasks.c.attempts - 1,
-                    updated_at=self._clock(),
-                )
-                .returning(*tasks.c),
-                self._at(),
-            ).first()
-            if row is None:
-                self._explain_refusal(conn, key, worker, "release")
-            return Task.from_row(row)
+            return self._update_held(
+                conn,
+                key,
+                worker,
+                "release",
+                status=QUEUED,
+                worker_id=None,
+                heartbeat_at=None,
+                attempts=tasks.c.attempts - 1,
+                updated_at=self._clock(),
+            )
 
     def requeue_stale(
         self, older_than: timedelta, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS

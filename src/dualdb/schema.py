@@ -50,6 +50,12 @@ def _created_at() -> sa.Column[object]:
     return sa.Column("created_at", Timestamp(), nullable=False, server_default=utcnow())
 
 
+def _partial_index(name: str, where: str, *columns: str) -> sa.Index:
+    """An index over the rows matching ``where`` only, on both dialects."""
+    clause = sa.text(where)
+    return sa.Index(name, *columns, sqlite_where=clause, postgresql_where=clause)
+
+
 def _project_fk() -> sa.Column[object]:
     return sa.Column(
         "project_id",
@@ -104,27 +110,9 @@ tasks = sa.Table(
     sa.Index(None, "project_id", "status"),
     # The claim reads the oldest ready row from here: its cost does not grow with finished or
     # blocked tasks, which are not in the index at all.
-    sa.Index(
-        "ix_tasks_ready",
-        "created_at",
-        "id",
-        sqlite_where=sa.text(READY_SQL),
-        postgresql_where=sa.text(READY_SQL),
-    ),
-    sa.Index(
-        "ix_tasks_ready_by_type",
-        "task_type",
-        "created_at",
-        "id",
-        sqlite_where=sa.text(READY_SQL),
-        postgresql_where=sa.text(READY_SQL),
-    ),
-    sa.Index(
-        "ix_tasks_running_heartbeat",
-        "heartbeat_at",
-        sqlite_where=sa.text(RUNNING_SQL),
-        postgresql_where=sa.text(RUNNING_SQL),
-    ),
+    _partial_index("ix_tasks_ready", READY_SQL, "created_at", "id"),
+    _partial_index("ix_tasks_ready_by_type", READY_SQL, "task_type", "created_at", "id"),
+    _partial_index("ix_tasks_running_heartbeat", RUNNING_SQL, "heartbeat_at"),
     sa.Index("ix_tasks_dependant_on_gin", "dependant_on", postgresql_using="gin").ddl_if(
         dialect="postgresql"
     ),

@@ -30,10 +30,11 @@ TASKS = 2000
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _drain(url: str, worker_id: str, out: str) -> None:
+def _drain(url: str, worker_id: str, out: str, start: Any) -> None:
     """One worker process: claim and complete until no unfinished task is left."""
     done: list[dict[str, Any]] = []
     with dualdb.connect(url) as db:
+        start.wait()  # all workers begin together, so the work really is contended
         idle = 0
         while True:
             task = db.tasks.claim(worker_id)
@@ -78,8 +79,10 @@ def test_many_processes_drain_a_dag_exactly_once(migrated_url: str, tmp_path: Pa
         ids = _enqueue_dag(db, TASKS)
     ctx = mp.get_context("spawn")
     outs = [str(tmp_path / f"w{i}.json") for i in range(WORKERS)]
+    start = ctx.Barrier(WORKERS)
     procs = [
-        ctx.Process(target=_drain, args=(migrated_url, f"w{i}", outs[i])) for i in range(WORKERS)
+        ctx.Process(target=_drain, args=(migrated_url, f"w{i}", outs[i], start))
+        for i in range(WORKERS)
     ]
     for p in procs:
         p.start()
@@ -90,7 +93,8 @@ def test_many_processes_drain_a_dag_exactly_once(migrated_url: str, tmp_path: Pa
     assert len(completed) == TASKS
     assert {c["id"] for c in completed} == {str(i) for i in ids}  # each exactly once
     assert all(c["attempts"] == 1 for c in completed)  # never claimed twice
-    assert all(json.loads(Path(o).read_text()) for o in outs[:2])  # the work was shared
+    # The work was shared (which worker gets how much is up to the lock, not the test).
+    assert sum(1 for o in outs if json.loads(Path(o).read_text())) >= 2
     with dualdb.connect(migrated_url) as db:
         assert db.tasks.counts()["Complete"] == TASKS
         every = {t.id: t for t in db.tasks.iter(batch_size=1000)}

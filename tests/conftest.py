@@ -49,6 +49,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: runs against a real PostgreSQL")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``sqlite_only`` / ``postgres_only`` keep only their backend's run of a test."""
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        wrong = (item.get_closest_marker("sqlite_only") and backend == "postgresql") or (
+            item.get_closest_marker("postgres_only") and backend == "sqlite"
+        )
+        (drop if wrong else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @dataclass
 class PgServer:
     """An admin connection string to a PostgreSQL server tests may create databases on."""

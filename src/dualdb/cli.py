@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from rich.table import Table
 from dualdb import migrations
 from dualdb.config import Target, resolve
 from dualdb.database import connect
-from dualdb.errors import DualdbError
+from dualdb.errors import DualdbError, InvalidInput
 from dualdb.seed import seed as seed_database
 
 app = typer.Typer(
@@ -51,6 +52,8 @@ UrlOption = Annotated[
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SECRETS: set[str] = set()
+#: The longest interval a worker option takes (a year): longer ones overflow timedelta.
+MAX_SECONDS = 365 * 24 * 3600
 
 
 def _scrub(text: str) -> str:
@@ -238,6 +241,13 @@ def seed(
         out.print(f"Already seeded: {target.redacted} has every seed row; nothing changed.")
 
 
+def _seconds(option: str, value: float) -> timedelta:
+    """A positive, finite number of seconds as a timedelta (InvalidInput naming the option)."""
+    if not math.isfinite(value) or value <= 0 or value > MAX_SECONDS:
+        raise InvalidInput(option, f"must be a number of seconds above 0 and at most {MAX_SECONDS}")
+    return timedelta(seconds=value)
+
+
 @app.command()
 @handle_errors
 def worker(
@@ -250,6 +260,17 @@ def worker(
     ] = None,
     poll_interval: Annotated[float, typer.Option(help="Seconds between empty polls.")] = 1.0,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
+    stale_after: Annotated[
+        float | None,
+        typer.Option(
+            help="Requeue tasks whose heartbeat is older than this many seconds "
+            "(default: 6 heartbeats).",
+            show_default=False,
+        ),
+    ] = None,
+    maintenance_interval: Annotated[
+        float, typer.Option(help="Seconds between maintenance runs (requeue stale tasks).")
+    ] = 60.0,
     worker_id: Annotated[str | None, typer.Option(help="Default: host:pid.")] = None,
     once: Annotated[bool, typer.Option("--once", help="Process at most one task.")] = False,
     drain: Annotated[
@@ -266,9 +287,11 @@ def worker(
             db,
             fn,
             worker_id=worker_id,
-            task_types=task_type,
-            poll_interval=poll_interval,
-            heartbeat=timedelta(seconds=heartbeat),
+            task_types=task_type or None,
+            poll_interval=_seconds("--poll-interval", poll_interval).total_seconds(),
+            heartbeat=_seconds("--heartbeat", heartbeat),
+            stale_after=None if stale_after is None else _seconds("--stale-after", stale_after),
+            maintenance_interval=_seconds("--maintenance-interval", maintenance_interval),
             on_event=lambda line: out.print(f"  {line}", markup=False),
         )
         w.install_signal_handlers()

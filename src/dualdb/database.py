@@ -6,7 +6,6 @@ import shlex
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import TracebackType
 
 import sqlalchemy as sa
@@ -16,7 +15,15 @@ from dualdb import migrations
 from dualdb import validation as v
 from dualdb.auth import Claims, TokenVerifier, act_as_service, act_as_user
 from dualdb.config import Target, resolve
-from dualdb.engine import create_engine, ping, translate, translated_errors
+from dualdb.engine import (
+    checkpoint,
+    create_engine,
+    ping,
+    reading,
+    sqlite_file_missing,
+    translate,
+    translated_errors,
+)
 from dualdb.errors import ConfigError, DatabaseUnavailable, PermissionDenied, SchemaOutOfDate
 from dualdb.repositories import (
     GenerationsRepository,
@@ -118,17 +125,11 @@ class Database(_Sessions, Repositories):
         # First, so a SQLite file in a missing folder is DatabaseUnavailable (nothing to migrate).
         self.engine = create_engine(target)
         try:
-            path = target.url.database or ""
             # Checked before connecting: connecting would create an empty file.
-            if (
-                target.backend == "sqlite"
-                and check_schema
-                and path not in ("", ":memory:")
-                and not Path(path).exists()
-            ):
+            if check_schema and sqlite_file_missing(target):
                 raise SchemaOutOfDate(
-                    f"SQLite file {path} does not exist: run `{self._migrate_command()}` "
-                    "to create it"
+                    f"SQLite file {target.url.database} does not exist: "
+                    f"run `{self._migrate_command()}` to create it"
                 )
             ping(self.engine)
             if check_schema:
@@ -140,7 +141,7 @@ class Database(_Sessions, Repositories):
 
     def _check_schema(self) -> None:
         try:
-            with self.engine.connect() as conn:
+            with reading(self.engine) as conn:
                 current = migrations.current_revision(conn)
         except exc.DBAPIError as err:
             raise translate(err) or DatabaseUnavailable("cannot read the database") from None
@@ -218,6 +219,17 @@ class Database(_Sessions, Repositories):
                 # Nothing can verify the token: refuse it, and say what to configure.
                 raise PermissionDenied(f"cannot verify access tokens: {exc}") from None
         return self._verifier
+
+    def checkpoint(self) -> bool:
+        """Fold SQLite's write-ahead log into the database file and truncate it.
+
+        SQLite trims the log to 32 MB after checkpoints on its own (``journal_size_limit``);
+        this empties it, for long-running processes that go idle after a burst of writes
+        (``dualdb worker`` calls it periodically).  It never waits for readers: it returns
+        False when one still needs the log.  Nothing to do on Postgres (True).
+        """
+        with translated_errors():
+            return checkpoint(self.engine)
 
     def close(self) -> None:
         """Release every pooled connection."""

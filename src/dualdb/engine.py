@@ -32,6 +32,10 @@ from dualdb.errors import (
 
 #: SQLite busy timeout (milliseconds): how long a writer waits for the lock.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Size (bytes) SQLite truncates its WAL file to after a checkpoint.  Without a limit the WAL
+#: keeps the largest size it ever reached (behind a long reader it grows to hundreds of MB) for
+#: as long as any connection is open.
+SQLITE_JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
 #: Postgres connect timeout (seconds), so an unreachable host fails fast.
 PG_CONNECT_TIMEOUT_S = 5
 #: Execution option: this transaction only reads (SQLite then uses a deferred BEGIN).
@@ -50,6 +54,28 @@ def autocommit_read_options(dialect_name: str) -> dict[str, Any]:
     if dialect_name == "sqlite":
         return {READ_ONLY: True, _SQLITE_AUTOCOMMIT: True}
     return {"isolation_level": "AUTOCOMMIT"}
+
+
+def sqlite_file_missing(target: Target) -> bool:
+    """True when ``target`` is a SQLite file that does not exist yet.
+
+    Read-only commands check this first: connecting would create an empty file.
+    """
+    path = target.url.database or ""
+    if target.backend != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return False
+    return not Path(path).exists()
+
+
+@contextlib.contextmanager
+def reading(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection for work that only reads (schema checks, status, reflection).
+
+    On SQLite its transactions are deferred (``BEGIN``), so in WAL mode they read at once
+    even while another process holds the write lock; on Postgres nothing changes.
+    """
+    with engine.connect() as conn:
+        yield conn.execution_options(**{READ_ONLY: True})
 
 
 def _sqlite_engine(target: Target) -> Engine:
@@ -74,6 +100,7 @@ def _sqlite_engine(target: Target) -> Engine:
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA journal_size_limit={SQLITE_JOURNAL_SIZE_LIMIT}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -132,7 +159,7 @@ def translate(err: BaseException) -> DualdbError | None:
     if sqlstate in ("55P03", "40P01", "40001"):
         return DatabaseBusy(f"the database is busy ({message}); retry")
     if isinstance(err, exc.IntegrityError) or sqlstate.startswith("23"):
-        return Conflict(f"constraint violated: {message}")
+        return Conflict(_constraint_message(orig, sqlstate, message))
     if sqlstate == "42501":
         return PermissionDenied(f"permission denied: {message}")
     if sqlstate.startswith("22"):
@@ -140,6 +167,41 @@ def translate(err: BaseException) -> DualdbError | None:
     if isinstance(err, exc.OperationalError | exc.InterfaceError) or sqlstate.startswith("08"):
         return DatabaseUnavailable(f"cannot use the database: {message}")
     return None
+
+
+def _constraint_message(orig: object, sqlstate: str, message: str) -> str:
+    """The same words for the same violated constraint on both backends.
+
+    The drivers' own texts differ ("UNIQUE constraint failed: users.id" against "duplicate
+    key value violates unique constraint "pk_users""), so the verdict is rebuilt from what
+    each driver reports: the kind of constraint, and its table, column or name.
+    """
+    diag = getattr(orig, "diag", None)
+    table = getattr(diag, "table_name", None) if diag is not None else None
+    column = getattr(diag, "column_name", None) if diag is not None else None
+    name = getattr(diag, "constraint_name", None) if diag is not None else None
+    kind = {"23505": "unique", "23503": "fk", "23514": "check", "23502": "not null"}.get(sqlstate)
+    if isinstance(orig, sqlite3.IntegrityError):
+        code = getattr(orig, "sqlite_errorname", "")
+        detail = message.split(": ", 1)[1] if ": " in message else ""
+        if code in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"):
+            kind, table = "unique", detail.split(".", 1)[0] or None
+        elif code == "SQLITE_CONSTRAINT_FOREIGNKEY":
+            kind = "fk"
+        elif code == "SQLITE_CONSTRAINT_CHECK":
+            kind, name = "check", detail or None
+        elif code == "SQLITE_CONSTRAINT_NOTNULL":
+            kind = "not null"
+            table, _, column = detail.partition(".")
+    if kind == "unique":
+        return f"{table or 'row'}: a row with the same key already exists"
+    if kind == "fk":
+        return "a row it refers to does not exist, or other rows still refer to it"
+    if kind == "check":
+        return f"check constraint {name or '(unnamed)'} failed"
+    if kind == "not null":
+        return f"{table}.{column} must not be NULL"
+    return f"constraint violated: {message}"
 
 
 @contextlib.contextmanager
@@ -154,10 +216,31 @@ def translated_errors() -> Iterator[None]:
         raise mapped from None
 
 
+def checkpoint(engine: Engine) -> bool:
+    """Copy SQLite's write-ahead log into the database file and truncate it to zero bytes.
+
+    Never waits: while another connection still reads old pages it does nothing and returns
+    False (the next call, or the next large commit, finishes the job).  True on Postgres.
+    """
+    if engine.dialect.name != "sqlite":
+        return True
+    with engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.execute("PRAGMA busy_timeout=0")
+        try:
+            busy, _, _ = dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            dbapi.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    return bool(busy == 0)
+
+
 def ping(engine: Engine) -> None:
     """Open a connection and run ``SELECT 1``; :class:`DatabaseUnavailable` if that fails."""
     try:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             conn.execute(sa.text("SELECT 1"))
     except exc.DBAPIError as err:
         mapped = translate(err)

@@ -42,6 +42,8 @@ from dualdb.types import TaskStatus, Timestamp, to_uuid
 
 #: Attempts (claims) a task gets before a stale or failed-with-retry task is marked Failed.
 DEFAULT_MAX_ATTEMPTS = 3
+#: The longest ``requeue_stale`` age: a heartbeat older than a century is no heartbeat.
+MAX_STALE_AGE = timedelta(days=36_500)
 #: Bulk enqueues at least this large refresh Postgres' statistics (ANALYZE): a planner that
 #: still believes the table is tiny picks bad plans for the following claims.
 ANALYZE_AFTER_ROWS = 1000
@@ -185,9 +187,7 @@ class TaskQueueMixin:
         Returns None when nothing is ready.  Safe under any number of processes/machines.
         """
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
-        types = None if task_types is None else [v.task_type("task_types", t) for t in task_types]
-        if types is not None and not types:
-            raise InvalidInput("task_types", "must name at least one type (or be None for all)")
+        types = v.task_types("task_types", task_types)
         stmt = self._claim_typed if types is not None else self._claim_any
         with self._scope.write() as conn:
             row = conn.execute(stmt, {"worker": worker, "types": types, **self._at()}).first()
@@ -476,6 +476,9 @@ class TaskQueueMixin:
         """
         if not isinstance(older_than, timedelta) or older_than < timedelta(0):
             raise InvalidInput("older_than", "must be a non-negative timedelta")
+        if older_than > MAX_STALE_AGE:
+            # Past this, "now - older_than" leaves the range of SQLite's and Python's dates.
+            raise InvalidInput("older_than", f"must be at most {MAX_STALE_AGE.days} days")
         limit = v.non_negative_int("max_attempts", max_attempts)
         with self._scope.write() as conn:
             cutoff = self._clock(minus=older_than)

@@ -232,13 +232,30 @@ def _on_postgres_default(element: _OnPostgres, compiler: SQLCompiler, **kw: Any)
 _EXACT_FLOAT_FROM = 2.0**53
 
 
-def _check_json(value: Any, path: str = "$") -> bool:
+#: Deepest nesting of arrays/objects a stored JSON document may have (the top level is 1).
+#: Every reader must be able to decode what is stored: Python's parser stops near 1,000
+#: levels and recursive readers sooner, so dualdb and the database refuse more than this.
+MAX_JSON_DEPTH = 64
+#: Longest JSON number, in characters of its text.  Python refuses to parse integers of more
+#: than 4,300 digits; floats written in full (see below) need at most 311 characters.
+MAX_JSON_NUMBER_LENGTH = 400
+
+
+def _check_json(value: Any, path: str = "$", depth: int = 0) -> bool:
     """Reject what JSON (and jsonb) cannot hold exactly; True if a float needs writing in full.
 
-    Refused: NaN/infinity, non-string keys, arbitrary objects, and strings with NUL characters
-    or lone surrogates (jsonb and UTF-8 cannot store them).
+    Refused: NaN/infinity, non-string keys, arbitrary objects, strings with NUL characters
+    or lone surrogates (jsonb and UTF-8 cannot store them), nesting deeper than
+    :data:`MAX_JSON_DEPTH` and numbers longer than :data:`MAX_JSON_NUMBER_LENGTH`.
     """
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        # Bit length first: converting a huge int to text is itself refused by Python.
+        if value.bit_length() > MAX_JSON_NUMBER_LENGTH * 4 or len(str(value)) > (
+            MAX_JSON_NUMBER_LENGTH
+        ):
+            raise ValueError(f"{path}: number longer than {MAX_JSON_NUMBER_LENGTH} digits")
         return False
     if isinstance(value, str):
         _check_text(value, path)
@@ -247,10 +264,12 @@ def _check_json(value: Any, path: str = "$") -> bool:
         if not math.isfinite(value):
             raise ValueError(f"{path}: {value!r} is not valid JSON")
         return value.is_integer() and abs(value) >= _EXACT_FLOAT_FROM
+    if isinstance(value, list | tuple | dict) and depth >= MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, list | tuple):
         exact = False
         for i, item in enumerate(value):
-            exact |= _check_json(item, f"{path}[{i}]")
+            exact |= _check_json(item, f"{path}[{i}]", depth + 1)
         return exact
     if isinstance(value, dict):
         exact = False
@@ -258,7 +277,7 @@ def _check_json(value: Any, path: str = "$") -> bool:
             if not isinstance(key, str):
                 raise ValueError(f"{path}: object keys must be strings, not {key!r}")
             _check_text(key, f"{path} key")
-            exact |= _check_json(item, f"{path}.{key}")
+            exact |= _check_json(item, f"{path}.{key}", depth + 1)
         return exact
     raise ValueError(f"{path}: {type(value).__name__} is not JSON-serialisable")
 

@@ -100,6 +100,23 @@ def task_type(field: str, value: object) -> str:
     return out
 
 
+def task_types(field: str, value: object) -> list[str] | None:
+    """``None`` (every type) or a non-empty list of task types.
+
+    A bare string is refused: iterating it would yield its letters and match nothing.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidInput(
+            field, f"must be a list of task types, e.g. [{value!r}], not {type(value).__name__}"
+        )
+    out = [task_type(field, t) for t in value]
+    if not out:
+        raise InvalidInput(field, "must name at least one type (or be None for all)")
+    return out
+
+
 def status(field: str, value: object) -> str:
     """One of the task statuses (exact spelling: ``Queued``, ``In Progress``, …)."""
     if not isinstance(value, str) or value not in TASK_STATUSES:
@@ -115,7 +132,7 @@ def json_document(field: str, value: object, *, max_bytes: int = MAX_PARAMS_BYTE
     try:
         encoded = dump_json(value)
     except (ValueError, TypeError, RecursionError) as exc:
-        raise InvalidInput(field, f"not JSON-serialisable: {exc}") from None
+        raise InvalidInput(field, f"not storable as JSON: {exc}") from None
     if len(encoded.encode("utf-8")) > max_bytes:
         raise InvalidInput(field, f"larger than {max_bytes} bytes of JSON")
     return value if value is not JSON_NULL else JSON_NULL

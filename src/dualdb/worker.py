@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
 
+from dualdb import validation as v
 from dualdb.database import Database
 from dualdb.errors import Conflict, DualdbError, InvalidInput
 from dualdb.queue import DEFAULT_MAX_ATTEMPTS
@@ -31,6 +33,22 @@ Handler = Callable[[Task], str]
 
 #: How often a running task's heartbeat is written.
 DEFAULT_HEARTBEAT = timedelta(seconds=10)
+#: A running task whose heartbeat is older than this many heartbeat intervals is stale: its
+#: worker died, and maintenance gives it back to the queue.
+STALE_AFTER_HEARTBEATS = 6
+#: How often a worker runs maintenance (``requeue_stale`` and a SQLite WAL checkpoint).
+DEFAULT_MAINTENANCE_INTERVAL = timedelta(seconds=60)
+#: Backoff after a database error: the first wait, and the cap (seconds).  Each wait doubles
+#: and is jittered down by up to half, so workers that lost the database together do not
+#: come back in lockstep.
+BACKOFF_FIRST_S = 0.2
+BACKOFF_CAP_S = 30.0
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` consecutive database errors (capped, jittered)."""
+    base = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2.0 ** min(failures - 1, 20))
+    return base * random.uniform(0.5, 1.0)
 
 
 class _Released(BaseException):
@@ -86,17 +104,31 @@ class Worker:
         poll_interval: float = 1.0,
         heartbeat: timedelta = DEFAULT_HEARTBEAT,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        stale_after: timedelta | None = None,
+        maintenance_interval: timedelta = DEFAULT_MAINTENANCE_INTERVAL,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         if poll_interval <= 0:
-            raise InvalidInput("poll_interval", "must be positive")
+            raise InvalidInput("poll_interval", "must be a positive number of seconds")
+        if not isinstance(heartbeat, timedelta) or heartbeat <= timedelta(0):
+            # Zero would write heartbeats in a tight loop for the whole task.
+            raise InvalidInput("heartbeat", "must be a positive interval")
+        if not isinstance(maintenance_interval, timedelta) or maintenance_interval <= timedelta(0):
+            raise InvalidInput("maintenance_interval", "must be a positive interval")
+        if stale_after is not None and (
+            not isinstance(stale_after, timedelta) or stale_after <= timedelta(0)
+        ):
+            raise InvalidInput("stale_after", "must be a positive interval")
         self.db = db
         self.handler = handler
         self.worker_id = worker_id or default_worker_id()
-        self.task_types = list(task_types) if task_types else None
+        self.task_types = v.task_types("task_types", task_types)
         self.poll_interval = poll_interval
         self.heartbeat = heartbeat
         self.max_attempts = max_attempts
+        #: Tasks whose heartbeat is older than this are requeued by maintenance.
+        self.stale_after = stale_after or heartbeat * STALE_AFTER_HEARTBEATS
+        self.maintenance_interval = maintenance_interval
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._signals = 0
@@ -120,9 +152,30 @@ class Worker:
         signal.signal(signal.SIGINT, handle)
 
     def run(self, *, once: bool = False, drain: bool = False) -> WorkerStats:
-        """Process tasks.  ``once``: at most one task.  ``drain``: stop when nothing is ready."""
+        """Process tasks.  ``once``: at most one task.  ``drain``: stop when nothing is ready.
+
+        Maintenance runs first and then every ``maintenance_interval``: tasks of workers that
+        stopped heartbeating go back to the queue, and SQLite's WAL is checkpointed.  A
+        database error (unreachable, busy, restarting) never ends the loop: the worker waits
+        with capped, jittered backoff and tries again.
+        """
+        failures = 0
+        maintain_at = time.monotonic()
         while not self._stop.is_set():
-            task = self.db.tasks.claim(self.worker_id, self.task_types)
+            try:
+                if time.monotonic() >= maintain_at:
+                    self._maintain()
+                    maintain_at = time.monotonic() + self.maintenance_interval.total_seconds()
+                task = self.db.tasks.claim(self.worker_id, self.task_types)
+            except DualdbError as exc:
+                failures += 1
+                delay = backoff_delay(failures)
+                self._on_event(
+                    f"database error ({type(exc).__name__}: {exc}); retrying in {delay:.1f}s"
+                )
+                self._stop.wait(delay)
+                continue
+            failures = 0
             if task is None:
                 if once or drain:
                     break
@@ -132,6 +185,11 @@ class Worker:
             if once:
                 break
         return self.stats
+
+    def _maintain(self) -> None:
+        for task in self.db.tasks.requeue_stale(self.stale_after, max_attempts=self.max_attempts):
+            self._on_event(f"stale {task.task_type} {task.id} → {task.status}")
+        self.db.checkpoint()
 
     def _process(self, task: Task) -> None:
         self._on_event(f"claimed {task.task_type} {task.id} (attempt {task.attempts})")

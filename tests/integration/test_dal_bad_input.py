@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +17,10 @@ import sqlalchemy as sa
 
 import dualdb
 from dualdb.errors import Conflict, InvalidInput, NotFound
+from dualdb.queue import MAX_STALE_AGE
+from dualdb.records import Task
 from dualdb.schema import tasks
+from dualdb.worker import Worker
 from tests.integration.dal_support import World, assert_unchanged
 
 #: (label, call, expected error, field the error must name — None when it names none)
@@ -327,6 +330,12 @@ def test_limits_positions_and_filters(db: dualdb.Database, world: World) -> None
             (f"{repo}.count(colour=...)", lambda r=r: r.count(colour="red"), InvalidInput,
              "colour")
         )  # fmt: skip
+        cases += [
+            (f"{repo}.list(colour=...)", lambda r=r: r.list(colour="red"), InvalidInput,
+             "colour"),
+            (f"{repo}.iter(colour=...)", lambda r=r: r.iter(colour="red"), InvalidInput,
+             "colour"),
+        ]  # fmt: skip
     cases += [
         ("count by a real but unfilterable column", lambda: db.tasks.count(params="{}"),
          InvalidInput, "params"),
@@ -334,9 +343,6 @@ def test_limits_positions_and_filters(db: dualdb.Database, world: World) -> None
          InvalidInput, "name"),
     ]  # fmt: skip
     check(db, cases)
-    # list() takes its filters as keyword arguments: an unknown one is a TypeError naming it.
-    with pytest.raises(TypeError, match="colour"):
-        db.projects.list(colour="red")  # type: ignore[call-arg]
 
 
 def test_dependencies(db: dualdb.Database, world: World) -> None:
@@ -422,3 +428,103 @@ def test_returned_datetimes_are_aware_utc(db: dualdb.Database, world: World) -> 
     with db.engine.connect() as conn:
         stored = conn.execute(sa.select(tasks.c.created_at)).scalars().all()
     assert all(ts.tzinfo is not None for ts in stored)
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    cur = doc
+    for _ in range(levels - 1):
+        cur["a"] = {}
+        cur = cur["a"]
+    return doc
+
+
+def test_rough_edges_a_new_user_hit(db: dualdb.Database, world: World) -> None:
+    """Each gave a raw Python error, a backend-specific verdict, or silently did nothing."""
+    pid = world.project.id
+
+    def handler(task: Task) -> str:
+        return "files/x.png"
+
+    cases: list[Case] = [
+        ("requeue_stale(timedelta.max)", lambda: db.tasks.requeue_stale(timedelta.max),
+         InvalidInput, "older_than"),
+        ("claim(task_types='upscale')", lambda: db.tasks.claim("w", task_types="upscale"),
+         InvalidInput, "task_types"),
+        ("claim(task_types=b'upscale')", lambda: db.tasks.claim("w", task_types=b"x"),  # type: ignore[arg-type]
+         InvalidInput, "task_types"),
+        ("claim(task_types=[])", lambda: db.tasks.claim("w", task_types=[]), InvalidInput,
+         "task_types"),
+        ("Worker(heartbeat=0)", lambda: Worker(db, handler, heartbeat=timedelta(0)),
+         InvalidInput, "heartbeat"),
+        ("Worker(task_types='upscale')", lambda: Worker(db, handler, task_types="upscale"),
+         InvalidInput, "task_types"),
+        ("Worker(stale_after=0)", lambda: Worker(db, handler, stale_after=timedelta(0)),
+         InvalidInput, "stale_after"),
+        ("params nested 3,000 deep", lambda: db.tasks.enqueue(pid, "x", _nested(3000)),
+         InvalidInput, "params"),
+        ("params with a 5,000-digit number", lambda: db.tasks.enqueue(pid, "x", {"n": 10**5000}),
+         InvalidInput, "params"),
+        ("params with a 401-digit number", lambda: db.tasks.enqueue(pid, "x", {"n": 10**400}),
+         InvalidInput, "params"),
+    ]  # fmt: skip
+    check(db, cases)
+    deep = assert_unchanged(db, lambda: db.tasks.enqueue(pid, "x", _nested(3000)), InvalidInput,
+                            "params")  # fmt: skip
+    assert str(deep) == "params: not storable as JSON: nested deeper than 64 levels"
+    # The limits themselves are allowed.
+    assert db.tasks.enqueue(pid, "x", _nested(64)).params == _nested(64)
+    assert db.tasks.enqueue(pid, "x", {"n": 10**399}).params == {"n": 10**399}
+    assert db.tasks.requeue_stale(MAX_STALE_AGE) == []
+
+
+def test_constraint_conflicts_read_the_same_on_both_backends(
+    db: dualdb.Database, world: World
+) -> None:
+    """The driver's own words differ by backend; the Conflict message does not."""
+    dup = assert_unchanged(db, lambda: db.users.create(id=world.user.id), Conflict, None)
+    assert str(dup) == "users: a row with the same key already exists"
+    dup = assert_unchanged(
+        db, lambda: db.projects.create("Again", world.user.id, id=world.project.id), Conflict, None
+    )
+    assert str(dup) == "projects: a row with the same key already exists"
+    # Violations only a writer bypassing the DAL's checks reaches, inside a session.
+    statements = {
+        "UPDATE tasks SET status = 'Bogus'": "check constraint ck_tasks_status failed",
+        "UPDATE projects SET name = NULL": "projects.name must not be NULL",
+        "UPDATE shots SET project_id = '00000000-0000-0000-0000-000000000001'": (
+            "a row it refers to does not exist, or other rows still refer to it"
+        ),
+    }
+    for statement, message in statements.items():
+
+        def write(statement: str = statement) -> None:
+            with db.session() as s:
+                s.connection.execute(sa.text(statement))
+
+        caught = assert_unchanged(db, write, Conflict, None)
+        assert str(caught) == message, statement
+
+
+@pytest.mark.slow
+def test_create_many_naming_more_than_65535_dependencies(db: dualdb.Database, world: World) -> None:
+    """Postgres binds at most 65,535 parameters per statement: lookups go in chunks."""
+    pid = world.project.id
+    unknown = [
+        {"project_id": pid, "task_type": "x", "params": {}, "depends_on": [uuid.uuid4()
+                                                                           for _ in range(1000)]}
+        for _ in range(66)
+    ]  # fmt: skip
+    err = assert_unchanged(db, lambda: db.tasks.create_many(unknown), InvalidInput, "depends_on")
+    assert "does not exist" in str(err)
+    base = db.tasks.create_many(
+        [{"project_id": pid, "task_type": "x", "params": {}} for _ in range(20_500)]
+    )
+    rows = [
+        {"project_id": pid, "task_type": "y", "params": {},
+         "depends_on": [t.id for t in base[i * 1000 : (i + 1) * 1000]]}
+        for i in range(21)
+    ]  # fmt: skip
+    made = db.tasks.create_many(rows)
+    assert [t.dependant_on for t in made] == [r["depends_on"] for r in rows]
+    assert db.tasks.count(task_type="y") == 21

@@ -26,7 +26,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import exc
 
 from dualdb.config import Target
-from dualdb.engine import create_engine, ping, translate
+from dualdb.engine import create_engine, ping, reading, sqlite_file_missing, translate
 from dualdb.errors import DatabaseUnavailable, DualdbError, MigrationError
 from dualdb.migrations.autogen import compare_type, include_object_for
 from dualdb.schema import metadata
@@ -210,18 +210,22 @@ def _pending(script: ScriptDirectory, current: str | None) -> list[str]:
     return [r.revision for r in reversed(revs)]
 
 
-def status(target: Target) -> MigrationStatus:
-    """The backend, redacted URL, current revision, head and pending revisions of ``target``."""
-    script = _script()
+def _read_revision(target: Target) -> str | None:
     engine = create_engine(target)
     try:
         ping(engine)
-        with engine.connect() as conn:
-            current = current_revision(conn)
+        with reading(engine) as conn:
+            return current_revision(conn)
     except (exc.DBAPIError, exc.StatementError) as err:
         raise translate(err) or DatabaseUnavailable("cannot read the database") from None
     finally:
         engine.dispose()
+
+
+def status(target: Target) -> MigrationStatus:
+    """The backend, redacted URL, current revision, head and pending revisions of ``target``."""
+    script = _script()
+    current = None if sqlite_file_missing(target) else _read_revision(target)
     try:
         pending = _pending(script, current)
     except CommandError:
@@ -288,10 +292,12 @@ def _check_constraints(conn: sa.Connection) -> list[str]:
 
 def check(target: Target) -> list[str]:
     """Differences between the live schema of ``target`` and the models (empty means none)."""
+    if sqlite_file_missing(target):
+        return [f"SQLite file {target.url.database} does not exist: run `dualdb migrate`"]
     engine = create_engine(target)
     try:
         ping(engine)
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             problems: list[str] = []
             current = current_revision(conn)
             head = head_revision()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Never
 
 import sqlalchemy as sa
 
@@ -93,9 +93,10 @@ class GenerationsRepository(Repository[Generation]):
         type: str | None = None,
         limit: int = DEFAULT_LIMIT,
         cursor: str | None = None,
+        **unknown: Never,
     ) -> Page[Generation]:
         """Generations in creation order, one page at a time."""
-        return self._list({"project_id": project_id, "type": type}, limit, cursor)
+        return self._list({"project_id": project_id, "type": type, **unknown}, limit, cursor)
 
     def iter(
         self,
@@ -103,9 +104,10 @@ class GenerationsRepository(Repository[Generation]):
         project_id: uuid.UUID | str | None = None,
         type: str | None = None,
         batch_size: int = DEFAULT_BATCH,
+        **unknown: Never,
     ) -> Iterator[Generation]:
         """Every matching generation, streamed in batches."""
-        return self._iter({"project_id": project_id, "type": type}, batch_size)
+        return self._iter({"project_id": project_id, "type": type, **unknown}, batch_size)
 
     def for_task(self, task_id: uuid.UUID | str) -> builtins.list[Generation]:
         """The generations a task contributed to (``task_id`` in their ``tasks``), oldest first."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Never
 
 import sqlalchemy as sa
 
@@ -73,15 +73,20 @@ class ProjectsRepository(Repository[Project]):
         user_id: uuid.UUID | str | None = None,
         limit: int = DEFAULT_LIMIT,
         cursor: str | None = None,
+        **unknown: Never,
     ) -> Page[Project]:
         """Projects in creation order, one page at a time."""
-        return self._list({"user_id": user_id}, limit, cursor)
+        return self._list({"user_id": user_id, **unknown}, limit, cursor)
 
     def iter(
-        self, *, user_id: uuid.UUID | str | None = None, batch_size: int = DEFAULT_BATCH
+        self,
+        *,
+        user_id: uuid.UUID | str | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        **unknown: Never,
     ) -> Iterator[Project]:
         """Every matching project, streamed in batches."""
-        return self._iter({"user_id": user_id}, batch_size)
+        return self._iter({"user_id": user_id, **unknown}, batch_size)
 
     def for_user(self, user_id: uuid.UUID | str) -> builtins.list[Project]:
         """All projects of ``user_id``, oldest first."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Never
 
 import sqlalchemy as sa
 
@@ -77,15 +77,20 @@ class ShotsRepository(Repository[Shot]):
         project_id: uuid.UUID | str | None = None,
         limit: int = DEFAULT_LIMIT,
         cursor: str | None = None,
+        **unknown: Never,
     ) -> Page[Shot]:
         """Shots in creation order, one page at a time."""
-        return self._list({"project_id": project_id}, limit, cursor)
+        return self._list({"project_id": project_id, **unknown}, limit, cursor)
 
     def iter(
-        self, *, project_id: uuid.UUID | str | None = None, batch_size: int = DEFAULT_BATCH
+        self,
+        *,
+        project_id: uuid.UUID | str | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        **unknown: Never,
     ) -> Iterator[Shot]:
         """Every matching shot, streamed in batches."""
-        return self._iter({"project_id": project_id}, batch_size)
+        return self._iter({"project_id": project_id, **unknown}, batch_size)
 
     def update(self, id: uuid.UUID | str, *, name: str | Unset = UNSET) -> Shot:
         """Rename the shot."""
@@ -265,9 +270,12 @@ class ShotGenerationsRepository(Repository[ShotGeneration]):
         generation_id: uuid.UUID | str | None = None,
         limit: int = DEFAULT_LIMIT,
         cursor: str | None = None,
+        **unknown: Never,
     ) -> Page[ShotGeneration]:
         """Placements ordered by shot, then position."""
-        return self._list({"shot_id": shot_id, "generation_id": generation_id}, limit, cursor)
+        return self._list(
+            {"shot_id": shot_id, "generation_id": generation_id, **unknown}, limit, cursor
+        )
 
     def iter(
         self,
@@ -275,9 +283,12 @@ class ShotGenerationsRepository(Repository[ShotGeneration]):
         shot_id: uuid.UUID | str | None = None,
         generation_id: uuid.UUID | str | None = None,
         batch_size: int = DEFAULT_BATCH,
+        **unknown: Never,
     ) -> Iterator[ShotGeneration]:
         """Every matching placement, streamed in batches."""
-        return self._iter({"shot_id": shot_id, "generation_id": generation_id}, batch_size)
+        return self._iter(
+            {"shot_id": shot_id, "generation_id": generation_id, **unknown}, batch_size
+        )
 
     def delete(self, id: uuid.UUID | str) -> None:
         """Remove a placement; the shot's remaining positions close up."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Never
 
 import sqlalchemy as sa
 
@@ -20,6 +20,8 @@ from dualdb.unset import UNSET, Unset
 
 #: The keys a row of ``create_many`` may have.
 TASK_FIELDS = frozenset({"id", "project_id", "task_type", "params", "status", "depends_on"})
+#: Ids looked up per statement (Postgres binds at most 65,535 parameters per statement).
+LOOKUP_CHUNK = 10_000
 #: Statuses a new task may start in.
 INITIAL_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.PENDING.value)
 #: Statuses a task never leaves (except by an explicit retry of a failure).
@@ -139,17 +141,21 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
         batch = {values["id"]: values for values, _ in prepared}
         outside = wanted - set(batch)
         existing: dict[uuid.UUID, Any] = {}
-        if outside:
-            # Only visible tasks: someone else's task "does not exist" for a scoped user, on
-            # SQLite (filtered here) exactly as on Postgres (hidden by RLS).
-            query = sa.select(tasks.c.id, tasks.c.project_id, tasks.c.status)
-            query = query.where(tasks.c.id.in_(outside), *self._where())
-            if self._scope.caps.skip_locked:
-                # FOR SHARE: a dependency completing, failing or being cancelled right now
-                # waits for this enqueue (and then sees its edge), or this enqueue waits and
-                # reads the new status — never a dependent stranded with a stale count.
-                query = query.with_for_update(read=True)
-            existing = {r.id: r for r in conn.execute(query)}
+        # Only visible tasks: someone else's task "does not exist" for a scoped user, on
+        # SQLite (filtered here) exactly as on Postgres (hidden by RLS).
+        query = sa.select(tasks.c.id, tasks.c.project_id, tasks.c.status).where(
+            tasks.c.id.in_(sa.bindparam("ids", expanding=True)), *self._where()
+        )
+        if self._scope.caps.skip_locked:
+            # FOR SHARE: a dependency completing, failing or being cancelled right now
+            # waits for this enqueue (and then sees its edge), or this enqueue waits and
+            # reads the new status — never a dependent stranded with a stale count.
+            query = query.with_for_update(read=True)
+        wanted_outside = sorted(outside, key=str)
+        # In chunks: Postgres takes at most 65,535 parameters per statement.
+        for start in range(0, len(wanted_outside), LOOKUP_CHUNK):
+            chunk = wanted_outside[start : start + LOOKUP_CHUNK]
+            existing.update((r.id, r) for r in conn.execute(query, {"ids": chunk}))
         seen: set[uuid.UUID] = set()
         statuses: dict[uuid.UUID, str] = {k: r.status for k, r in existing.items()}
         for values, deps in prepared:
@@ -174,6 +180,7 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
         worker_id: str | None = None,
         limit: int = DEFAULT_LIMIT,
         cursor: str | None = None,
+        **unknown: Never,
     ) -> Page[Task]:
         """Tasks in creation order, filtered by project, status, type or worker."""
         filters = {
@@ -182,7 +189,7 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
             "task_type": task_type,
             "worker_id": worker_id,
         }
-        return self._list(filters, limit, cursor)
+        return self._list({**filters, **unknown}, limit, cursor)
 
     def iter(
         self,
@@ -192,6 +199,7 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
         task_type: str | None = None,
         worker_id: str | None = None,
         batch_size: int = DEFAULT_BATCH,
+        **unknown: Never,
     ) -> Iterator[Task]:
         """Every matching task, streamed in batches."""
         filters = {
@@ -200,7 +208,7 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
             "task_type": task_type,
             "worker_id": worker_id,
         }
-        return self._iter(filters, batch_size)
+        return self._iter({**filters, **unknown}, batch_size)
 
     def update(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Never
 
 import sqlalchemy as sa
 
@@ -65,14 +65,21 @@ class UsersRepository(Repository[User]):
             return found if found is not None else self.create(key, email)
 
     def list(
-        self, *, email: str | None = None, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+        self,
+        *,
+        email: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+        **unknown: Never,
     ) -> Page[User]:
         """Users in creation order, one page at a time."""
-        return self._list({"email": email}, limit, cursor)
+        return self._list({"email": email, **unknown}, limit, cursor)
 
-    def iter(self, *, email: str | None = None, batch_size: int = DEFAULT_BATCH) -> Iterator[User]:
+    def iter(
+        self, *, email: str | None = None, batch_size: int = DEFAULT_BATCH, **unknown: Never
+    ) -> Iterator[User]:
         """Every matching user, streamed in batches (bounded memory)."""
-        return self._iter({"email": email}, batch_size)
+        return self._iter({"email": email, **unknown}, batch_size)
 
     def update(self, id: uuid.UUID | str, *, email: str | Unset | None = UNSET) -> User:
         """Change the email (``None`` clears it)."""

@@ -24,12 +24,11 @@ transaction pooler.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,8 +71,6 @@ SERVICE_ROLE = "service_role"
 DEFAULT_LEEWAY_S = 10.0
 #: Longer inputs are refused before any parsing.
 MAX_TOKEN_LENGTH = 16_384
-#: Cap on a JWKS document fetched from a URL.
-_MAX_JWKS_BYTES = 1_000_000
 
 
 def project_issuer(supabase_url: str) -> str:
@@ -130,14 +127,54 @@ class Claims:
         return json.dumps(dict(self.raw), sort_keys=True, separators=(",", ":"), default=str)
 
 
+class _Client(jwt.PyJWKClient):
+    """PyJWT's JWKS client, noting when it last asked the endpoint and how often it got a set.
+
+    ``fetch_data`` is the one method PyJWKClient calls for every request (first load, TTL
+    expiry, ``refresh=True``), so this sees them all, failed ones included.
+    """
+
+    def __init__(self, url: str, *, lifespan: float, timeout: float) -> None:
+        super().__init__(
+            url,
+            cache_jwk_set=True,
+            lifespan=lifespan,
+            timeout=timeout,
+            headers={"Accept": "application/json", "User-Agent": "dualdb"},
+        )
+        self.asked_at: float | None = None
+        self.fetches = 0
+
+    def fetch_data(self) -> Any:
+        self.asked_at = time.monotonic()
+        data = super().fetch_data()
+        self.fetches += 1
+        return data
+
+
 class JwksSource:
-    """A project's JSON Web Key Set: loaded lazily, cached, refetched for an unknown ``kid``.
+    """A project's JSON Web Key Set: loaded lazily, cached, refetched for an unknown ``kid``,
+    and served from the last good copy while the key endpoint is down.
 
     ``source`` is a URL (``https://…`` or ``http://…``), a file path, or the JWKS as a dict.
-    Keys are cached for ``cache_ttl`` seconds.  A token whose ``kid`` is not in the cache makes
-    one refetch (key rotation), but at most one per ``min_refetch_interval`` seconds, so a
-    stream of made-up ``kid`` values cannot turn into a stream of requests.  Symmetric
-    (``oct``) keys are ignored: HS256 only ever uses the configured JWT secret.
+
+    * A URL is fetched and cached by PyJWT's :class:`jwt.PyJWKClient` (``lifespan`` =
+      ``cache_ttl`` seconds).  A file or a dict is read on first use and again after
+      ``cache_ttl`` seconds.
+    * A token whose ``kid`` is not in the set makes one refetch (key rotation), but only when
+      the source was last asked at least ``min_refetch_interval`` seconds ago, so a stream of
+      made-up ``kid`` values cannot turn into a stream of requests.  (PyJWT 2.14 added a similar
+      ``cooldown_duration``, but only to ``get_signing_key``, which drops keys without a
+      ``kid``, and it only counts *successful* fetches; 2.13 has none — hence this one.)
+    * When a fetch fails (the endpoint is down, answers 500 or garbage) and a set was loaded
+      before, that last good set keeps being used, and the source is not asked again for
+      ``min_refetch_interval`` seconds: an outage costs one request per interval, not one per
+      token.  PyJWKClient itself fails closed once its TTL has passed.  Only a source that
+      has never given a set makes verification fail.
+    * Symmetric (``oct``) keys are ignored — HS256 only ever uses the configured JWT secret —
+      and so is every key whose type implies an algorithm outside ES256/RS256.
+
+    PyJWKClient reads the whole response (no size cap) with ``timeout`` per socket operation.
     """
 
     def __init__(
@@ -148,15 +185,29 @@ class JwksSource:
         min_refetch_interval: float = 30.0,
         timeout: float = 5.0,
     ) -> None:
+        if not cache_ttl > 0:
+            raise ValueError("cache_ttl must be more than 0 seconds")
+        if not min_refetch_interval >= 0:
+            raise ValueError("min_refetch_interval must be 0 seconds or more")
         self._source = source
         self.cache_ttl = cache_ttl
         self.min_refetch_interval = min_refetch_interval
         self.timeout = timeout
         self._lock = threading.Lock()
-        self._keys: list[tuple[str | None, jwt.PyJWK]] | None = None
-        self._fetched_at = 0.0
-        #: How many times the set was (re)loaded — visible so caching can be verified.
-        self.loads = 0
+        self._client = (
+            _Client(source, lifespan=cache_ttl, timeout=timeout)
+            if isinstance(source, str) and source.lower().startswith(("https://", "http://"))
+            else None
+        )
+        # A file or a dict: PyJWKClient fetches http(s) only, so these are re-read here,
+        # after cache_ttl or for an unknown kid, like a URL.
+        self._local: jwt.PyJWKSet | None = None
+        self._local_asked_at: float | None = None
+        self._local_loaded_at = 0.0
+        self._local_loads = 0
+        #: The keys of the last set that loaded: what is served while the source fails.
+        self._keys: tuple[jwt.PyJWK, ...] | None = None
+        self._failed_at: float | None = None
 
     @classmethod
     def for_project(cls, supabase_url: str, **options: Any) -> JwksSource:
@@ -170,77 +221,21 @@ class JwksSource:
             return "<dict>"
         return os.fspath(self._source)
 
+    @property
+    def loads(self) -> int:
+        """How many times a set was (re)loaded — visible so caching can be verified."""
+        return self._client.fetches if self._client is not None else self._local_loads
+
     def __repr__(self) -> str:
         return f"JwksSource({self.where!r})"
-
-    def _is_url(self) -> bool:
-        return isinstance(self._source, str) and self._source.lower().startswith(
-            ("https://", "http://")
-        )
-
-    def _read(self) -> Any:
-        if isinstance(self._source, Mapping):
-            return self._source
-        if self._is_url():
-            url = str(self._source)
-            request = urllib.request.Request(
-                url, headers={"Accept": "application/json", "User-Agent": "dualdb"}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    body = response.read(_MAX_JWKS_BYTES + 1)
-            except (urllib.error.URLError, OSError, ValueError) as err:
-                reason = getattr(err, "reason", None) or type(err).__name__
-                raise PermissionDenied(
-                    f"cannot load the signing keys from {url}: {reason}"
-                ) from None
-            if len(body) > _MAX_JWKS_BYTES:
-                raise PermissionDenied(f"the signing keys at {url} are too large")
-        else:
-            try:
-                body = Path(os.fspath(self._source)).read_bytes()
-            except OSError as err:
-                raise PermissionDenied(
-                    f"cannot load the signing keys from {self.where}: {err.strerror}"
-                ) from None
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise PermissionDenied(f"the signing keys at {self.where} are not JSON") from None
-
-    def _load(self) -> None:
-        data = self._read()
-        entries = data.get("keys") if isinstance(data, Mapping) else None
-        if not isinstance(entries, list):
-            raise PermissionDenied(f"{self.where} is not a JSON Web Key Set")
-        keys: list[tuple[str | None, jwt.PyJWK]] = []
-        for entry in entries:
-            if not isinstance(entry, Mapping) or entry.get("kty") == "oct":
-                continue
-            if entry.get("use", "sig") != "sig":
-                continue
-            try:
-                key = jwt.PyJWK(dict(entry))
-            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
-                continue  # a key type we do not use; others in the set may still be fine
-            if key.algorithm_name not in _ASYMMETRIC:
-                continue
-            kid = entry.get("kid")
-            keys.append((kid if isinstance(kid, str) else None, key))
-        self._keys = keys
-        self._fetched_at = time.monotonic()
-        self.loads += 1
 
     def key_for(self, kid: str | None, algorithm: str) -> jwt.PyJWK:
         """The public key ``kid`` for ``algorithm``; :class:`PermissionDenied` if there is none."""
         with self._lock:
-            now = time.monotonic()
-            if self._keys is None or now - self._fetched_at >= self.cache_ttl:
-                self._load()
-            found = self._find(kid, algorithm)
-            if found is None and now - self._fetched_at >= self.min_refetch_interval:
-                self._load()  # keys may have been rotated since the last load
-                found = self._find(kid, algorithm)
+            found = _find(self._current(refresh=False), kid, algorithm)
+            if found is None and self._may_refetch():
+                # The keys may have been rotated since the last load.
+                found = _find(self._current(refresh=True), kid, algorithm)
         if found is None:
             if kid is None:
                 raise PermissionDenied("token has no key id (kid) and no single key matches")
@@ -249,12 +244,96 @@ class JwksSource:
             raise PermissionDenied(f"token key id {_shown(kid)} is not an {algorithm} key")
         return found
 
-    def _find(self, kid: str | None, algorithm: str) -> jwt.PyJWK | None:
-        assert self._keys is not None
-        if kid is not None:
-            return next((k for k_id, k in self._keys if k_id == kid), None)
-        matching = [k for _, k in self._keys if k.algorithm_name == algorithm]
-        return matching[0] if len(matching) == 1 else None
+    def _may_refetch(self) -> bool:
+        asked = self._client.asked_at if self._client is not None else self._local_asked_at
+        return asked is None or time.monotonic() - asked >= self.min_refetch_interval
+
+    def _current(self, *, refresh: bool) -> tuple[jwt.PyJWK, ...]:
+        """The usable keys: from the source, or the last good ones while the source fails."""
+        if (
+            self._keys is not None
+            and self._failed_at is not None
+            and time.monotonic() - self._failed_at < self.min_refetch_interval
+        ):
+            return self._keys  # the source failed a moment ago: do not ask it again yet
+        try:
+            jwk_set = self._load(refresh=refresh)
+        except PermissionDenied:
+            if self._keys is None:
+                raise
+            self._failed_at = time.monotonic()
+            return self._keys
+        self._failed_at = None
+        self._keys = tuple(
+            key
+            for key in jwk_set.keys
+            if key.algorithm_name in _ASYMMETRIC and key.public_key_use in (None, "sig")
+        )
+        return self._keys
+
+    def _load(self, *, refresh: bool) -> jwt.PyJWKSet:
+        if self._client is not None:
+            return self._fetch(self._client, refresh=refresh)
+        now = time.monotonic()
+        if self._local is None or refresh or now - self._local_loaded_at >= self.cache_ttl:
+            self._local_asked_at = now
+            self._local = _key_set(self._read_local(), self.where)
+            self._local_loaded_at = time.monotonic()
+            self._local_loads += 1
+        return self._local
+
+    def _fetch(self, client: _Client, *, refresh: bool) -> jwt.PyJWKSet:
+        url = client.uri
+        try:
+            # PyJWKClient answers from its cache until ``lifespan`` has passed, and keeps
+            # that cached set when a fetch fails (PyJWT >= 2.13).
+            return client.get_jwk_set(refresh=refresh)
+        except jwt.PyJWKClientConnectionError as err:
+            cause = err.__cause__
+            reason = getattr(cause, "reason", None) or type(cause or err).__name__
+            raise PermissionDenied(f"cannot load the signing keys from {url}: {reason}") from None
+        except (OSError, http.client.HTTPException) as err:
+            # A connection dropped mid-response: PyJWT < 2.15 lets some of these through.
+            raise PermissionDenied(
+                f"cannot load the signing keys from {url}: {type(err).__name__}"
+            ) from None
+        except ValueError:
+            raise PermissionDenied(f"the signing keys at {url} are not JSON") from None
+        except (jwt.PyJWTError, TypeError, AttributeError, NotImplementedError):
+            # PyJWKSet refuses a whole set over one malformed entry with any of these.
+            raise PermissionDenied(f"{url} is not a JSON Web Key Set") from None
+
+    def _read_local(self) -> Any:
+        if isinstance(self._source, Mapping):
+            return self._source
+        try:
+            body = Path(os.fspath(self._source)).read_bytes()
+        except OSError as err:
+            raise PermissionDenied(
+                f"cannot load the signing keys from {self.where}: {err.strerror}"
+            ) from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise PermissionDenied(f"the signing keys at {self.where} are not JSON") from None
+
+
+def _key_set(data: Any, where: str) -> jwt.PyJWKSet:
+    """A file's or a dict's JWKS, parsed by PyJWT as PyJWKClient parses a fetched one."""
+    entries = data.get("keys") if isinstance(data, Mapping) else None
+    if isinstance(entries, list):
+        try:
+            return jwt.PyJWKSet([dict(e) for e in entries if isinstance(e, Mapping)])
+        except (jwt.PyJWTError, ValueError, TypeError, AttributeError, NotImplementedError):
+            pass
+    raise PermissionDenied(f"{where} is not a JSON Web Key Set")
+
+
+def _find(keys: tuple[jwt.PyJWK, ...], kid: str | None, algorithm: str) -> jwt.PyJWK | None:
+    if kid is not None:
+        return next((k for k in keys if k.key_id == kid), None)
+    matching = [k for k in keys if k.algorithm_name == algorithm]
+    return matching[0] if len(matching) == 1 else None
 
 
 # Order matters: subclasses before their bases.

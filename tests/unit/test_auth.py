@@ -118,6 +118,7 @@ def denied(v: TokenVerifier, token: Any, match: str) -> PermissionDenied:
     err = caught.value
     shown = f"{err} {err!r}"
     assert SECRET not in shown
+    assert "\n" not in str(err) and len(str(err)) < 200  # one short line
     if isinstance(token, str) and len(token) > 8:
         # Neither the token nor any of its segments is echoed back.
         for segment in token.split("."):
@@ -174,11 +175,18 @@ def test_a_token_without_kid_uses_the_only_key_of_its_type(keys: Keys) -> None:
 
 
 class JwksServer:
-    """A JWKS endpoint on 127.0.0.1 that counts its requests."""
+    """A JWKS endpoint on 127.0.0.1 that counts its requests.
+
+    ``status`` other than 200 makes it answer that error; ``garbage`` makes it answer 200 with
+    a body that is not JSON.
+    """
 
     def __init__(self, jwks: dict[str, Any]) -> None:
         self.jwks = jwks
         self.hits = 0
+        self.status = 200
+        self.garbage = False
+        self.closed = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -187,7 +195,10 @@ class JwksServer:
                 if self.path != "/auth/v1/.well-known/jwks.json":
                     self.send_error(404)
                     return
-                body = json.dumps(outer.jwks).encode()
+                if outer.status != 200:
+                    self.send_error(outer.status)
+                    return
+                body = b"<html>oops" if outer.garbage else json.dumps(outer.jwks).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -199,10 +210,16 @@ class JwksServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.project_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits up to one interval for the loop to notice.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
@@ -245,6 +262,132 @@ def test_unknown_kids_cannot_force_a_fetch_per_token(keys: Keys, jwks_server: Jw
     for i in range(5):
         denied(v, sign(claims(), keys.ec, "ES256", f"made-up-{i}"), "not in the project's JWKS")
     assert jwks_server.hits == 1  # within min_refetch_interval: no refetch
+
+
+# --- JWKS over HTTP: key rotation and outages -----------------------------------------------
+#
+# PyJWKClient times its cache with time.monotonic() and takes no clock to inject, so these
+# tests give the source a TTL (or refetch interval) of a few hundredths of a second and wait
+# it out with wait_past(): it waits until the monotonic clock itself is past the deadline, so
+# "the TTL has passed" is certain rather than hoped for; no test waits on another thread.
+
+SHORT = 0.05
+
+
+def wait_past(deadline: float) -> None:
+    """Return once ``time.monotonic()`` is past ``deadline``."""
+    while (left := deadline - time.monotonic()) >= 0:
+        time.sleep(left + 0.001)
+
+
+def outage(server: JwksServer, kind: str) -> None:
+    if kind == "stopped":
+        server.close()  # nothing listens on the port any more: connection refused
+    elif kind == "garbage":
+        server.garbage = True
+    else:
+        server.status = 500
+
+
+@pytest.mark.parametrize("kind", ["stopped", "500", "garbage"])
+def test_a_cached_key_still_verifies_after_the_ttl_while_the_endpoint_is_down(
+    keys: Keys, jwks_server: JwksServer, kind: str
+) -> None:
+    source = JwksSource.for_project(jwks_server.project_url, cache_ttl=SHORT)
+    v = TokenVerifier(jwks=source)
+    v.verify(sign(claims(), keys.ec, "ES256", "ec-1"))
+    fetched = time.monotonic()
+    assert jwks_server.hits == 1
+    outage(jwks_server, kind)
+    wait_past(fetched + SHORT)  # the cached set has expired
+    for _ in range(3):
+        assert v.verify(sign(claims(), keys.ec, "ES256", "ec-1")).user_id == USER
+        assert v.verify(sign(claims(), keys.rsa, "RS256", "rsa-1")).user_id == USER
+    # The endpoint was asked once after the TTL; the failure holds further requests back
+    # for min_refetch_interval (30 s), so an outage is not a request per token.
+    assert jwks_server.hits == (1 if kind == "stopped" else 2)
+    assert source.loads == 1
+    # Forged tokens and unknown kids are still refused while the endpoint is down.
+    denied(v, sign(claims(), keys.rsa_other, "RS256", "rsa-1"), "signature is invalid")
+    err = denied(v, sign(claims(), keys.ec_new, "ES256", "ec-2"), "not in the project's JWKS")
+    assert str(err) == "token key id 'ec-2' is not in the project's JWKS"
+    assert jwks_server.hits == (1 if kind == "stopped" else 2)
+
+
+def test_a_failed_refetch_keeps_the_cached_set(keys: Keys, jwks_server: JwksServer) -> None:
+    """An unknown kid during an outage does not empty the cache (PyJWT >= 2.13 keeps it)."""
+    source = JwksSource.for_project(jwks_server.project_url, min_refetch_interval=0)
+    v = TokenVerifier(jwks=source)
+    v.verify(sign(claims(), keys.ec, "ES256", "ec-1"))
+    jwks_server.status = 500
+    for i in range(2):
+        denied(v, sign(claims(), keys.ec, "ES256", f"new-{i}"), "not in the project's JWKS")
+    assert jwks_server.hits == 3  # one refetch per unknown kid (the interval is 0 here)
+    for _ in range(3):
+        assert v.verify(sign(claims(), keys.ec, "ES256", "ec-1")).user_id == USER
+    assert jwks_server.hits == 3  # still inside the TTL: served from the cache, no request
+    jwks_server.status = 200
+    jwks_server.jwks = {"keys": [keys.jwk(keys.ec_new, "ec-2")]}  # back, and rotated
+    assert v.verify(sign(claims(), keys.ec_new, "ES256", "ec-2")).user_id == USER
+    assert jwks_server.hits == 4
+
+
+def test_after_the_ttl_the_published_set_replaces_the_cached_one(
+    keys: Keys, jwks_server: JwksServer
+) -> None:
+    source = JwksSource.for_project(jwks_server.project_url, cache_ttl=SHORT)
+    v = TokenVerifier(jwks=source)
+    v.verify(sign(claims(), keys.ec, "ES256", "ec-1"))
+    fetched = time.monotonic()
+    jwks_server.jwks = {"keys": [keys.jwk(keys.ec_new, "ec-2")]}  # rotated: ec-1 withdrawn
+    wait_past(fetched + SHORT)
+    assert v.verify(sign(claims(), keys.ec_new, "ES256", "ec-2")).user_id == USER
+    assert jwks_server.hits == 2
+    # A withdrawn key stops working once the new set is in; its kid is unknown now, and it
+    # makes no request (the set was fetched less than min_refetch_interval ago).
+    denied(v, sign(claims(), keys.ec, "ES256", "ec-1"), "not in the project's JWKS")
+    assert jwks_server.hits == 2
+
+
+def test_a_new_kid_is_picked_up_once_the_refetch_interval_has_passed(
+    keys: Keys, jwks_server: JwksServer
+) -> None:
+    source = JwksSource.for_project(jwks_server.project_url, min_refetch_interval=SHORT)
+    v = TokenVerifier(jwks=source)
+    v.verify(sign(claims(), keys.ec, "ES256", "ec-1"))
+    fetched = time.monotonic()
+    jwks_server.jwks = {"keys": [keys.jwk(keys.ec, "ec-1"), keys.jwk(keys.ec_new, "ec-2")]}
+    wait_past(fetched + SHORT)
+    assert v.verify(sign(claims(), keys.ec_new, "ES256", "ec-2")).user_id == USER
+    assert v.verify(sign(claims(), keys.ec, "ES256", "ec-1")).user_id == USER
+    assert jwks_server.hits == 2
+
+
+def test_a_jwks_file_is_reread_after_the_ttl_and_kept_while_unreadable(
+    keys: Keys, tmp_path: Path
+) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(keys.jwks()))
+    source = JwksSource(path, cache_ttl=SHORT)
+    v = TokenVerifier(jwks=source)
+    v.verify(sign(claims(), keys.ec, "ES256", "ec-1"))
+    read = time.monotonic()
+    path.write_text(json.dumps({"keys": [keys.jwk(keys.ec_new, "ec-2")]}))
+    wait_past(read + SHORT)
+    assert v.verify(sign(claims(), keys.ec_new, "ES256", "ec-2")).user_id == USER
+    read = time.monotonic()
+    denied(v, sign(claims(), keys.ec, "ES256", "ec-1"), "not in the project's JWKS")
+    path.unlink()
+    wait_past(read + SHORT)
+    assert v.verify(sign(claims(), keys.ec_new, "ES256", "ec-2")).user_id == USER
+    assert source.loads == 2
+
+
+def test_refetch_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="cache_ttl"):
+        JwksSource("https://example.invalid/jwks.json", cache_ttl=0)
+    with pytest.raises(ValueError, match="min_refetch_interval"):
+        JwksSource({"keys": []}, min_refetch_interval=-1)
 
 
 def test_from_settings_uses_supabase_url_for_jwks_and_issuer(

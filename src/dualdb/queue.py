@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
-import uuid_utils.compat as uuid_utils
 
 from dualdb import validation as v
 from dualdb.errors import Conflict, InvalidInput, NotFound
@@ -31,7 +30,6 @@ from dualdb.records import Task
 from dualdb.schema import (
     READY_SQL,
     RUNNING_SQL,
-    generations,
     projects,
     shots,
     task_dependencies,
@@ -237,17 +235,6 @@ class TaskQueueMixin:
             .returning(*tasks.c)
         )
 
-    @functools.cached_property
-    def _release_dependents(self) -> sa.Update:
-        waiting = sa.select(task_dependencies.c.task_id).where(
-            task_dependencies.c.dependency_id == sa.bindparam("key")
-        )
-        return (
-            tasks.update()
-            .where(tasks.c.id.in_(waiting))
-            .values(unmet_dependencies=tasks.c.unmet_dependencies - 1)
-        )
-
     def heartbeat(self, id: uuid.UUID | str, worker_id: str) -> Task:
         """Record that ``worker_id`` is still working on the task (keeps it from going stale)."""
         key = v.uuid_("id", id)
@@ -281,10 +268,12 @@ class TaskQueueMixin:
     def complete(self, id: uuid.UUID | str, worker_id: str, output_location: str) -> Task:
         """Mark the task Complete with its output, as the worker that claimed it.
 
-        Location and status are written in one statement.  Dependents whose last unmet
-        dependency this was become claimable.  When ``params["shot_id"]`` names a shot, the
-        generation is created and appended to the shot exactly once.  Repeating the same
-        call after success returns the task unchanged (a retry after a lost reply is safe).
+        Location and status are written in one statement; the database's triggers then make
+        dependents whose last unmet dependency this was claimable and, when
+        ``params["shot_id"]`` is set, create the generation (placed last on the shot when it
+        is in the task's project) exactly once — as they do for any writer.  Repeating the
+        same call after success returns the task unchanged (a retry after a lost reply is
+        safe).
         """
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
@@ -301,52 +290,9 @@ class TaskQueueMixin:
                 ):
                     return task
                 self._explain_refusal(conn, key, worker, "complete")
-            task = Task.from_row(row)
-            conn.execute(self._release_dependents, {"key": key})
-            return self._process_generation(conn, task)
-
-    def _process_generation(self, conn: sa.Connection, task: Task) -> Task:
-        """Create the task's generation and append it to its shot, once."""
-        raw = task.params.get("shot_id")
-        if raw is None or task.generation_processed_at is not None:
-            return task
-        # Imported here: the repositories package imports this module.
-        from dualdb.repositories.shots import ShotsRepository
-
-        now = _now()
-        # The guard makes a second attempt (a racing or repeated completion) a no-op.
-        claimed = conn.execute(
-            tasks.update()
-            .where(tasks.c.id == task.id, tasks.c.generation_processed_at.is_(None))
-            .values(generation_processed_at=now)
-            .returning(*tasks.c)
-        ).first()
-        if claimed is None:
-            return self._task(conn, task.id)
-        gid = uuid_utils.uuid7()
-        conn.execute(
-            generations.insert().values(
-                id=gid,
-                project_id=task.project_id,
-                tasks=[task.id],
-                location=task.output_location,
-                type=task.task_type,
-                created_at=now,
-                updated_at=None,
-            )
-        )
-        # The shot was checked at enqueue/update; if it is gone (or params were written by
-        # another tool) the generation is still recorded, just not placed — completing a task
-        # must never fail on its output's destination.
-        shot_id = _uuid_or_none(raw)
-        shot_project = None
-        if shot_id is not None:
-            shot_project = conn.execute(
-                sa.select(shots.c.project_id).where(shots.c.id == shot_id)
-            ).scalar()
-        if shot_id is not None and shot_project == task.project_id:
-            ShotsRepository(Scope(self._scope.engine, conn)).add_generation(shot_id, gid)
-        return Task.from_row(claimed)
+            # The database's triggers did the rest in the same statement: dependents whose
+            # last unmet dependency this was are ready, and a shot task has its generation.
+            return self._task(conn, key)
 
     def fail(
         self,
@@ -384,8 +330,7 @@ class TaskQueueMixin:
                 updated_at=self._clock(),
                 **({"worker_id": None, "heartbeat_at": None} if requeue else {}),
             )
-            if not requeue:
-                self._cancel_dependents(conn, [key], f"dependency {key} failed")
+            # Failing cascades to the dependents in the database (trigger tasks_after_status).
             return task
 
     def cancel(self, id: uuid.UUID | str, reason: str = "cancelled") -> list[Task]:
@@ -402,6 +347,7 @@ class TaskQueueMixin:
                 raise Conflict(
                     f"task {key} is {task.status}: only unfinished tasks can be cancelled"
                 )
+            waiting = self._unfinished_dependents(conn, key)
             row = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == key, tasks.c.status.in_(UNFINISHED))
@@ -409,29 +355,33 @@ class TaskQueueMixin:
                 .returning(*tasks.c),
                 self._at(),
             ).one()
-            return [
-                Task.from_row(row),
-                *self._cancel_dependents(conn, [key], f"dependency {key} {why}"),
-            ]
+            return [Task.from_row(row), *self._tasks(conn, waiting)]
 
-    def _cancel_dependents(
-        self, conn: sa.Connection, roots: list[uuid.UUID], cause: str
-    ) -> list[Task]:
-        """Cancel every unfinished task that (transitively) depends on ``roots``."""
+    def _unfinished_dependents(self, conn: sa.Connection, key: uuid.UUID) -> list[uuid.UUID]:
+        """Every unfinished task that depends on ``key``, transitively: what a failure or a
+        cancellation of ``key`` cancels (the database does the cancelling)."""
         edge = task_dependencies
-        seed = sa.select(edge.c.task_id.label("id")).where(edge.c.dependency_id.in_(roots))
-        reach = seed.cte("reach", recursive=True)
+        reach = (
+            sa.select(edge.c.task_id.label("id"))
+            .where(edge.c.dependency_id == key)
+            .cte("reach", recursive=True)
+        )
         reach = reach.union(
             sa.select(edge.c.task_id).join(reach, edge.c.dependency_id == reach.c.id)
         )
+        query = sa.select(tasks.c.id).where(
+            tasks.c.id.in_(sa.select(reach.c.id)), tasks.c.status.in_(UNFINISHED)
+        )
+        return list(conn.execute(query).scalars())
+
+    def _tasks(self, conn: sa.Connection, keys: list[uuid.UUID]) -> list[Task]:
+        """The tasks ``keys``, oldest first."""
+        if not keys:
+            return []
         rows = conn.execute(
-            tasks.update()
-            .where(tasks.c.id.in_(sa.select(reach.c.id)), tasks.c.status.in_(UNFINISHED))
-            .values(status=CANCELLED, error=f"cancelled: {cause}", updated_at=self._clock())
-            .returning(*tasks.c),
-            self._at(),
+            sa.select(tasks).where(tasks.c.id.in_(keys)).order_by(tasks.c.created_at, tasks.c.id)
         ).all()
-        return sorted((Task.from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
+        return [Task.from_row(r) for r in rows]
 
     def release(self, id: uuid.UUID | str) -> Task:
         """Let a Pending (held) task be claimed: Pending → Queued."""
@@ -493,6 +443,7 @@ class TaskQueueMixin:
             for stale in conn.execute(pick).all():
                 gone = f"worker {stale.worker_id} stopped heartbeating"
                 requeue = stale.attempts < limit
+                waiting = [] if requeue else self._unfinished_dependents(conn, stale.id)
                 values: dict[str, Any] = (
                     {"status": QUEUED, "worker_id": None, "heartbeat_at": None}
                     if requeue
@@ -512,10 +463,7 @@ class TaskQueueMixin:
                     self._at(),
                 ).one()
                 changed.append(Task.from_row(row))
-                if not requeue:
-                    changed += self._cancel_dependents(
-                        conn, [stale.id], f"dependency {stale.id} failed"
-                    )
+                changed += self._tasks(conn, waiting)
             return changed
 
     def counts(self, project_id: uuid.UUID | str | None = None) -> dict[str, int]:

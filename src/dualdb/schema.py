@@ -181,3 +181,27 @@ TABLES: tuple[sa.Table, ...] = (
     shots,
     shot_generations,
 )
+
+#: The triggers that keep the queue's rules in the database whoever writes (migration 0006),
+#: per table — the same names on both backends.  ``dualdb check`` reports missing and unknown
+#: ones (a SQLite table rebuilt by Alembic's batch mode loses its triggers).
+TRIGGERS: dict[str, tuple[str, ...]] = {
+    "tasks": (
+        "tasks_before_insert",
+        "tasks_after_insert",
+        "tasks_check_params",
+        "tasks_check_dependencies",
+        "tasks_check_counters",
+        "tasks_check_status",
+        "tasks_after_dependencies",
+        "tasks_after_status",
+        "tasks_before_delete",
+        "tasks_after_delete",
+    ),
+    "task_dependencies": (
+        "task_dependencies_before_insert",
+        "task_dependencies_before_update",
+        "task_dependencies_before_delete",
+    ),
+    "generations": ("generations_check_tasks_insert", "generations_check_tasks_update"),
+}

@@ -29,7 +29,7 @@ from dualdb.config import Target
 from dualdb.engine import create_engine, ping, reading, sqlite_file_missing, translate
 from dualdb.errors import DatabaseUnavailable, DualdbError, MigrationError
 from dualdb.migrations.autogen import compare_type, include_object_for
-from dualdb.schema import metadata
+from dualdb.schema import TRIGGERS, metadata
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -290,6 +290,32 @@ def _check_constraints(conn: sa.Connection) -> list[str]:
     return problems
 
 
+def _live_triggers(conn: sa.Connection) -> set[tuple[str, str]]:
+    if conn.dialect.name == "sqlite":
+        query = "SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger'"
+    else:
+        query = (
+            "SELECT c.relname, t.tgname FROM pg_trigger t "
+            "JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE NOT t.tgisinternal AND n.nspname = current_schema()"
+        )
+    return {(str(table), str(name)) for table, name in conn.exec_driver_sql(query)}
+
+
+def _check_triggers(conn: sa.Connection) -> list[str]:
+    """The triggers that keep the queue's rules (Alembic knows nothing of triggers)."""
+    want = {(table, name) for table, names in TRIGGERS.items() for name in names}
+    have = _live_triggers(conn)
+    return [
+        f"trigger {name} on {table} is in the models but not in the database"
+        for table, name in sorted(want - have)
+    ] + [
+        f"trigger {name} on {table} is in the database but not in the models"
+        for table, name in sorted(have - want)
+    ]
+
+
 def check(target: Target) -> list[str]:
     """Differences between the live schema of ``target`` and the models (empty means none)."""
     if sqlite_file_missing(target):
@@ -316,6 +342,8 @@ def check(target: Target) -> list[str]:
             )
             problems += [_describe(d) for d in compare_metadata(ctx, metadata)]
             problems += _check_constraints(conn)
+            if current == head:
+                problems += _check_triggers(conn)
             return problems
     except (exc.DBAPIError, exc.StatementError) as err:
         raise translate(err) or DatabaseUnavailable("cannot read the database") from None

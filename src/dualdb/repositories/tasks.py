@@ -114,22 +114,17 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
                 self._require_project(conn, "project_id", project_id)
             self._validate_shot_params(conn, prepared)
             status_of = self._dependency_statuses(conn, prepared)
-            edges: list[dict[str, uuid.UUID]] = []
             for values, deps in prepared:
-                unmet = 0
                 for dep in deps:
                     dep_status = status_of[dep]
                     if dep_status in (TaskStatus.FAILED.value, TaskStatus.CANCELLED.value):
                         raise InvalidInput(
                             "depends_on", f"task {dep} is {dep_status}: it will never complete"
                         )
-                    unmet += dep_status != TaskStatus.COMPLETE.value
-                    edges.append({"task_id": values["id"], "dependency_id": dep})
-                values["unmet_dependencies"] = unmet
                 status_of[values["id"]] = values["status"]
+            # The database derives the dependency edges and the unmet-dependency counts
+            # (triggers of migration 0006), for this insert as for any other writer's.
             conn.execute(tasks.insert(), [values for values, _ in prepared])
-            if edges:
-                conn.execute(task_dependencies.insert(), edges)
             self._after_bulk_insert(conn, len(prepared))
         return [Task.from_row(_Row(values)) for values, _ in prepared]
 
@@ -143,14 +138,11 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
         existing: dict[uuid.UUID, Any] = {}
         # Only visible tasks: someone else's task "does not exist" for a scoped user, on
         # SQLite (filtered here) exactly as on Postgres (hidden by RLS).
+        # (The database locks the dependencies again when the task is inserted, so a
+        # dependency completing meanwhile never strands it; this read is for the errors.)
         query = sa.select(tasks.c.id, tasks.c.project_id, tasks.c.status).where(
             tasks.c.id.in_(sa.bindparam("ids", expanding=True)), *self._where()
         )
-        if self._scope.caps.skip_locked:
-            # FOR SHARE: a dependency completing, failing or being cancelled right now
-            # waits for this enqueue (and then sees its edge), or this enqueue waits and
-            # reads the new status — never a dependent stranded with a stale count.
-            query = query.with_for_update(read=True)
         wanted_outside = sorted(outside, key=str)
         # In chunks: Postgres takes at most 65,535 parameters per statement.
         for start in range(0, len(wanted_outside), LOOKUP_CHUNK):

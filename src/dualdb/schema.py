@@ -190,6 +190,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
         "tasks_before_insert",
         "tasks_after_insert",
         "tasks_check_params",
+        "tasks_check_times",
         "tasks_check_dependencies",
         "tasks_check_counters",
         "tasks_check_status",

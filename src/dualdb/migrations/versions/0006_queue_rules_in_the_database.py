@@ -54,6 +54,7 @@ TRIGGERS: tuple[tuple[str, str], ...] = (
     ("tasks", "tasks_before_insert"),
     ("tasks", "tasks_after_insert"),
     ("tasks", "tasks_check_params"),
+    ("tasks", "tasks_check_times"),
     ("tasks", "tasks_check_dependencies"),
     ("tasks", "tasks_check_counters"),
     ("tasks", "tasks_check_status"),
@@ -92,6 +93,7 @@ M_DELETE = (
     "conflict: unfinished tasks depend on this task: cancel it (that cascades) before deleting"
 )
 M_EDGES = "conflict: task_dependencies is kept by the database from tasks.dependant_on"
+M_TIME = "invalid timestamp: must be UTC text like 2026-01-31T12:00:00.000000Z"
 M_ID = "invalid id: must be a canonical UUID (lowercase, with hyphens)"
 M_GEN_TASKS = "invalid tasks: must be an array of task ids (canonical UUIDs, no nulls)"
 
@@ -105,6 +107,18 @@ MAX_DOUBLE = "1.7976931348623157e308"
 _HEX = "[0-9a-f]"
 #: A canonical (lowercase, hyphenated) UUID, as a GLOB pattern.
 UUID_GLOB = "-".join(_HEX * n for n in (8, 4, 4, 4, 12))
+#: The fixed-width UTC text of ``dualdb.types.Timestamp``, as a GLOB pattern.
+TIME_GLOB = (
+    "[0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9]."
+    "[0-9][0-9][0-9][0-9][0-9][0-9]Z"
+)
+TIME_COLUMNS = (
+    "created_at",
+    "updated_at",
+    "generation_started_at",
+    "heartbeat_at",
+    "generation_processed_at",
+)
 #: SQLite's clock in the fixed-width format of ``dualdb.types.Timestamp``.
 S_NOW = "(strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z')"
 S_NEW_UUID = (
@@ -142,6 +156,15 @@ def _s_params_checks() -> str:
      );"""
 
 
+def _s_times_checks() -> str:
+    # Postgres' timestamptz needs no such check; on SQLite the text must sort as time does.
+    return "\n".join(
+        f"    SELECT RAISE(ABORT, '{M_TIME}') WHERE NEW.{c} IS NOT NULL "
+        f"AND NEW.{c} NOT GLOB '{TIME_GLOB}';"
+        for c in TIME_COLUMNS
+    )
+
+
 def _s_dependency_checks() -> str:
     deps = "json_each(NEW.dependant_on) j"
     return f"""
@@ -176,6 +199,7 @@ SQLITE_TRIGGERS: dict[str, str] = {
 CREATE TRIGGER tasks_before_insert BEFORE INSERT ON tasks
 BEGIN
     SELECT RAISE(ABORT, '{M_ID}') WHERE NEW.id IS NULL OR NEW.id NOT GLOB '{UUID_GLOB}';
+    {_s_times_checks()}
     {_s_params_checks()}
     {_s_dependency_checks()}
     SELECT RAISE(ABORT, '{M_ATTEMPTS}')
@@ -196,6 +220,11 @@ END""",
 CREATE TRIGGER tasks_check_params BEFORE UPDATE OF params ON tasks
 BEGIN
     {_s_params_checks()}
+END""",
+    "tasks_check_times": f"""
+CREATE TRIGGER tasks_check_times BEFORE UPDATE OF {", ".join(TIME_COLUMNS)} ON tasks
+BEGIN
+{_s_times_checks()}
 END""",
     "tasks_check_dependencies": f"""
 CREATE TRIGGER tasks_check_dependencies BEFORE UPDATE OF dependant_on, project_id ON tasks
@@ -440,6 +469,8 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
     "tasks_check_params": _p_function(
         "tasks_check_params", f"{P_PARAMS_CHECKS}\n    RETURN NEW;"
     ),
+    # timestamptz is always well-formed; the trigger exists so both backends carry the same set.
+    "tasks_check_times": _p_function("tasks_check_times", "    RETURN NEW;"),
     "tasks_check_dependencies": _p_function(
         "tasks_check_dependencies",
         f"""
@@ -602,6 +633,10 @@ POSTGRES_TRIGGERS: dict[str, tuple[str, str]] = {
     "tasks_before_insert": ("BEFORE INSERT ON tasks", ""),
     "tasks_after_insert": ("AFTER INSERT ON tasks", ""),
     "tasks_check_params": ("BEFORE UPDATE OF params ON tasks", ""),
+    "tasks_check_times": (
+        f"BEFORE UPDATE OF {', '.join(TIME_COLUMNS)} ON tasks",
+        "WHEN (false)",
+    ),
     "tasks_check_dependencies": ("BEFORE UPDATE OF dependant_on, project_id ON tasks", ""),
     "tasks_check_counters": ("BEFORE UPDATE OF attempts, unmet_dependencies ON tasks", ""),
     "tasks_check_status": (

@@ -12,6 +12,7 @@ from dualdb.errors import (
     NotFound,
     PermissionDenied,
     SchemaOutOfDate,
+    UnreadableRow,
 )
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "SchemaOutOfDate",
     "ScopedDatabase",
     "Session",
+    "UnreadableRow",
     "__version__",
     "connect",
 ]

@@ -151,6 +151,9 @@ def translate(err: BaseException) -> DualdbError | None:
     if isinstance(err, exc.StatementError) and not isinstance(err, exc.DBAPIError):
         cause = err.orig if err.orig is not None else err
         return InvalidInput("value", str(cause))
+    rule = _rule_violation(orig, sqlstate, message)
+    if rule is not None:
+        return rule
     low = message.lower()
     if isinstance(orig, sqlite3.OperationalError) and (
         "database is locked" in low or "database is busy" in low
@@ -166,6 +169,27 @@ def translate(err: BaseException) -> DualdbError | None:
         return InvalidInput("value", message)
     if isinstance(err, exc.OperationalError | exc.InterfaceError) or sqlstate.startswith("08"):
         return DatabaseUnavailable(f"cannot use the database: {message}")
+    return None
+
+
+#: What the database's triggers raise (migration 0006): ``invalid <column>: …`` (SQLSTATE
+#: 22023 on Postgres) and ``conflict: …`` (23000); on SQLite a ``RAISE(ABORT, …)``.
+_RULE_CODES = {"22023", "23000"}
+
+
+def _rule_violation(orig: object, sqlstate: str, message: str) -> DualdbError | None:
+    """A rule the database enforces, as the same typed error the DAL raises for it."""
+    from_trigger = sqlstate in _RULE_CODES or (
+        isinstance(orig, sqlite3.IntegrityError)
+        and getattr(orig, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_TRIGGER"
+    )
+    if not from_trigger:
+        return None
+    if message.startswith("conflict: "):
+        return Conflict(message.removeprefix("conflict: "))
+    if message.startswith("invalid ") and ": " in message:
+        field, _, detail = message.removeprefix("invalid ").partition(": ")
+        return InvalidInput(field, detail)
     return None
 
 

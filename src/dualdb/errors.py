@@ -52,3 +52,19 @@ class SchemaOutOfDate(DualdbError):
 
 class MigrationError(DualdbError):
     """A migration command could not run (unknown revision, refused target, failed DDL)."""
+
+
+class UnreadableRow(DualdbError):
+    """A stored row dualdb cannot decode (written by a tool that bypassed the rules, or before
+    they existed): that row only — listings report it and go on, a claim fails the task.
+
+    ``entity`` (``"task"``, …), ``id`` (as stored) and ``column`` say which value; ``reason``
+    says why.
+    """
+
+    def __init__(self, entity: str, id: object, column: str, reason: str) -> None:
+        self.entity = entity
+        self.id = id
+        self.column = column
+        self.reason = reason
+        super().__init__(f"{entity} {id}: column {column} cannot be read: {reason}")

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import sqlalchemy as sa
 
 from dualdb import validation as v
-from dualdb.errors import Conflict, InvalidInput, NotFound
+from dualdb.errors import Conflict, InvalidInput, NotFound, UnreadableRow
 from dualdb.records import Task
 from dualdb.schema import (
     READY_SQL,
@@ -36,12 +36,14 @@ from dualdb.schema import (
     tasks,
 )
 from dualdb.scope import Scope
-from dualdb.types import TaskStatus, Timestamp, to_uuid
+from dualdb.types import TaskStatus, Timestamp, Unreadable, to_uuid
 
 #: Attempts (claims) a task gets before a stale or failed-with-retry task is marked Failed.
 DEFAULT_MAX_ATTEMPTS = 3
 #: The longest ``requeue_stale`` age: a heartbeat older than a century is no heartbeat.
 MAX_STALE_AGE = timedelta(days=36_500)
+#: Unreadable rows one claim fails before giving up (and answering "nothing ready").
+MAX_UNREADABLE_PER_CLAIM = 100
 #: Bulk enqueues at least this large refresh Postgres' statistics (ANALYZE): a planner that
 #: still believes the table is tiny picks bad plans for the following claims.
 ANALYZE_AFTER_ROWS = 1000
@@ -188,8 +190,32 @@ class TaskQueueMixin:
         types = v.task_types("task_types", task_types)
         stmt = self._claim_typed if types is not None else self._claim_any
         with self._scope.write() as conn:
-            row = conn.execute(stmt, {"worker": worker, "types": types, **self._at()}).first()
-        return None if row is None else Task.from_row(row)
+            for _ in range(MAX_UNREADABLE_PER_CLAIM):
+                row = conn.execute(stmt, {"worker": worker, "types": types, **self._at()}).first()
+                if row is None:
+                    return None
+                try:
+                    return Task.from_row(row)
+                except UnreadableRow as err:
+                    # One bad row (written by a tool that bypassed the rules) must not stop the
+                    # queue for everyone: it fails, saying why, and the claim moves on.
+                    self._fail_unreadable(conn, row, err)
+        return None
+
+    def _fail_unreadable(self, conn: sa.Connection, row: Any, err: UnreadableRow) -> None:
+        key = row._mapping["id"]
+        if isinstance(key, Unreadable):
+            raise err  # not even its id can be read: nothing can address the row
+        conn.execute(
+            tasks.update()
+            .where(tasks.c.id == key)
+            .values(
+                status=FAILED,
+                error=f"unreadable row: {err}"[: v.MAX_ERROR],
+                updated_at=self._clock(),
+            ),
+            self._at(),
+        )
 
     # The hot statements are built once per repository: building them cost more than running
     # them (SQLAlchemy's construction and cache-key work, measured in docs/benchmarks.md).

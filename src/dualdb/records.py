@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Generic, Self, TypeVar
+
+from dualdb.errors import UnreadableRow
+from dualdb.types import Unreadable
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,9 +18,19 @@ class Record:
 
     @classmethod
     def from_row(cls, row: Any) -> Self:
-        """Build the record from a SQLAlchemy row (extra columns are ignored)."""
+        """Build the record from a SQLAlchemy row (extra columns are ignored).
+
+        :class:`~dualdb.errors.UnreadableRow` if a stored value could not be decoded.
+        """
         mapping = row._mapping
-        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+        values = {f.name: mapping[f.name] for f in fields(cls)}
+        for name, value in values.items():
+            if isinstance(value, Unreadable):
+                entity = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+                key = values.get("id")
+                shown = key.raw if isinstance(key, Unreadable) else key
+                raise UnreadableRow(entity, shown, name, value.reason)
+        return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         """The record's fields as a plain dict."""
@@ -107,3 +121,6 @@ class Page(Generic[R]):
 
     items: list[R]
     next_cursor: str | None
+    #: Rows of this page that could not be decoded (written by another tool): reported here,
+    #: left out of ``items``, never a reason for the whole list to fail.
+    unreadable: list[UnreadableRow] = field(default_factory=list)

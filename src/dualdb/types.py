@@ -23,6 +23,7 @@ import json
 import math
 import re
 import uuid as _uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -45,6 +46,7 @@ __all__ = [
     "TaskStatus",
     "Timestamp",
     "UUIDArray",
+    "Unreadable",
     "empty_uuid_array",
     "format_timestamp",
     "new_uuid",
@@ -90,6 +92,37 @@ class JSONNull:
 
 #: A JSON ``null`` stored as a value (SQL ``NULL`` is ``None``).
 JSON_NULL: Final = JSONNull()
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A stored value that could not be decoded, in place of the value itself.
+
+    Result processors return it instead of raising, so one bad row (written by another tool)
+    never breaks the statement that read it; :meth:`dualdb.records.Record.from_row` turns it
+    into :class:`~dualdb.errors.UnreadableRow` for that row only.
+    """
+
+    reason: str
+    #: The stored value as text, shortened (for display; never decoded).
+    raw: str
+
+    @classmethod
+    def of(cls, value: object, err: BaseException) -> Unreadable:
+        """The marker for ``value``, which failed to decode with ``err``."""
+        text = value if isinstance(value, str) else repr(value)
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, RecursionError):
+            reason = "JSON nested too deeply to decode"
+        return cls(reason=reason[:200], raw=shown)
+
+    def __str__(self) -> str:
+        return f"⚠ unreadable ({self.reason}): {self.raw}"
+
+
+#: What a decoder may raise on a value another writer stored.
+_DECODE_ERRORS = (ValueError, TypeError, RecursionError, OverflowError)
+
 
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -149,7 +182,10 @@ class UUID(sa.types.TypeDecorator[_uuid.UUID]):
     def process_result_value(self, value: Any, dialect: Dialect) -> _uuid.UUID | None:
         if value is None:
             return None
-        return to_uuid(value)
+        try:
+            return to_uuid(value)
+        except _DECODE_ERRORS as err:
+            return Unreadable.of(value, err)  # type: ignore[return-value]
 
 
 class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
@@ -176,9 +212,13 @@ class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
     def process_result_value(self, value: Any, dialect: Dialect) -> list[_uuid.UUID] | None:
         if value is None:
             return None
-        if isinstance(value, str):
-            value = json.loads(value)
-        return [to_uuid(v) for v in value]
+        try:
+            items = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(items, list):
+                raise ValueError("not a list of UUIDs")
+            return [to_uuid(v) for v in items]
+        except _DECODE_ERRORS as err:
+            return Unreadable.of(value, err)  # type: ignore[return-value]
 
 
 class _JSONStorage(sa.types.Text):
@@ -343,7 +383,10 @@ class JSONB(sa.types.TypeDecorator[Any]):
             return None
         if not isinstance(value, str):  # pragma: no cover - the driver returned parsed JSON
             return JSON_NULL if value is None else value
-        parsed = json.loads(value)
+        try:
+            parsed = json.loads(value)
+        except _DECODE_ERRORS as err:
+            return Unreadable.of(value, err)
         return JSON_NULL if parsed is None else parsed
 
 
@@ -374,7 +417,10 @@ class Timestamp(sa.types.TypeDecorator[datetime]):
             return None
         if isinstance(value, datetime):
             return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-        return parse_timestamp(str(value))
+        try:
+            return parse_timestamp(str(value))
+        except _DECODE_ERRORS as err:
+            return Unreadable.of(value, err)  # type: ignore[return-value]
 
 
 # --- server-side defaults, compiled per dialect ------------------------------------------

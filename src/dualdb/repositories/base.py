@@ -12,6 +12,7 @@ import base64
 import binascii
 import functools
 import json
+import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -21,13 +22,15 @@ import sqlalchemy as sa
 import uuid_utils.compat as uuid_utils
 
 from dualdb import validation as v
-from dualdb.errors import InvalidInput, NotFound, PermissionDenied
+from dualdb.errors import InvalidInput, NotFound, PermissionDenied, UnreadableRow
 from dualdb.records import Page, Record
 from dualdb.schema import projects, shots
 from dualdb.scope import Scope
-from dualdb.types import parse_timestamp
+from dualdb.types import Unreadable, parse_timestamp
 
 R = TypeVar("R", bound=Record)
+
+log = logging.getLogger("dualdb")
 
 #: Default page size of ``list``.
 DEFAULT_LIMIT = 50
@@ -144,9 +147,16 @@ class Repository(Generic[R]):
         stmt = sa.select(self.table).where(*self._where(*clauses)).order_by(*cols).limit(size + 1)
         with self._scope.read(single_statement=True) as conn:
             rows = conn.execute(stmt).all()
-        items = [self._record(r) for r in rows[:size]]
+        items: list[R] = []
+        unreadable: list[UnreadableRow] = []
+        for row in rows[:size]:
+            try:
+                items.append(self._record(row))
+            except UnreadableRow as err:
+                unreadable.append(err)
         more = len(rows) > size
-        return Page(items=items, next_cursor=self._encode(items[-1]) if more and items else None)
+        cursor = self._encode(rows[size - 1]._mapping) if more else None
+        return Page(items=items, next_cursor=cursor, unreadable=unreadable)
 
     def _iter(self, filters: Mapping[str, Any], batch_size: int) -> Iterator[R]:
         # Validate now, so bad arguments fail at the call and not at the first next().
@@ -158,6 +168,8 @@ class Repository(Generic[R]):
         cursor: str | None = None
         while True:
             page = self._list(filters, batch_size, cursor)
+            for problem in page.unreadable:
+                log.warning("skipped an unreadable row: %s", problem)
             yield from page.items
             if page.next_cursor is None:
                 return
@@ -189,10 +201,14 @@ class Repository(Generic[R]):
 
     # --- cursors ---------------------------------------------------------------------------
 
-    def _encode(self, record: R) -> str:
+    def _encode(self, row: Mapping[Any, Any]) -> str:
+        """The cursor after ``row`` (its sort-key values as decoded)."""
         values: list[Any] = []
         for col in self.order_by:
-            value = getattr(record, col)
+            value = row[col]
+            if isinstance(value, Unreadable):
+                # The sort key itself is garbage: no position in the list can be named.
+                raise UnreadableRow(self.entity, row.get("id"), col, value.reason)
             if isinstance(value, datetime | uuid.UUID):
                 value = value.isoformat() if isinstance(value, datetime) else str(value)
             values.append(value)

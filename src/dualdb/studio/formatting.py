@@ -15,7 +15,7 @@ from typing import Any
 from markupsafe import Markup, escape
 from starlette.requests import Request
 
-from dualdb.types import JSON_NULL, TaskStatus
+from dualdb.types import JSON_NULL, TaskStatus, Unreadable
 
 #: Longest JSON shown in a list cell before it is cut (the detail page shows all of it).
 LIST_JSON_CHARS = 40
@@ -50,10 +50,18 @@ def null() -> Markup:
     return Markup('<span class="text-muted fst-italic">NULL</span>')
 
 
+def unreadable(value: Unreadable) -> Markup:
+    """A stored value dualdb could not decode: shown as such, with why and what is stored."""
+    return Markup('<span class="text-danger" data-unreadable="1" title="{}">⚠ unreadable</span>'
+                  ' <code>{}</code>').format(value.reason, value.raw)  # fmt: skip
+
+
 def timestamp(value: datetime | None, *, seconds: bool = False) -> Markup:
     """A timestamp in UTC, or NULL; to the second in lists (the tooltip has it all)."""
     if value is None:
         return null()
+    if isinstance(value, Unreadable):
+        return unreadable(value)
     return Markup('<time datetime="{}" title="{}">{}</time>').format(
         value.isoformat(), utc(value), utc(value, seconds=seconds)
     )
@@ -69,6 +77,8 @@ def uuid_link(
     """
     if value is None:
         return null()
+    if isinstance(value, Unreadable):
+        return unreadable(value)
     text = str(value)
     url = request.url_for("admin:details", identity=identity, pk=text)
     shown = f"{text[:8]}…" if short else text
@@ -81,6 +91,8 @@ def uuid_list(
     """A ``uuid[]`` value: each UUID linked, one per line, or ``[]`` when empty."""
     if values is None:
         return null()
+    if isinstance(values, Unreadable):
+        return unreadable(values)
     if not values:
         return Markup('<span class="text-muted font-monospace">[]</span>')
     return Markup("<br>").join(uuid_link(request, identity, v, short=short) for v in values)
@@ -98,6 +110,8 @@ def json_cell(value: Any) -> Markup:
     """A JSON document on one line, cut to :data:`LIST_JSON_CHARS` (list pages)."""
     if value is None:
         return null()
+    if isinstance(value, Unreadable):
+        return unreadable(value)
     text = json_text(value)
     short = text if len(text) <= LIST_JSON_CHARS else text[: LIST_JSON_CHARS - 1] + "…"
     return Markup('<code title="{}">{}</code>').format(text, short)
@@ -107,6 +121,8 @@ def json_block(value: Any) -> Markup:
     """A JSON document pretty-printed (detail pages)."""
     if value is None:
         return null()
+    if isinstance(value, Unreadable):
+        return unreadable(value)
     return Markup('<pre class="mb-0">{}</pre>').format(json_text(value, indent=2))
 
 

@@ -102,7 +102,7 @@ def test_the_worker_survives_an_unreadable_task(
 
 
 def _get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - local studio
+    with urllib.request.urlopen(url, timeout=30) as response:
         body: Any = response.read()
         return response.status, body.decode()
 

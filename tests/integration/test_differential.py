@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sqlite3
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -35,7 +37,7 @@ import dualdb
 from dualdb.database import Repositories
 from dualdb.errors import DualdbError
 from dualdb.records import Page, Record, ShotGeneration
-from dualdb.schema import TABLES
+from dualdb.schema import users
 from dualdb.unset import UNSET
 from tests.conftest import PgServer, _create_database, _drop_database, _require_pg
 
@@ -74,11 +76,51 @@ def outcome(call: Callable[[], Any]) -> Any:
         return ("error", type(exc).__name__, getattr(exc, "field", None))
 
 
+RAW_COLUMNS = "id, project_id, task_type, params, dependant_on, unmet_dependencies"
+
+
+class RawArray(list[str]):
+    """A list of ids, sent as JSON text to SQLite and as an array to Postgres."""
+
+
+def _sqlite_adapt(value: RawArray) -> str:
+    return json.dumps(list(value))
+
+
+sqlite3.register_adapter(RawArray, _sqlite_adapt)
+
+#: The kinds of native constraint violations, by each driver's name for them.
+_KINDS = {
+    "SQLITE_CONSTRAINT_FOREIGNKEY": "foreign key",
+    "SQLITE_CONSTRAINT_PRIMARYKEY": "unique",
+    "SQLITE_CONSTRAINT_UNIQUE": "unique",
+    "SQLITE_CONSTRAINT_CHECK": "check",
+    "SQLITE_CONSTRAINT_NOTNULL": "not null",
+    "23503": "foreign key",
+    "23505": "unique",
+    "23514": "check",
+    "23502": "not null",
+}
+
+
+def raw_outcome(call: Callable[[], Any]) -> Any:
+    """What a plain-SQL statement did: ``("ok", rowcount)`` or the rule it broke."""
+    try:
+        return ("ok", call())
+    except (sqlite3.Error, psycopg.Error) as exc:
+        message = str(exc).strip().splitlines()[0]
+        if message.startswith(("invalid ", "conflict: ")):
+            return ("error", message)
+        code = getattr(exc, "sqlite_errorname", None) or getattr(exc, "sqlstate", None)
+        return ("error", _KINDS.get(str(code), f"{type(exc).__name__}: {message}"))
+
+
 def wipe(db: dualdb.Database) -> None:
-    """Empty every table (children first)."""
+    """Empty every table: deleting the users cascades to everything else (and the database
+    refuses direct deletes of its derived rows)."""
     with db.engine.begin() as conn:
-        for table in reversed(TABLES):
-            conn.execute(table.delete())
+        conn.execute(users.delete())
+    assert set(db.row_counts().values()) == {0}
 
 
 # --- strategies ------------------------------------------------------------------------------
@@ -140,6 +182,9 @@ class DalPair(RuleBasedStateMachine):
     # Set by the test before running.
     lite: dualdb.Database
     pg: dualdb.Database
+    #: Plain driver connections to the same two databases (autocommit, no DAL).
+    lite_raw: sqlite3.Connection
+    pg_raw: psycopg.Connection[Any]
 
     def __init__(self) -> None:
         super().__init__()
@@ -475,6 +520,96 @@ class DalPair(RuleBasedStateMachine):
             self.created(a[0], "shots", shot_id, pid)
             self.created(a[1], "tasks", task_id, pid)
 
+    # --- plain SQL, as other programs write (no DAL) -------------------------------------------
+
+    def raw(self, sqlite_sql: str, pg_sql: str, *args: Any) -> Any:
+        """Run one statement with plain sqlite3 and psycopg; the outcomes must be identical.
+
+        Ids go in as text; ``pg_sql`` casts them.  Errors compare by the database rule's own
+        message (the triggers' text is the same on both) or by constraint kind.
+        """
+        a = raw_outcome(lambda: self.lite_raw.execute(sqlite_sql, args).rowcount)
+        b = raw_outcome(lambda: self.pg_raw.execute(pg_sql, args).rowcount)
+        assert a == b, f"SQLite and Postgres differ:\n  sqlite:   {a}\n  postgres: {b}"
+        event(f"{sys._getframe(1).f_code.co_name}: {a[0] if a[0] == 'ok' else a[1]}")
+        return a
+
+    @rule(data=st.data())
+    def raw_claim_and_complete(self, data: st.DataObject) -> None:
+        """A worker written in plain SQL: start a task, then complete it."""
+        key = str(self.pick(data, "tasks"))
+        self.raw(
+            "UPDATE tasks SET status = 'In Progress', worker_id = 'raw', "
+            "attempts = attempts + 1 WHERE id = ?",
+            "UPDATE tasks SET status = 'In Progress', worker_id = 'raw', "
+            "attempts = attempts + 1 WHERE id = %s::uuid",
+            key,
+        )
+        if data.draw(st.booleans()):
+            self.raw(
+                "UPDATE tasks SET status = 'Complete', output_location = 'raw/out' WHERE id = ?",
+                "UPDATE tasks SET status = 'Complete', output_location = 'raw/out' "
+                "WHERE id = %s::uuid",
+                key,
+            )
+
+    @rule(status=st.sampled_from(["Cancelled", "Failed", "Queued", "Pending"]), data=st.data())
+    def raw_set_status(self, status: str, data: st.DataObject) -> None:
+        key = str(self.pick(data, "tasks"))
+        self.raw(
+            "UPDATE tasks SET status = ?, error = 'raw' WHERE id = ?",
+            "UPDATE tasks SET status = %s, error = 'raw' WHERE id = %s::uuid",
+            status,
+            key,
+        )
+
+    @rule(data=st.data())
+    def raw_delete_task(self, data: st.DataObject) -> None:
+        key = str(self.pick(data, "tasks"))
+        self.raw("DELETE FROM tasks WHERE id = ?", "DELETE FROM tasks WHERE id = %s::uuid", key)
+
+    @rule(data=st.data())
+    def raw_insert_task(self, data: st.DataObject) -> None:
+        """A task inserted by another program, with dependencies, counter left to the database."""
+        pid = self.pick(data, "projects")
+        deps = [str(d) for d in self.in_project(data, "tasks", pid, 3)]
+        tid = self.new_id()
+        result = self.raw(
+            f"INSERT INTO tasks ({RAW_COLUMNS}) VALUES (?, ?, 'raw', '{{}}', ?, 7)",
+            f"INSERT INTO tasks ({RAW_COLUMNS}) "
+            "VALUES (%s::uuid, %s::uuid, 'raw', '{}', %s::uuid[], 7)",
+            str(tid),
+            str(pid),
+            RawArray(deps),
+        )
+        if result[0] == "ok":
+            self.ids["tasks"].append(tid)
+            self.project_of[tid] = pid
+
+    @rule(
+        bad=st.sampled_from(
+            ["[1, 2]", '"text"', "null", "[" * 100 + "]" * 100, '{"n": 1e400}', '{"a": 1}']
+        ),
+        data=st.data(),
+    )
+    def raw_write_params(self, bad: str, data: st.DataObject) -> None:
+        key = str(self.pick(data, "tasks"))
+        self.raw(
+            "UPDATE tasks SET params = ? WHERE id = ?",
+            "UPDATE tasks SET params = %s::jsonb WHERE id = %s::uuid",
+            bad,
+            key,
+        )
+
+    @rule(data=st.data())
+    def raw_tamper_with_readiness(self, data: st.DataObject) -> None:
+        key = str(self.pick(data, "tasks"))
+        self.raw(
+            "UPDATE tasks SET unmet_dependencies = 0 WHERE id = ?",
+            "UPDATE tasks SET unmet_dependencies = 0 WHERE id = %s::uuid",
+            key,
+        )
+
     # --- after every step ---------------------------------------------------------------------
 
     @invariant()
@@ -491,6 +626,15 @@ class DalPair(RuleBasedStateMachine):
                 for shot, seen in by_shot.items():
                     assert seen == list(range(len(seen))), f"shot {shot} positions {seen}"
         assert self.lite.row_counts() == self.pg.row_counts()
+        # The database's derived state agrees too (readiness is not in the records).
+        query = (
+            "SELECT t.id, t.unmet_dependencies, "
+            "(SELECT count(*) FROM task_dependencies e WHERE e.task_id = t.id) "
+            "FROM tasks t ORDER BY t.id"
+        )
+        lite = [(str(i), u, e) for i, u, e in self.lite_raw.execute(query).fetchall()]
+        pg = [(str(i), u, e) for i, u, e in self.pg_raw.execute(query).fetchall()]
+        assert lite == pg, "readiness differs between SQLite and Postgres"
 
 
 @pytest.fixture
@@ -503,13 +647,21 @@ def pair(
     lite_path = tmp_path / "lite.db"
     lite_path.write_bytes(sqlite_template.read_bytes())
     name = _create_database(pg_server, template=pg_template)
+    # The other programs: plain drivers, autocommit; SQLite with foreign keys on, as dualdb
+    # (test_foreign_writers.py covers them off).
+    lite_raw = sqlite3.connect(lite_path, isolation_level=None, timeout=30)
+    lite_raw.execute("PRAGMA foreign_keys = ON")
+    pg_raw = psycopg.connect(pg_server.url_for(name), autocommit=True)
     try:
         with (
             dualdb.connect(f"sqlite:///{lite_path}") as lite,
             dualdb.connect(pg_server.url_for(name)) as pg,
         ):
+            DalPair.lite_raw, DalPair.pg_raw = lite_raw, pg_raw
             yield lite, pg
     finally:
+        lite_raw.close()
+        pg_raw.close()
         _drop_database(pg_server, name)
 
 

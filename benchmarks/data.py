@@ -1,8 +1,9 @@
 """Bulk setup for the benchmarks, written with the raw driver (setup is never timed).
 
 Finished and blocked tasks are inserted directly (``executemany`` on SQLite, ``COPY`` on
-Postgres) with their ``task_dependencies`` edges and ``unmet_dependencies`` counters filled in
-exactly as dualdb keeps them; :meth:`Loader.readiness_mismatches` checks that they agree.
+Postgres); the database's triggers fill in their ``task_dependencies`` edges and
+``unmet_dependencies`` counters, as for any writer; :meth:`Loader.readiness_mismatches`
+checks that they agree.
 """
 
 from __future__ import annotations
@@ -146,8 +147,13 @@ class Loader:
     def clear_tasks(self) -> None:
         """Remove every task (and edge); Postgres is left with no dead rows (``TRUNCATE``)."""
         if self._sqlite is not None:
+            # The database refuses to delete a task unfinished ones wait for: finish them first
+            # (edges go with their tasks).
             self._sqlite.execute("BEGIN IMMEDIATE")
-            self._sqlite.execute("DELETE FROM task_dependencies")
+            self._sqlite.execute(
+                "UPDATE tasks SET status = 'Cancelled' "
+                "WHERE status IN ('Pending', 'Queued', 'In Progress')"
+            )
             self._sqlite.execute("DELETE FROM tasks")
             self._sqlite.execute("COMMIT")
         else:
@@ -157,7 +163,6 @@ class Loader:
     def insert(self, project_id: uuid.UUID, rows: list[BulkTask], start: datetime) -> None:
         """Insert ``rows`` (created ``start``, ``start`` + 1 ms, …) and their edges."""
         stamps = [start + timedelta(milliseconds=i) for i in range(len(rows))]
-        edges = [(r.id, d) for r in rows for d in r.deps]
         if self._sqlite is not None:
             conn = self._sqlite
             conn.execute("BEGIN IMMEDIATE")
@@ -181,36 +186,32 @@ class Loader:
                     for r, at in zip(rows, stamps, strict=True)
                 ],
             )
-            conn.executemany(
-                "INSERT INTO task_dependencies (task_id, dependency_id) VALUES (?, ?)",
-                [(str(a), str(b)) for a, b in edges],
-            )
             conn.execute("COMMIT")
             return
         assert self._pg is not None
-        with self._pg.transaction(), self._pg.cursor() as cur:
-            with cur.copy(f"COPY tasks ({_TASK_INSERT_COLUMNS}) FROM STDIN") as copy:
-                for r, at in zip(rows, stamps, strict=True):
-                    copy.write_row(
-                        (
-                            r.id,
-                            "bench",
-                            "{}",
-                            r.status,
-                            "{" + ",".join(str(d) for d in r.deps) + "}",
-                            at,
-                            at,
-                            project_id,
-                            r.worker,
-                            r.attempts,
-                            r.error,
-                            r.location,
-                            r.unmet,
-                        )
+        with (
+            self._pg.transaction(),
+            self._pg.cursor() as cur,
+            cur.copy(f"COPY tasks ({_TASK_INSERT_COLUMNS}) FROM STDIN") as copy,
+        ):
+            for r, at in zip(rows, stamps, strict=True):
+                copy.write_row(
+                    (
+                        r.id,
+                        "bench",
+                        "{}",
+                        r.status,
+                        "{" + ",".join(str(d) for d in r.deps) + "}",
+                        at,
+                        at,
+                        project_id,
+                        r.worker,
+                        r.attempts,
+                        r.error,
+                        r.location,
+                        r.unmet,
                     )
-            with cur.copy("COPY task_dependencies (task_id, dependency_id) FROM STDIN") as copy:
-                for edge in edges:
-                    copy.write_row(edge)
+                )
 
     def settle(self, *, vacuum: bool = True) -> None:
         """Fresh planner statistics and no pending background work before measuring.
@@ -236,15 +237,21 @@ class Loader:
         On Postgres each row leaves a dead entry in the partial index ``ix_tasks_ready`` until
         the next VACUUM; see :meth:`autovacuum`.
         """
-        query = (
-            "UPDATE tasks SET status = 'Complete', worker_id = 'old-worker', attempts = 1, "
-            "output_location = 'files/old.mp4' "
+        # Claimed, then completed: the database allows a task to complete only from In Progress.
+        start = (
+            "UPDATE tasks SET status = 'In Progress', worker_id = 'old-worker', attempts = 1 "
             "WHERE status = 'Queued' AND unmet_dependencies = 0"
         )
+        finish = (
+            "UPDATE tasks SET status = 'Complete', output_location = 'files/old.mp4' "
+            "WHERE status = 'In Progress' AND worker_id = 'old-worker'"
+        )
         if self._sqlite is not None:
-            return self._sqlite.execute(query).rowcount
+            self._sqlite.execute(start)
+            return self._sqlite.execute(finish).rowcount
         assert self._pg is not None
-        return self._pg.execute(query).rowcount
+        self._pg.execute(start)
+        return self._pg.execute(finish).rowcount
 
     def autovacuum(self, enabled: bool) -> None:
         """Postgres: switch autovacuum of ``tasks`` off (for a repeatable unvacuumed table)."""

@@ -8,8 +8,8 @@ migrations create:
   from the same partial index), set ``In Progress`` with worker, times and attempts + 1, in one
   ``UPDATE … RETURNING`` — under ``BEGIN IMMEDIATE`` on SQLite, with ``FOR UPDATE SKIP
   LOCKED`` on Postgres;
-* ``complete``: status ``Complete`` + ``output_location`` for the claiming worker only, and
-  every dependent's ``unmet_dependencies`` decremented, in one transaction.
+* ``complete``: status ``Complete`` + ``output_location`` for the claiming worker only, in
+  one statement (the database's triggers decrement the dependents' counters, for any writer).
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ TASK_COLUMNS = (
 )
 READY = "status = 'Queued' AND unmet_dependencies = 0"
 GET_PROJECT = "SELECT id, name, user_id, created_at, updated_at FROM projects WHERE id = {p}"
-DECREMENT = (
-    "UPDATE tasks SET unmet_dependencies = unmet_dependencies - 1 "
-    "WHERE id IN (SELECT task_id FROM task_dependencies WHERE dependency_id = {p})"
-)
 
 SQLITE_CLAIM = (
     "UPDATE tasks SET status = 'In Progress', worker_id = ?, generation_started_at = ?, "
@@ -100,7 +96,6 @@ class RawSqlite:
         ):
             self.conn.execute(pragma)
         self._get = GET_PROJECT.format(p="?")
-        self._decrement = DECREMENT.format(p="?")
 
     def get_project(self, project_id: uuid.UUID) -> tuple[Any, ...] | None:
         """One ``SELECT`` in autocommit mode."""
@@ -130,7 +125,6 @@ class RawSqlite:
             ).fetchall()
             if not done:
                 raise RuntimeError(f"task {task_id} is not In Progress for {worker}")
-            conn.execute(self._decrement, (task_id,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -154,7 +148,6 @@ class RawPostgres:
     def __init__(self, dsn: str) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
         self._get = GET_PROJECT.format(p="%s")
-        self._decrement = DECREMENT.format(p="%s")
 
     def get_project(self, project_id: uuid.UUID) -> tuple[Any, ...] | None:
         """One ``SELECT`` (prepared by psycopg after a few runs, as dualdb's are)."""
@@ -170,7 +163,6 @@ class RawPostgres:
             done = self.conn.execute(PG_COMPLETE, (location, task_id, worker)).fetchone()
             if done is None:
                 raise RuntimeError(f"task {task_id} is not In Progress for {worker}")
-            self.conn.execute(self._decrement, (task_id,))
 
     def queued_left(self) -> bool:
         """``EXISTS`` over the status index."""

@@ -86,7 +86,8 @@ def _refuse_transaction_pooler(target: Target) -> None:
 
 @contextmanager
 def _connection(target: Target) -> Iterator[sa.Connection]:
-    """A connection for migration work; on SQLite with foreign keys off while tables are rebuilt.
+    """A connection for migration work; on SQLite with foreign keys off while tables are rebuilt
+    (and legacy ``ALTER TABLE`` renames, which leave triggers alone).
 
     SQLite's batch mode copies a table and drops the old one; with foreign keys on, that drop
     would cascade-delete child rows.  Integrity is verified with ``foreign_key_check`` instead.
@@ -98,6 +99,10 @@ def _connection(target: Target) -> Iterator[sa.Connection]:
             sqlite = conn.dialect.name == "sqlite"
             if sqlite:
                 conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+                # Batch mode renames a rebuilt table into place; since SQLite 3.26 a rename
+                # re-checks every trigger, and the triggers of migration 0006 name tables
+                # (shots, generations) that are briefly missing mid-rebuild.
+                conn.connection.dbapi_connection.execute("PRAGMA legacy_alter_table=ON")  # type: ignore[union-attr]
             try:
                 yield conn
                 if sqlite:
@@ -109,6 +114,7 @@ def _connection(target: Target) -> Iterator[sa.Connection]:
                 if sqlite:
                     conn.rollback()
                     conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+                    conn.connection.dbapi_connection.execute("PRAGMA legacy_alter_table=OFF")  # type: ignore[union-attr]
     finally:
         engine.dispose()
 

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dualdb import migrations
+from dualdb import integrity, migrations
 from dualdb.config import Target, resolve
 from dualdb.database import connect
 from dualdb.errors import DualdbError, InvalidInput
@@ -164,23 +164,137 @@ def status(
             out.print(rows)
 
 
-@app.command()
-@handle_errors
-def check(url: UrlOption = None) -> None:
-    """Compare the live schema with the models; exit 1 on any drift."""
-    target = _target(url)
-    problems = migrations.check(target)
-    if not problems:
-        out.print(f"OK: the {target.backend} schema matches the models.")
-        return
-    err.print(f"[bold red]Schema drift[/] in {escape(target.redacted)}:", markup=True)
+StaleAfterOption = Annotated[
+    float | None,
+    typer.Option(
+        "--stale-after",
+        help="Report In Progress tasks whose heartbeat is older than this many seconds "
+        f"(default {integrity.DEFAULT_STALE_AFTER.total_seconds():g}).",
+        show_default=False,
+    ),
+]
+
+
+def _stale_after(value: float | None) -> timedelta:
+    if value is None:
+        return integrity.DEFAULT_STALE_AFTER
+    return _seconds("--stale-after", value)
+
+
+def _print_drift(redacted: str, problems: Sequence[str]) -> None:
+    err.print(f"[bold red]Schema drift[/] in {escape(redacted)}:", markup=True)
     for line in problems:
         err.print(f"  - {line}", markup=False, soft_wrap=True)
     err.print(
         "Fix: `dualdb migrate` applies pending migrations; after changing the models run "
         "`dualdb generate -m 'what changed'`."
     )
-    raise typer.Exit(code=1)
+
+
+def _ids(ids: Sequence[str], count: int) -> str:
+    more = count - len(ids)
+    return ", ".join(ids) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _print_findings(findings: Sequence[integrity.Finding]) -> None:
+    for f in findings:
+        fixed = ", repair fixes" if f.repairable else ""
+        err.print(f"  - {f.rule} ({f.count}{fixed}): {f.description}", soft_wrap=True)
+        err.print(f"      {_ids(f.ids, f.count)}", soft_wrap=True)
+        if f.advice:
+            err.print(f"      what to do: {f.advice}", soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def check(
+    url: UrlOption = None,
+    data: Annotated[
+        bool,
+        typer.Option(
+            "--data",
+            help="Also audit the data: every rule of the queue the rows break (exit 1 if any).",
+        ),
+    ] = False,
+    stale_after: StaleAfterOption = None,
+) -> None:
+    """Compare the live schema with the models (and with --data, audit the rows); exit 1 on
+    any problem."""
+    target = _target(url)
+    if not data:
+        if stale_after is not None:
+            raise InvalidInput("--stale-after", "only applies with --data")
+        problems = migrations.check(target)
+        if not problems:
+            out.print(f"OK: the {target.backend} schema matches the models.")
+            return
+        _print_drift(target.redacted, problems)
+        raise typer.Exit(code=1)
+    report = integrity.audit(target, stale_after=_stale_after(stale_after))
+    if report.schema:
+        _print_drift(target.redacted, report.schema)
+    else:
+        out.print(f"OK: the {target.backend} schema matches the models.")
+    if not report.audited:
+        err.print("Data not audited: the database is not at the migration head (see above).")
+    elif report.findings:
+        err.print(f"[bold red]Data rules broken[/] in {escape(target.redacted)}:", markup=True)
+        _print_findings(report.findings)
+        err.print(
+            "Fix: `dualdb repair --dry-run` shows what `dualdb repair` would change; the "
+            "other rules need a decision (docs/queue.md, 'Auditing and repairing the data')."
+        )
+    else:
+        out.print(f"OK: the data keeps every rule ({len(report.rules)} checked).")
+    if not report.clean:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@handle_errors
+def repair(
+    url: UrlOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change; write nothing.")
+    ] = False,
+    delete_orphans: Annotated[
+        bool,
+        typer.Option(
+            "--delete-orphans",
+            help="Also delete rows whose parent is gone (as ON DELETE CASCADE would have).",
+        ),
+    ] = False,
+    stale_after: StaleAfterOption = None,
+) -> None:
+    """Recompute dependency edges and counters, cancel tasks that can never run, make missing
+    generations: one transaction.  Exit 1 when rules stay broken."""
+    target = _target(url)
+    report = integrity.repair(
+        target,
+        dry_run=dry_run,
+        delete_orphans=delete_orphans,
+        stale_after=_stale_after(stale_after),
+    )
+    where = escape(target.redacted)
+    if report.changes:
+        if dry_run:
+            out.print(f"Dry run on {where}: repair would change (nothing was written):")
+        else:
+            out.print(f"Repaired {where} in one transaction:")
+        for c in report.changes:
+            out.print(f"  - {c.fix} ({c.count}): {c.description}", soft_wrap=True)
+            out.print(f"      {_ids(c.ids, c.count)}", soft_wrap=True)
+    else:
+        out.print(f"Nothing to repair in {where}.")
+    if report.skipped:
+        err.print("Not repaired (the database refused these rows; fix their other problems first):")
+        for line in report.skipped:
+            err.print(f"  - {line}", soft_wrap=True)
+    if report.remaining.findings:
+        err.print("[bold red]Still broken[/]" + (" after it" if dry_run else "") + ":", markup=True)
+        _print_findings(report.remaining.findings)
+        raise typer.Exit(code=1)
+    out.print("OK: the data keeps every rule" + (" after it." if dry_run else "."))
 
 
 @app.command()

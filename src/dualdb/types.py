@@ -279,6 +279,18 @@ MAX_JSON_DEPTH = 64
 #: Longest JSON number, in characters of its text.  Python refuses to parse integers of more
 #: than 4,300 digits; floats written in full (see below) need at most 311 characters.
 MAX_JSON_NUMBER_LENGTH = 400
+#: The largest magnitude a stored JSON number may have (the largest finite 64-bit float): the
+#: database refuses larger ones, which some readers would turn into infinity.
+MAX_JSON_NUMBER = 1.7976931348623157e308
+
+_HEX = "[0-9a-f]"
+#: The text of :class:`UUID` on SQLite (canonical: lowercase, hyphenated), as a GLOB pattern.
+UUID_GLOB: Final = "-".join(_HEX * n for n in (8, 4, 4, 4, 12))
+#: The text of :class:`Timestamp` on SQLite (``YYYY-MM-DDTHH:MM:SS.ffffffZ``), as a GLOB pattern.
+TIMESTAMP_GLOB: Final = (
+    "[0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9]."
+    "[0-9][0-9][0-9][0-9][0-9][0-9]Z"
+)
 
 
 def _check_json(value: Any, path: str = "$", depth: int = 0) -> bool:

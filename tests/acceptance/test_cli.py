@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from dualdb import migrations
+from dualdb.database import connect
 from dualdb.schema import TABLES
+from tests.integration.integrity_support import rules_off
 
 # The console script installed beside this interpreter (the venv's), else the one on PATH.
 _BESIDE = Path(sys.executable).parent / "dualdb"
@@ -147,3 +149,54 @@ def test_sql_from_a_database_renders_only_what_is_pending(tmp_path: Path) -> Non
     assert "CREATE TABLE tasks" not in result.stdout
     assert "ADD COLUMN attempts" in result.stdout
     assert "INSERT INTO alembic_version" not in result.stdout  # starts from 0001, not base
+
+
+def test_check_data_and_repair(migrated_url: str, tmp_path: Path) -> None:
+    """`check --data` lists what is broken (exit 1), `repair --dry-run` shows the fix and writes
+    nothing, `repair` applies it, and then both are clean (exit 0)."""
+    with connect(migrated_url) as db:
+        user = db.users.create()
+        project = db.projects.create("P", user.id)
+        first = db.tasks.enqueue(project.id, "first", {})
+        second = db.tasks.enqueue(project.id, "second", {}, depends_on=[first.id])
+    with rules_off(migrated_url) as raw:
+        raw.run("UPDATE tasks SET unmet_dependencies = 0 WHERE id = %s", second.id)
+
+    broken = dualdb("check", "--data", "--url", migrated_url, cwd=tmp_path)
+    assert broken.returncode == 1, broken.stderr
+    assert "schema matches the models" in broken.stdout
+    assert "counters (1, repair fixes):" in broken.stderr and str(second.id) in broken.stderr
+    assert "Traceback" not in broken.stderr
+    dry = dualdb("repair", "--dry-run", "--url", migrated_url, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "nothing was written" in dry.stdout and "counters_recomputed (1)" in dry.stdout
+    assert dualdb("check", "--data", "--url", migrated_url, cwd=tmp_path).returncode == 1
+    fixed = dualdb("repair", "--url", migrated_url, cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    assert "in one transaction" in fixed.stdout and str(second.id) in fixed.stdout
+    clean = dualdb("check", "--data", "--url", migrated_url, cwd=tmp_path)
+    assert clean.returncode == 0, clean.stderr
+    assert "OK: the data keeps every rule" in clean.stdout
+    again = dualdb("repair", "--url", migrated_url, cwd=tmp_path)
+    assert again.returncode == 0 and "Nothing to repair" in again.stdout
+    # Plain `check` still compares the schema only.
+    assert "data" not in dualdb("check", "--url", migrated_url, cwd=tmp_path).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["repair", "--url", "missing.db"], "does not exist: run `dualdb migrate`"),
+        (["repair", "--dry-run", "--url", "missing.db"], "does not exist"),
+        (["check", "--data", "--stale-after", "0", "--url", "missing.db"], "--stale-after"),
+        (["check", "--stale-after", "5", "--url", "missing.db"], "only applies with --data"),
+        (["repair", "--url", "postgresql://u:pw@127.0.0.1:1/db"], "cannot use the database"),
+    ],
+)
+def test_check_data_and_repair_fail_in_one_line(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    result = dualdb(*args, cwd=tmp_path)
+    assert_one_line_error(result)
+    assert needle in result.stderr
+    assert not (tmp_path / "missing.db").exists()

@@ -38,6 +38,7 @@ __all__ = [
     "downgrade",
     "generate",
     "head_revision",
+    "missing_triggers",
     "render_sql",
     "revisions",
     "status",
@@ -307,6 +308,12 @@ def _live_triggers(conn: sa.Connection) -> set[tuple[str, str]]:
             "WHERE NOT t.tgisinternal AND n.nspname = current_schema()"
         )
     return {(str(table), str(name)) for table, name in conn.exec_driver_sql(query)}
+
+
+def missing_triggers(conn: sa.Connection) -> list[tuple[str, str]]:
+    """The ``(table, trigger)`` pairs of :data:`~dualdb.schema.TRIGGERS` the database lacks."""
+    want = {(table, name) for table, names in TRIGGERS.items() for name in names}
+    return sorted(want - _live_triggers(conn))
 
 
 def _check_triggers(conn: sa.Connection) -> list[str]:

@@ -458,10 +458,19 @@ class TaskQueueMixin:
         limit = v.non_negative_int("max_attempts", max_attempts)
         with self._scope.write() as conn:
             cutoff = self._clock(minus=older_than)
+            # A task started by a writer that never heartbeats (plain SQL) goes stale from
+            # its start, or its last change.
+            last_sign = sa.func.coalesce(
+                tasks.c.heartbeat_at,
+                tasks.c.generation_started_at,
+                tasks.c.updated_at,
+                tasks.c.created_at,
+                type_=Timestamp(),
+            )
             pick = (
                 sa.select(tasks.c.id, tasks.c.attempts, tasks.c.worker_id)
-                .where(sa.text(RUNNING_SQL), tasks.c.heartbeat_at < cutoff, *self._owner_filter())
-                .order_by(tasks.c.heartbeat_at, tasks.c.id)
+                .where(sa.text(RUNNING_SQL), last_sign < cutoff, *self._owner_filter())
+                .order_by(last_sign, tasks.c.id)
             )
             if self._scope.caps.skip_locked:
                 pick = pick.with_for_update(skip_locked=True)

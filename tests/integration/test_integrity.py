@@ -426,7 +426,7 @@ def test_garbage_sqlite_rows_never_crash_the_audit_or_repair(
     assert repaired.changes == ()
     assert len(repaired.skipped) == 1
     assert repaired.skipped[0].startswith(f"task {w.id} not cancelled: ")
-    assert "invalid timestamp" in repaired.skipped[0]
+    assert "timestamp: must be UTC text" in repaired.skipped[0]
     assert db.tasks.get(w.id).status == "Queued"
     assert verdicts(repaired.remaining) == found
 

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 import dualdb
 from dualdb.records import Task
+from dualdb.schema import tasks
 from dualdb.worker import BACKOFF_CAP_S, Worker, backoff_delay
 from tests.integration.dal_support import World
 
@@ -111,3 +112,19 @@ def test_worker_cli_refuses_bad_intervals_in_one_line(
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {option}:"), done.stderr
+
+
+def test_requeue_stale_recovers_a_task_started_without_heartbeats(
+    db: dualdb.Database, world: World
+) -> None:
+    """A worker written in plain SQL may never heartbeat: its task goes stale from its start."""
+    with db.engine.begin() as conn:
+        started = conn.execute(
+            tasks.update()
+            .where(tasks.c.id == world.task.id)
+            .values(status="In Progress", worker_id="sql-worker", attempts=1)
+        )
+        assert started.rowcount == 1
+    assert db.tasks.get(world.task.id).heartbeat_at is None
+    [back] = db.tasks.requeue_stale(timedelta(microseconds=1))
+    assert (back.id, back.status, back.worker_id) == (world.task.id, "Queued", None)

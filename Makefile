@@ -1,11 +1,13 @@
 # One command each: `make demo` (the main job on ./local.db) and `make test` (everything).
 PYTHON ?= python3
 VENV ?= .venv
+VENV_LOWEST ?= .venv-lowest
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint test-lowest wheel-smoke bench clean
 
-$(BIN)/.installed: pyproject.toml
+# The version lives in src/dualdb/__init__.py: a new one needs a reinstall for the metadata.
+$(BIN)/.installed: pyproject.toml src/dualdb/__init__.py
 	$(PYTHON) -c 'import sys; sys.exit("dualdb needs Python >= 3.11") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -41,10 +43,18 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
+# The SQLite half of the suite on the lowest versions pyproject.toml allows, in $(VENV_LOWEST).
+test-lowest:
+	PYTHON=$(PYTHON) VENV_LOWEST=$(VENV_LOWEST) scripts/test_lowest.sh
+
+# Build the sdist and wheel, install the wheel without extras into a clean venv, run every command.
+wheel-smoke:
+	$(PYTHON) scripts/wheel_smoke.py
+
 # dualdb vs plain sqlite3/psycopg on SQLite and Postgres (docs/benchmarks.md);
 # e.g. make bench BENCH_ARGS="--quick" or BENCH_ARGS="--backend sqlite --json bench.json"
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(API_DIR)/node_modules
+	rm -rf $(VENV) $(VENV_LOWEST) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(API_DIR)/node_modules

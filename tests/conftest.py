@@ -49,13 +49,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: runs against a real PostgreSQL")
 
 
+_PG_FIXTURES = frozenset({"db_url", "migrated_url", "pg_server"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``sqlite_only`` / ``postgres_only`` keep only their backend's run of a test."""
+    """Mark every run on PostgreSQL ``postgres`` (also a bare ``"postgresql"`` backend given
+    with ``indirect=True``), and keep only the right backend's run of a ``sqlite_only`` /
+    ``postgres_only`` test."""
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("backend") if callspec is not None else None
+        if backend == "postgresql" and _PG_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
         wrong = (item.get_closest_marker("sqlite_only") and backend == "postgresql") or (
             item.get_closest_marker("postgres_only") and backend == "sqlite"
         )
@@ -175,7 +183,7 @@ def _stop_cluster(base: Path) -> None:
     shutil.rmtree(base, ignore_errors=True)
 
 
-_PG_STATE: dict[str, object] = {"ran": 0, "skipped_reason": None, "where": None}
+_PG_STATE: dict[str, object] = {"ran": 0, "skipped_reason": None, "selected": 0, "deselected": 0}
 
 
 def _require_pg(server: PgServer) -> None:
@@ -239,11 +247,12 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def db_url(backend: str, pg_server: PgServer, tmp_path: Path) -> Iterator[str]:
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """URL of a fresh, empty database on the backend under test."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'test.db'}"
         return
+    pg_server: PgServer = request.getfixturevalue("pg_server")  # only looked for when needed
     _require_pg(pg_server)
     name = _create_database(pg_server)
     try:
@@ -253,20 +262,16 @@ def db_url(backend: str, pg_server: PgServer, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def migrated_url(
-    backend: str,
-    pg_server: PgServer,
-    pg_template: str | None,
-    sqlite_template: Path,
-    tmp_path: Path,
-) -> Iterator[str]:
+def migrated_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """URL of a fresh database at the migration head on the backend under test."""
     if backend == "sqlite":
         path = tmp_path / "test.db"
-        shutil.copyfile(sqlite_template, path)
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
         yield f"sqlite:///{path}"
         return
+    pg_server: PgServer = request.getfixturevalue("pg_server")  # only looked for when needed
     _require_pg(pg_server)
+    pg_template: str | None = request.getfixturevalue("pg_template")
     assert pg_template is not None
     name = _create_database(pg_server, template=pg_template)
     try:
@@ -275,15 +280,33 @@ def migrated_url(
         _drop_database(pg_server, name)
 
 
+@pytest.hookimpl(trylast=True)  # after -m has deselected
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _PG_STATE["selected"] = sum(1 for item in session.items if "postgres" in item.keywords)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    deselected = sum(1 for item in items if "postgres" in item.keywords)
+    _PG_STATE["deselected"] = int(str(_PG_STATE["deselected"])) + deselected
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" and report.passed and "postgres" in report.keywords:
         _PG_STATE["ran"] = int(str(_PG_STATE["ran"])) + 1
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     reason = _PG_STATE["skipped_reason"]
     ran = _PG_STATE["ran"]
-    if reason:
+    deselected = _PG_STATE["deselected"]
+    if not reason and not _PG_STATE["selected"] and deselected:
+        terminalreporter.write_line(
+            f"PostgreSQL half: deselected on purpose (-m {config.option.markexpr!r}): "
+            f"{deselected} PostgreSQL tests not run, only SQLite was tested"
+        )
+    elif reason:
         terminalreporter.write_line(
             f"!!! POSTGRES HALF SKIPPED: {reason} — only SQLite was tested !!!", red=True, bold=True
         )

@@ -494,12 +494,33 @@ _SET_CLAIMS = sa.text(
 )
 
 
+#: The role's own timeouts (``ALTER ROLE authenticated SET statement_timeout = …``), applied
+#: for the transaction as PostgREST applies them after its ``SET ROLE``; a database-specific
+#: setting wins over a cluster-wide one.
+_ROLE_TIMEOUTS = sa.text(
+    "SELECT set_config(split_part(c, '=', 1), substr(c, strpos(c, '=') + 1), true) "
+    "FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS c "
+    "WHERE s.setrole = to_regrole(:role) "
+    "AND s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database "
+    "WHERE datname = current_database())) "
+    "AND split_part(c, '=', 1) IN "
+    "('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout') "
+    "ORDER BY s.setdatabase"
+)
+
+
+def _act_as(conn: sa.Connection, role: str) -> None:
+    conn.exec_driver_sql(f"SET LOCAL ROLE {role}")
+    conn.execute(_ROLE_TIMEOUTS, {"role": role})
+
+
 def act_as_user(conn: sa.Connection, claims: Claims) -> None:
     """Run the rest of the open Postgres transaction as ``claims``' user, under RLS.
 
     Sets ``request.jwt.claims`` (read by ``auth.uid()``/``auth.jwt()``; the older per-claim
-    settings too, so any version of Supabase's functions agrees) and ``SET LOCAL ROLE
-    authenticated``.  Everything is ``LOCAL``: it ends with the transaction, so a pooled
+    settings too, so any version of Supabase's functions agrees), ``SET LOCAL ROLE
+    authenticated`` and that role's timeouts (``statement_timeout`` …), as PostgREST does.
+    Everything is ``LOCAL``: it ends with the transaction, so a pooled
     connection never carries one user's identity into another's transaction.  Call it right
     after ``BEGIN``: rolling back a SAVEPOINT taken *before* it would undo it.
     """
@@ -508,7 +529,7 @@ def act_as_user(conn: sa.Connection, claims: Claims) -> None:
         _SET_CLAIMS,
         {"claims": claims.to_json(), "sub": str(claims.user_id), "role": AUTHENTICATED_ROLE},
     )
-    conn.exec_driver_sql(f"SET LOCAL ROLE {AUTHENTICATED_ROLE}")
+    _act_as(conn, AUTHENTICATED_ROLE)
 
 
 def act_as_service(conn: sa.Connection) -> None:
@@ -518,7 +539,7 @@ def act_as_service(conn: sa.Connection) -> None:
         _SET_CLAIMS,
         {"claims": json.dumps({"role": SERVICE_ROLE}), "sub": "", "role": SERVICE_ROLE},
     )
-    conn.exec_driver_sql(f"SET LOCAL ROLE {SERVICE_ROLE}")
+    _act_as(conn, SERVICE_ROLE)
 
 
 def _require_transaction(conn: sa.Connection) -> None:

@@ -119,6 +119,8 @@ def migrate(
         out.print(f"Applied {len(applied)} migration(s); now at {applied[-1]}.")
     else:
         out.print("Nothing to apply: the database is already up to date.")
+    for problem in migrations.auth_problems(target):
+        err.print(f"[bold yellow]warning:[/] {escape(problem)}", markup=True)
 
 
 @app.command()

@@ -159,6 +159,8 @@ def translate(err: BaseException) -> DualdbError | None:
         "database is locked" in low or "database is busy" in low
     ):
         return DatabaseBusy("the SQLite database stayed locked past the busy timeout; retry")
+    if sqlstate == "57014":
+        return DatabaseBusy(f"the statement took too long ({message}); retry or ask for less")
     if sqlstate in ("55P03", "40P01", "40001"):
         return DatabaseBusy(f"the database is busy ({message}); retry")
     if isinstance(err, exc.IntegrityError) or sqlstate.startswith("23"):

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import sqlalchemy as sa
 
 from dualdb import validation as v
-from dualdb.errors import Conflict, InvalidInput, NotFound, UnreadableRow
+from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied, UnreadableRow
 from dualdb.records import Task
 from dualdb.schema import (
     READY_SQL,
@@ -145,6 +145,15 @@ class TaskQueueMixin:
         """The parameters of :meth:`_clock` — call it inside the transaction, after the lock."""
         return {} if self._scope.caps.server_clock else {"now": _now()}
 
+    def _worker_verb(self, verb: str) -> None:
+        """Workers act as the service: a signed-in user never runs tasks (as through the API,
+        where the database refuses it; checked here first so both backends say the same)."""
+        if self._scope.user_id is not None:
+            raise PermissionDenied(
+                f"cannot {verb.replace('_', ' ')}: a signed-in user does not run tasks "
+                "(workers act as the service)"
+            )
+
     # --- verbs ---------------------------------------------------------------------------
 
     def _ready_pick(self, typed: bool) -> sa.Select[Any]:
@@ -186,6 +195,7 @@ class TaskQueueMixin:
         Sets it ``In Progress`` with the worker, claim and heartbeat time, attempts + 1.
         Returns None when nothing is ready.  Safe under any number of processes/machines.
         """
+        self._worker_verb("claim")
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         types = v.task_types("task_types", task_types)
         stmt = self._claim_typed if types is not None else self._claim_any
@@ -263,6 +273,7 @@ class TaskQueueMixin:
 
     def heartbeat(self, id: uuid.UUID | str, worker_id: str) -> Task:
         """Record that ``worker_id`` is still working on the task (keeps it from going stale)."""
+        self._worker_verb("heartbeat")
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         with self._scope.write() as conn:
@@ -301,6 +312,7 @@ class TaskQueueMixin:
         same call after success returns the task unchanged (a retry after a lost reply is
         safe).
         """
+        self._worker_verb("complete")
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         location = v.text("output_location", output_location, max_len=v.MAX_LOCATION)
@@ -335,6 +347,7 @@ class TaskQueueMixin:
         Queued; otherwise it is Failed and every dependent, transitively, is Cancelled with
         the cause recorded.
         """
+        self._worker_verb("fail")
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         message = v.text("error", error, max_len=v.MAX_ERROR, strip=False)
@@ -372,6 +385,11 @@ class TaskQueueMixin:
             if task.status not in UNFINISHED:
                 raise Conflict(
                     f"task {key} is {task.status}: only unfinished tasks can be cancelled"
+                )
+            if task.status == RUNNING and self._scope.user_id is not None:
+                raise PermissionDenied(
+                    f"cannot cancel task {key}: it is running, and a signed-in user changes "
+                    "only tasks that have not started"
                 )
             waiting = self._unfinished_dependents(conn, key)
             row = conn.execute(
@@ -427,6 +445,7 @@ class TaskQueueMixin:
 
     def release_claim(self, id: uuid.UUID | str, worker_id: str) -> Task:
         """Give a claimed task back (In Progress → Queued) without using up an attempt."""
+        self._worker_verb("release_claim")
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         with self._scope.write() as conn:
@@ -450,6 +469,7 @@ class TaskQueueMixin:
         Each goes back to Queued while ``attempts < max_attempts``, else becomes Failed (and
         its dependents Cancelled).  Returns the tasks changed.
         """
+        self._worker_verb("requeue_stale")
         if not isinstance(older_than, timedelta) or older_than < timedelta(0):
             raise InvalidInput("older_than", "must be a non-negative timedelta")
         if older_than > MAX_STALE_AGE:

@@ -206,3 +206,23 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     ),
     "generations": ("generations_check_tasks_insert", "generations_check_tasks_update"),
 }
+
+#: Postgres only (migration 0007): what Supabase's API roles may write inside their own rows.
+POSTGRES_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "tasks": ("tasks_api_rules",),
+    "users": ("users_api_times",),
+    "projects": ("projects_api_times",),
+    "shots": ("shots_api_times",),
+    "generations": ("generations_api_times",),
+}
+
+
+def triggers_for(dialect: str) -> set[tuple[str, str]]:
+    """Every ``(table, trigger)`` the migrations create on ``dialect``."""
+    extra = POSTGRES_TRIGGERS if dialect == "postgresql" else {}
+    return {
+        (table, name)
+        for source in (TRIGGERS, extra)
+        for table, names in source.items()
+        for name in names
+    }

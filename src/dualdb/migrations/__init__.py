@@ -8,6 +8,7 @@ this file and run unchanged on SQLite (batch mode) and Postgres (dialect branche
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,11 +30,12 @@ from dualdb.config import Target
 from dualdb.engine import create_engine, ping, reading, sqlite_file_missing, translate
 from dualdb.errors import DatabaseUnavailable, DualdbError, MigrationError
 from dualdb.migrations.autogen import compare_type, include_object_for
-from dualdb.schema import TRIGGERS, metadata
+from dualdb.schema import metadata, triggers_for
 
 __all__ = [
     "MIGRATIONS_DIR",
     "MigrationStatus",
+    "auth_problems",
     "check",
     "downgrade",
     "generate",
@@ -311,14 +313,13 @@ def _live_triggers(conn: sa.Connection) -> set[tuple[str, str]]:
 
 
 def missing_triggers(conn: sa.Connection) -> list[tuple[str, str]]:
-    """The ``(table, trigger)`` pairs of :data:`~dualdb.schema.TRIGGERS` the database lacks."""
-    want = {(table, name) for table, names in TRIGGERS.items() for name in names}
-    return sorted(want - _live_triggers(conn))
+    """The ``(table, trigger)`` pairs of :func:`~dualdb.schema.triggers_for` the database lacks."""
+    return sorted(triggers_for(conn.dialect.name) - _live_triggers(conn))
 
 
 def _check_triggers(conn: sa.Connection) -> list[str]:
     """The triggers that keep the queue's rules (Alembic knows nothing of triggers)."""
-    want = {(table, name) for table, names in TRIGGERS.items() for name in names}
+    want = triggers_for(conn.dialect.name)
     have = _live_triggers(conn)
     return [
         f"trigger {name} on {table} is in the models but not in the database"
@@ -327,6 +328,53 @@ def _check_triggers(conn: sa.Connection) -> list[str]:
         f"trigger {name} on {table} is in the database but not in the models"
         for table, name in sorted(have - want)
     ]
+
+
+#: A user id no real token carries: what the auth.uid() probe sets and expects back.
+_PROBE_SUB = "00000000-0000-4000-8000-00000000a0d1"
+
+
+def _check_auth_uid(conn: sa.Connection) -> list[str]:
+    """Postgres: does ``auth.uid()`` read ``request.jwt.claims`` (what PostgREST 9+ sets)?
+
+    An older Supabase definition reads only ``request.jwt.claim.sub``: PostgREST's users then
+    see nothing, while dualdb's own scoped sessions (which set both) still work.
+    """
+    if conn.dialect.name != "postgresql":
+        return []
+    if conn.exec_driver_sql("SELECT to_regprocedure('auth.uid()')").scalar() is None:
+        return []
+    with conn.begin_nested() as probe:
+        conn.execute(
+            sa.text(
+                "SELECT set_config('request.jwt.claims', :claims, true), "
+                "set_config('request.jwt.claim.sub', '', true)"
+            ),
+            {"claims": json.dumps({"sub": _PROBE_SUB, "role": "authenticated"})},
+        )
+        seen = conn.exec_driver_sql("SELECT auth.uid()::text").scalar()
+        probe.rollback()
+    if seen == _PROBE_SUB:
+        return []
+    return [
+        "auth.uid() ignores request.jwt.claims (an old Supabase definition): PostgREST's "
+        "users see none of their rows. Fix: redefine it as in docs/supabase.md "
+        "(\"auth.uid() and request.jwt.claims\")"
+    ]
+
+
+def auth_problems(target: Target) -> list[str]:
+    """Problems with ``auth.uid()`` on a Postgres ``target`` (see ``dualdb check``)."""
+    if target.backend != "postgresql":
+        return []
+    engine = create_engine(target)
+    try:
+        with reading(engine) as conn:
+            return _check_auth_uid(conn)
+    except (exc.DBAPIError, exc.StatementError) as err:
+        raise translate(err) or DatabaseUnavailable("cannot read the database") from None
+    finally:
+        engine.dispose()
 
 
 def check(target: Target) -> list[str]:
@@ -357,6 +405,7 @@ def check(target: Target) -> list[str]:
             problems += _check_constraints(conn)
             if current == head:
                 problems += _check_triggers(conn)
+            problems += _check_auth_uid(conn)
             return problems
     except (exc.DBAPIError, exc.StatementError) as err:
         raise translate(err) or DatabaseUnavailable("cannot read the database") from None

@@ -291,6 +291,18 @@ class Repository(Generic[R]):
         if visible is None:
             raise PermissionDenied(f"{self.entity} {key} is not yours (or does not exist)")
 
+    def _insert(self, conn: sa.Connection, values: Sequence[Mapping[str, Any]]) -> list[R]:
+        """Insert ``values`` and return the records as the database stored them.
+
+        Read back, not rebuilt from ``values``: the database may set columns itself (the
+        counters and edges of tasks; ``created_at`` when a Supabase API role writes).
+        """
+        if not values:
+            return []
+        stmt = self.table.insert().returning(*self.table.c, sort_by_parameter_order=True)
+        rows = conn.execute(stmt, list(values)).all()
+        return [self._record(r) for r in rows]
+
     def _update(self, key: uuid.UUID, values: dict[str, Any]) -> R:
         with self._scope.write() as conn:
             self._check_writable(conn, key)

@@ -77,14 +77,14 @@ class GenerationsRepository(Repository[Generation]):
         """Add many generations in one statement batch (all or none)."""
         checked = self._rows(rows, frozenset({"id", "project_id", "location", "type", "tasks"}))
         values = [self._values(r) for r in checked]
-        if values:
-            with self._scope.write() as conn:
-                for project_id in sorted({x["project_id"] for x in values}, key=str):
-                    self._require_project(conn, "project_id", project_id)
-                for x in values:
-                    self._require_tasks(conn, x["project_id"], x["tasks"])
-                conn.execute(generations.insert(), values)
-        return [Generation(**x) for x in values]
+        if not values:
+            return []
+        with self._scope.write() as conn:
+            for project_id in sorted({x["project_id"] for x in values}, key=str):
+                self._require_project(conn, "project_id", project_id)
+            for x in values:
+                self._require_tasks(conn, x["project_id"], x["tasks"])
+            return self._insert(conn, values)
 
     def list(
         self,

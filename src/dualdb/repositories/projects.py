@@ -54,18 +54,17 @@ class ProjectsRepository(Repository[Project]):
         values = self._values(name, user_id, id)
         with self._scope.write() as conn:
             self._require_users(conn, {values["user_id"]})
-            conn.execute(projects.insert().values(**values))
-        return Project(**values)
+            return self._insert(conn, [values])[0]
 
     def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Project]:
         """Add many projects in one statement batch (all or none)."""
         checked = self._rows(rows, frozenset({"id", "name", "user_id"}))
         values = [self._values(r.get("name"), r.get("user_id"), r.get("id")) for r in checked]
-        if values:
-            with self._scope.write() as conn:
-                self._require_users(conn, {x["user_id"] for x in values})
-                conn.execute(projects.insert(), values)
-        return [Project(**x) for x in values]
+        if not values:
+            return []
+        with self._scope.write() as conn:
+            self._require_users(conn, {x["user_id"] for x in values})
+            return self._insert(conn, values)
 
     def list(
         self,

@@ -57,19 +57,18 @@ class ShotsRepository(Repository[Shot]):
         values = self._values(project_id, name, id)
         with self._scope.write() as conn:
             self._require_project(conn, "project_id", values["project_id"])
-            conn.execute(shots.insert().values(**values))
-        return Shot(**values)
+            return self._insert(conn, [values])[0]
 
     def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Shot]:
         """Add many shots in one statement batch (all or none)."""
         checked = self._rows(rows, frozenset({"id", "project_id", "name"}))
         values = [self._values(r.get("project_id"), r.get("name"), r.get("id")) for r in checked]
-        if values:
-            with self._scope.write() as conn:
-                for project_id in sorted({x["project_id"] for x in values}, key=str):
-                    self._require_project(conn, "project_id", project_id)
-                conn.execute(shots.insert(), values)
-        return [Shot(**x) for x in values]
+        if not values:
+            return []
+        with self._scope.write() as conn:
+            for project_id in sorted({x["project_id"] for x in values}, key=str):
+                self._require_project(conn, "project_id", project_id)
+            return self._insert(conn, values)
 
     def list(
         self,

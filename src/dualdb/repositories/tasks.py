@@ -10,7 +10,7 @@ from typing import Any, Never
 import sqlalchemy as sa
 
 from dualdb import validation as v
-from dualdb.errors import Conflict, InvalidInput, NotFound
+from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from dualdb.queue import TaskQueueMixin
 from dualdb.records import Page, Task
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
@@ -24,6 +24,7 @@ TASK_FIELDS = frozenset({"id", "project_id", "task_type", "params", "status", "d
 LOOKUP_CHUNK = 10_000
 #: Statuses a new task may start in.
 INITIAL_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.PENDING.value)
+RUNNING = TaskStatus.IN_PROGRESS.value
 #: Statuses a task never leaves (except by an explicit retry of a failure).
 FINISHED = (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
 
@@ -124,9 +125,9 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
                 status_of[values["id"]] = values["status"]
             # The database derives the dependency edges and the unmet-dependency counts
             # (triggers of migration 0006), for this insert as for any other writer's.
-            conn.execute(tasks.insert(), [values for values, _ in prepared])
+            made = self._insert(conn, [values for values, _ in prepared])
             self._after_bulk_insert(conn, len(prepared))
-        return [Task.from_row(_Row(values)) for values, _ in prepared]
+        return made
 
     def _dependency_statuses(
         self, conn: sa.Connection, prepared: list[tuple[dict[str, Any], list[uuid.UUID]]]
@@ -250,11 +251,9 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
                 raise Conflict(
                     f"task {waiting} depends on task {key}: cancel it (cascades) before deleting"
                 )
+            running = conn.execute(
+                sa.select(tasks.c.id).where(tasks.c.id == key, tasks.c.status == RUNNING)
+            ).first()
+            if running is not None and self._scope.user_id is not None:
+                raise PermissionDenied(f"cannot delete task {key}: it is running")
             super().delete(key)
-
-
-class _Row:
-    """Adapter so :meth:`Task.from_row` can read a plain dict."""
-
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self._mapping = values

@@ -45,17 +45,16 @@ class UsersRepository(Repository[User]):
         """Add a user (``id`` defaults to a new UUIDv7); :class:`Conflict` if the id exists."""
         values = self._values(id, email)
         with self._scope.write() as conn:
-            conn.execute(users.insert().values(**values))
-        return User(**values)
+            return self._insert(conn, [values])[0]
 
     def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[User]:
         """Add many users in one statement batch (all or none)."""
         checked = self._rows(rows, frozenset({"id", "email"}))
         values = [self._values(r.get("id"), r.get("email")) for r in checked]
-        if values:
-            with self._scope.write() as conn:
-                conn.execute(users.insert(), values)
-        return [User(**x) for x in values]
+        if not values:
+            return []
+        with self._scope.write() as conn:
+            return self._insert(conn, values)
 
     def ensure(self, id: uuid.UUID | str, email: str | None = None) -> User:
         """The user with this id, created first if missing (idempotent)."""

@@ -1,0 +1,164 @@
+"""Who may change what through Supabase's API: the queue's columns belong to workers.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-29
+
+Postgres only (SQLite has no roles; the data-access layer applies the same rules to a scoped
+user there).  Row Level Security (0004) keeps users out of each other's rows; inside their own
+rows these triggers decide what the API roles (``authenticated``, ``anon`` — PostgREST's
+``SET ROLE``, and dualdb's own ``for_user`` sessions) may write:
+
+* **tasks** — a user creates tasks only as ``Queued`` or ``Pending``, with the queue's columns
+  (``worker_id``, ``attempts``, ``error``, ``generation_started_at``, ``heartbeat_at``,
+  ``generation_processed_at``) at their defaults and ``created_at`` set by the server; on a
+  task that has not started (``Pending``/``Queued``) a user may release it, hold it, cancel it
+  (with a reason in ``error``) or edit ``params`` and ``task_type`` — nothing else; a user may
+  delete a task that is not running (the rules of 0006 still apply).
+* **users, projects, shots, generations** — ``created_at`` is set by the server on insert and
+  never changes; ``updated_at`` is the server's time of the change.
+
+Refusals carry SQLSTATE 42501 (``insufficient_privilege``: PostgREST answers 403, dualdb raises
+PermissionDenied).  The functions run with the writer's rights (``SECURITY INVOKER``), so
+``current_user`` is the API role; the rules of 0006 run as the tables' owner, so their own
+writes (cascades, counters, generations) are not the user's and pass.
+
+Also: ``service_role`` no longer reads ``alembic_version`` (only the migrating role does).
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | Sequence[str] | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+#: The roles these rules apply to.
+API_ROLES = "('authenticated', 'anon')"
+QUEUE_COLUMNS = (
+    "worker_id",
+    "attempts",
+    "generation_started_at",
+    "heartbeat_at",
+    "generation_processed_at",
+    "unmet_dependencies",
+)
+#: Tables whose ``created_at``/``updated_at`` the server manages for the API roles.
+TIMED_TABLES = ("users", "projects", "shots", "generations")
+
+
+def _deny(message: str) -> str:
+    return f"RAISE EXCEPTION USING MESSAGE = '{message}', ERRCODE = '42501'"
+
+
+_QUEUE_UNCHANGED = " OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in QUEUE_COLUMNS)
+_QUEUE_DEFAULTS = " OR ".join(
+    [f"NEW.{c} IS NOT NULL" for c in QUEUE_COLUMNS if c not in ("attempts", "unmet_dependencies")]
+    + ["NEW.attempts <> 0", "NEW.error IS NOT NULL"]
+)
+
+TASKS_API_RULES = f"""
+CREATE FUNCTION dualdb.tasks_api_rules() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, public AS $fn$
+BEGIN
+    IF current_user NOT IN {API_ROLES} THEN
+        RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.status NOT IN ('Queued', 'Pending') THEN
+            {_deny("a signed-in user creates tasks only as Queued or Pending")};
+        END IF;
+        IF {_QUEUE_DEFAULTS} THEN
+            {_deny("the queue columns of a task belong to workers: leave them to their defaults")};
+        END IF;
+        NEW.created_at := clock_timestamp();
+        NEW.updated_at := NULL;
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        IF OLD.status = 'In Progress' THEN
+            {_deny("a signed-in user cannot delete a running task")};
+        END IF;
+        RETURN OLD;
+    END IF;
+    IF OLD.status NOT IN ('Pending', 'Queued') THEN
+        {_deny("a signed-in user changes only tasks that have not started")};
+    END IF;
+    IF NEW.status NOT IN ('Pending', 'Queued', 'Cancelled') THEN
+        {_deny("a signed-in user may release, hold or cancel a task, not run it")};
+    END IF;
+    IF {_QUEUE_UNCHANGED} OR (NEW.error IS DISTINCT FROM OLD.error AND NEW.status <> 'Cancelled')
+    THEN
+        {_deny("the queue columns of a task belong to workers")};
+    END IF;
+    IF NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        {_deny("created_at is set by the server")};
+    END IF;
+    IF NEW.dependant_on IS DISTINCT FROM OLD.dependant_on
+       OR NEW.project_id IS DISTINCT FROM OLD.project_id THEN
+        {_deny("a signed-in user cannot change the dependencies or the project of a task")};
+    END IF;
+    NEW.updated_at := clock_timestamp();
+    RETURN NEW;
+END
+$fn$"""
+
+
+def _times_function(table: str, has_updated_at: bool) -> str:
+    updated = "NEW.updated_at := NULL;" if has_updated_at else ""
+    changed = "NEW.updated_at := clock_timestamp();" if has_updated_at else ""
+    return f"""
+CREATE FUNCTION dualdb.{table}_api_times() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, public AS $fn$
+BEGIN
+    IF current_user NOT IN {API_ROLES} THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        NEW.created_at := clock_timestamp();
+        {updated}
+    ELSE
+        NEW.created_at := OLD.created_at;
+        {changed}
+    END IF;
+    RETURN NEW;
+END
+$fn$"""
+
+
+#: trigger → (function SQL, timing and events)
+TRIGGERS: dict[str, tuple[str, str]] = {
+    "tasks_api_rules": (TASKS_API_RULES, "BEFORE INSERT OR UPDATE OR DELETE ON tasks"),
+    **{
+        f"{table}_api_times": (
+            _times_function(table, table != "users"),
+            f"BEFORE INSERT OR UPDATE ON {table}",
+        )
+        for table in TIMED_TABLES
+    },
+}
+
+
+def upgrade() -> None:
+    if op.get_context().dialect.name != "postgresql":
+        return
+    for name, (function, when) in TRIGGERS.items():
+        op.execute(function)
+        op.execute(f"REVOKE ALL ON FUNCTION dualdb.{name}() FROM PUBLIC")
+        op.execute(f"CREATE TRIGGER {name} {when} FOR EACH ROW EXECUTE FUNCTION dualdb.{name}()")
+    op.execute("REVOKE SELECT ON alembic_version FROM service_role")
+    # Only the database's own rules write the edges.
+    op.execute("REVOKE INSERT, UPDATE, DELETE ON task_dependencies FROM anon, authenticated")
+
+
+def downgrade() -> None:
+    if op.get_context().dialect.name != "postgresql":
+        return
+    op.execute("GRANT INSERT, UPDATE, DELETE ON task_dependencies TO authenticated")
+    op.execute("GRANT SELECT ON alembic_version TO service_role")
+    for name, (_, when) in reversed(TRIGGERS.items()):
+        table = when.rsplit(" ON ", 1)[1]
+        op.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+        op.execute(f"DROP FUNCTION IF EXISTS dualdb.{name}()")

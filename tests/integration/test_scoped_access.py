@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import jwt
@@ -132,13 +133,44 @@ def test_depending_on_another_users_task_is_refused(db: Database, sides: tuple[S
     assert info.value.field == "depends_on"
 
 
-def test_claims_take_only_the_users_tasks(db: Database, sides: tuple[Side, Side]) -> None:
-    alice, bob = sides
+@pytest.mark.parametrize("verb", ["claim", "heartbeat", "complete", "fail", "release_claim"])
+def test_a_signed_in_user_does_not_run_tasks(
+    db: Database, sides: tuple[Side, Side], verb: str
+) -> None:
+    """Workers act as the service; a user may not claim or finish even their own task (on
+    Postgres the database refuses it too, for PostgREST's users)."""
+    alice, _ = sides
+    db.as_service().tasks.claim("gpu-1")
+    args: dict[str, tuple[object, ...]] = {
+        "claim": ("alice-gpu",),
+        "heartbeat": (alice.task, "gpu-1"),
+        "complete": (alice.task, "gpu-1", "out.mp4"),
+        "fail": (alice.task, "gpu-1", "boom"),
+        "release_claim": (alice.task, "gpu-1"),
+    }
+    before = snapshot(db)
+    with pytest.raises(PermissionDenied, match="a signed-in user does not run tasks"):
+        getattr(db.as_user(alice.user).tasks, verb)(*args[verb])
+    with pytest.raises(PermissionDenied):
+        db.as_user(alice.user).tasks.requeue_stale(timedelta(0))
+    assert snapshot(db) == before
+
+
+def test_a_user_cancels_only_tasks_that_have_not_started(
+    db: Database, sides: tuple[Side, Side]
+) -> None:
+    alice, _ = sides
     me = db.as_user(alice.user)
-    claimed = me.tasks.claim("alice-gpu")
-    assert claimed is not None and claimed.id == alice.task
-    assert me.tasks.claim("alice-gpu") is None
-    assert db.tasks.get(bob.task).status == "Queued"
+    waiting = me.tasks.enqueue(alice.project, "later", {}, status="Pending")
+    assert [t.id for t in me.tasks.cancel(waiting.id)] == [waiting.id]
+    running = db.as_service().tasks.claim("gpu-1")
+    assert running is not None and running.id == alice.task
+    before = snapshot(db)
+    with pytest.raises(PermissionDenied, match="it is running"):
+        me.tasks.cancel(alice.task)
+    with pytest.raises(PermissionDenied, match="it is running"):
+        me.tasks.delete(alice.task)
+    assert snapshot(db) == before
 
 
 def test_own_writes_work_and_a_refused_call_keeps_the_session_scoped(
@@ -235,8 +267,8 @@ def test_a_user_cannot_act_on_another_users_claimed_task(
     db: Database, sides: tuple[Side, Side], verb: str
 ) -> None:
     alice, bob = sides
-    claimed = db.as_user(bob.user).tasks.claim("gpu-1")  # only Bob's task is visible to him
-    assert claimed is not None and claimed.id == bob.task
+    claimed = db.as_service().tasks.claim("gpu-1")
+    assert claimed is not None
     args: dict[str, tuple[object, ...]] = {
         "heartbeat": (bob.task, "gpu-1"),
         "fail": (bob.task, "gpu-1", "pwned"),

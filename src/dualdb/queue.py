@@ -398,7 +398,11 @@ class TaskQueueMixin:
                 .values(status=CANCELLED, error=why, updated_at=self._clock())
                 .returning(*tasks.c),
                 self._at(),
-            ).one()
+            ).first()
+            if row is None:  # finished meanwhile (another transaction, on Postgres)
+                raise Conflict(
+                    f"task {key} finished meanwhile: only unfinished tasks can be cancelled"
+                )
             return [Task.from_row(row), *self._tasks(conn, waiting)]
 
     def _unfinished_dependents(self, conn: sa.Connection, key: uuid.UUID) -> list[uuid.UUID]:

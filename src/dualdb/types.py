@@ -276,11 +276,9 @@ _EXACT_FLOAT_FROM = 2.0**53
 #: Every reader must be able to decode what is stored: Python's parser stops near 1,000
 #: levels and recursive readers sooner, so dualdb and the database refuse more than this.
 MAX_JSON_DEPTH = 64
-#: Longest JSON number, in characters of its text.  Python refuses to parse integers of more
-#: than 4,300 digits; floats written in full (see below) need at most 311 characters.
-MAX_JSON_NUMBER_LENGTH = 400
 #: The largest magnitude a stored JSON number may have (the largest finite 64-bit float): the
-#: database refuses larger ones, which some readers would turn into infinity.
+#: database refuses larger ones, which some readers would turn into infinity (JavaScript) or
+#: refuse to parse at all (Python, past 4,300 digits).
 MAX_JSON_NUMBER = 1.7976931348623157e308
 
 _HEX = "[0-9a-f]"
@@ -298,16 +296,14 @@ def _check_json(value: Any, path: str = "$", depth: int = 0) -> bool:
 
     Refused: NaN/infinity, non-string keys, arbitrary objects, strings with NUL characters
     or lone surrogates (jsonb and UTF-8 cannot store them), nesting deeper than
-    :data:`MAX_JSON_DEPTH` and numbers longer than :data:`MAX_JSON_NUMBER_LENGTH`.
+    :data:`MAX_JSON_DEPTH` and numbers beyond ±:data:`MAX_JSON_NUMBER`.
     """
     if value is None or isinstance(value, bool):
         return False
     if isinstance(value, int):
         # Bit length first: converting a huge int to text is itself refused by Python.
-        if value.bit_length() > MAX_JSON_NUMBER_LENGTH * 4 or len(str(value)) > (
-            MAX_JSON_NUMBER_LENGTH
-        ):
-            raise ValueError(f"{path}: number longer than {MAX_JSON_NUMBER_LENGTH} digits")
+        if abs(value) > MAX_JSON_NUMBER:  # an exact comparison, whatever the int's size
+            raise ValueError(f"{path}: number outside the 64-bit float range")
         return False
     if isinstance(value, str):
         _check_text(value, path)

@@ -149,13 +149,15 @@ def upgrade() -> None:
         op.execute(f"REVOKE ALL ON FUNCTION dualdb.{name}() FROM PUBLIC")
         op.execute(f"CREATE TRIGGER {name} {when} FOR EACH ROW EXECUTE FUNCTION dualdb.{name}()")
     op.execute("REVOKE SELECT ON alembic_version FROM service_role")
-    # Only the database's own rules write the edges.
+    # Only the database's own rules write the edges (TRUNCATE fires no row trigger).
     op.execute("REVOKE INSERT, UPDATE, DELETE ON task_dependencies FROM anon, authenticated")
+    op.execute("REVOKE TRUNCATE ON task_dependencies, tasks FROM service_role")
 
 
 def downgrade() -> None:
     if op.get_context().dialect.name != "postgresql":
         return
+    op.execute("GRANT TRUNCATE ON task_dependencies, tasks TO service_role")
     op.execute("GRANT INSERT, UPDATE, DELETE ON task_dependencies TO authenticated")
     op.execute("GRANT SELECT ON alembic_version TO service_role")
     for name, (_, when) in reversed(TRIGGERS.items()):

@@ -375,15 +375,22 @@ def test_api_roles_cannot_read_or_write_the_version_table(
     assert migrations.status(resolve(world.url)).up_to_date
 
 
-def test_service_role_reads_but_cannot_rewrite_the_version_table(world: World) -> None:
-    with world.engine.begin() as conn:
-        act_as_service(conn)
-        version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-    assert version == migrations.head_revision()
+@pytest.mark.parametrize(
+    "statement",
+    ["SELECT version_num FROM alembic_version", "UPDATE alembic_version SET version_num = '0001'"],
+)
+def test_service_role_neither_reads_nor_rewrites_the_version_table(
+    world: World, statement: str
+) -> None:
+    """Only the migrating role reads the ledger (migration 0007)."""
     with world.engine.connect() as conn, pytest.raises(exc.DBAPIError) as caught, conn.begin():
         act_as_service(conn)
-        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
+        conn.exec_driver_sql(statement)
     assert _denied(caught.value)
+    with world.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == (
+            migrations.head_revision()
+        )
 
 
 @pytest.mark.parametrize("role", ["anon", "authenticated"])

@@ -346,11 +346,9 @@ def _check_auth_uid(conn: sa.Connection) -> list[str]:
     if conn.exec_driver_sql("SELECT to_regprocedure('auth.uid()')").scalar() is None:
         return []
     with conn.begin_nested() as probe:
+        # What PostgREST 9+ sets (and nothing else): the whole token in one setting.
         conn.execute(
-            sa.text(
-                "SELECT set_config('request.jwt.claims', :claims, true), "
-                "set_config('request.jwt.claim.sub', '', true)"
-            ),
+            sa.text("SELECT set_config('request.jwt.claims', :claims, true)"),
             {"claims": json.dumps({"sub": _PROBE_SUB, "role": "authenticated"})},
         )
         seen = conn.exec_driver_sql("SELECT auth.uid()::text").scalar()
@@ -360,7 +358,7 @@ def _check_auth_uid(conn: sa.Connection) -> list[str]:
     return [
         "auth.uid() ignores request.jwt.claims (an old Supabase definition): PostgREST's "
         "users see none of their rows. Fix: redefine it as in docs/supabase.md "
-        "(\"auth.uid() and request.jwt.claims\")"
+        '("auth.uid() and request.jwt.claims")'
     ]
 
 

@@ -13,7 +13,8 @@ trigger names and the same verdicts on SQLite and Postgres:
   no nulls; ``attempts`` and ``unmet_dependencies`` are never negative.
 * **Dependencies.** A task may depend only on tasks of its own project, never on itself (nor,
   through an update, on a task that depends on it); an unfinished task never on a Failed or
-  Cancelled one.
+  Cancelled one.  A task's id never changes, and a task others depend on never moves to
+  another project.
 * **Readiness.** ``task_dependencies`` and ``tasks.unmet_dependencies`` are derived from
   ``dependant_on`` by the triggers on any INSERT, any UPDATE of ``status`` or ``dependant_on``
   and any DELETE.  A direct write that disagrees with them is refused.
@@ -23,12 +24,12 @@ trigger names and the same verdicts on SQLite and Postgres:
   dependency is Complete.
 * **Cascades.** A task that becomes Failed or Cancelled cancels every unfinished task that
   depends on it, transitively (one statement: SQLite's triggers do not fire themselves).
-* **Completion.** A task with ``params.shot_id`` that becomes Complete gets its generation,
-  placed at the end of the shot (when the shot is in its project), exactly once
-  (``generation_processed_at``).
+* **Completion.** A task with ``params.shot_id`` that becomes Complete (or is inserted
+  Complete) gets its generation, placed at the end of the shot (when the shot is in its
+  project), exactly once (``generation_processed_at``).
 * **Deletes.** A task that an unfinished task depends on cannot be deleted while its project
   exists (deleting the project deletes them all); edges go with their tasks even where foreign
-  keys are off.
+  keys are off, and the dependents' counters stop counting a deleted dependency.
 
 Messages are fixed text (SQLite's ``RAISE`` takes only a literal): ``invalid <column>: …``
 (SQLSTATE 22023 on Postgres; dualdb raises InvalidInput) and ``conflict: …`` (SQLSTATE 23000;
@@ -81,6 +82,8 @@ M_DEPS_PROJECT = "invalid dependant_on: names a task that is not in this project
 M_DEPS_DEAD = "invalid dependant_on: names a Failed or Cancelled task, which will never complete"
 M_DEPS_CYCLE = "invalid dependant_on: would make a dependency cycle"
 M_DEPS_STARTED = "conflict: the dependencies of a started or finished task cannot change"
+M_DEPS_MOVE = "conflict: tasks of its project depend on this task: it cannot move to another"
+M_ID_FIXED = "conflict: the id of a task never changes"
 M_ATTEMPTS = "invalid attempts: must be a non-negative integer"
 M_UNMET = "conflict: unmet_dependencies is kept by the database (it counts unfinished dependencies)"
 M_TRANSITION = (
@@ -107,6 +110,9 @@ MAX_DOUBLE = "1.7976931348623157e308"
 _HEX = "[0-9a-f]"
 #: A canonical (lowercase, hyphenated) UUID, as a GLOB pattern.
 UUID_GLOB = "-".join(_HEX * n for n in (8, 4, 4, 4, 12))
+#: SQLite's JSON parser refuses documents nested past its own limit (2,000 levels in 3.40,
+#: 1,000 from 3.45); one that opens as an object with more brackets than this is one of them.
+S_PARSER_DEPTH = 1000
 #: The fixed-width UTC text of ``dualdb.types.Timestamp``, as a GLOB pattern.
 TIME_GLOB = (
     "[0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9]."
@@ -139,7 +145,14 @@ def _s_uuid_array(expr: str) -> str:
 
 def _s_params_checks() -> str:
     # The walk stops at depth 64: it never reads further into a document than the limit.
+    # A document nested past what SQLite's parser takes is valid JSON that json_valid() calls
+    # invalid; Postgres parses it, and finds it too deep: so does this, from its brackets.
     return f"""
+    SELECT RAISE(ABORT, '{M_PARAMS_LIMITS}')
+     WHERE typeof(NEW.params) = 'text' AND NOT json_valid(NEW.params)
+       AND ltrim(NEW.params, ' ' || char(9, 10, 13)) GLOB '{{*'
+       AND length(NEW.params)
+           - length(replace(replace(NEW.params, '{{', ''), '[', '')) > {S_PARSER_DEPTH};
     SELECT RAISE(ABORT, '{M_PARAMS_OBJECT}')
      WHERE CASE WHEN json_valid(NEW.params) THEN json_type(NEW.params) <> 'object' ELSE 1 END;
     SELECT RAISE(ABORT, '{M_PARAMS_LIMITS}')
@@ -194,6 +207,33 @@ S_UNMET_TRUTH = (
     "WHERE e.task_id = NEW.id AND d.status <> 'Complete')"
 )
 
+#: Completed with a shot: its generation, once, placed last on the shot (after an insert
+#: or a status change to Complete).  Last is after the highest position, not at the count:
+#: another program that deleted a placement leaves a gap, and the count would tie.
+S_GENERATION = f"""
+    INSERT INTO generations (id, tasks, location, type, created_at, updated_at, project_id)
+        SELECT {S_NEW_UUID}, json_array(NEW.id), NEW.output_location, NEW.task_type,
+               {S_NOW}, NULL, NEW.project_id
+         WHERE NEW.status = 'Complete' AND NEW.generation_processed_at IS NULL
+           AND coalesce(json_type(NEW.params, '$.shot_id'), 'null') <> 'null';
+    INSERT INTO shot_generations (id, shot_id, generation_id, position)
+        SELECT {S_NEW_UUID}, s.id, g.id,
+               (SELECT coalesce(max(sg.position), -1) + 1 FROM shot_generations sg
+                 WHERE sg.shot_id = s.id)
+          FROM generations g, shots s
+         WHERE NEW.status = 'Complete' AND NEW.generation_processed_at IS NULL
+           AND coalesce(json_type(NEW.params, '$.shot_id'), 'null') <> 'null'
+           AND g.rowid = last_insert_rowid()
+           AND s.id = lower(json_extract(NEW.params, '$.shot_id'))
+           AND s.project_id = NEW.project_id;
+    UPDATE tasks SET generation_processed_at = {S_NOW}
+     WHERE id = NEW.id AND NEW.status = 'Complete' AND NEW.generation_processed_at IS NULL
+       AND coalesce(json_type(NEW.params, '$.shot_id'), 'null') <> 'null';
+"""
+
+#: The same count for task OLD.task_id (in the triggers of ``task_dependencies``).
+S_UNMET_OF_OLD = S_UNMET_TRUTH.replace("NEW.id", "OLD.task_id")
+
 SQLITE_TRIGGERS: dict[str, str] = {
     "tasks_before_insert": f"""
 CREATE TRIGGER tasks_before_insert BEFORE INSERT ON tasks
@@ -204,10 +244,12 @@ BEGIN
     {_s_dependency_checks()}
     SELECT RAISE(ABORT, '{M_ATTEMPTS}')
      WHERE typeof(NEW.attempts) <> 'integer' OR NEW.attempts < 0;
+    SELECT RAISE(ABORT, '{M_UNMET}') WHERE NEW.unmet_dependencies IS NULL;
     SELECT RAISE(ABORT, '{M_NOT_READY}')
      WHERE NEW.status IN ('In Progress', 'Complete') AND {_s_not_ready("NEW.dependant_on")};
 END""",
-    # The counter a writer gave is replaced by the truth.
+    # The counter a writer gave is replaced by the truth; a task inserted Complete is one that
+    # became Complete.
     "tasks_after_insert": f"""
 CREATE TRIGGER tasks_after_insert AFTER INSERT ON tasks
 BEGIN
@@ -215,7 +257,7 @@ BEGIN
         SELECT NEW.id, j.value FROM json_each(NEW.dependant_on) j;
     UPDATE tasks SET unmet_dependencies = {S_UNMET_TRUTH}
      WHERE id = NEW.id AND unmet_dependencies IS NOT {S_UNMET_TRUTH};
-END""",
+{S_GENERATION}END""",
     "tasks_check_params": f"""
 CREATE TRIGGER tasks_check_params BEFORE UPDATE OF params ON tasks
 BEGIN
@@ -227,8 +269,9 @@ BEGIN
 {_s_times_checks()}
 END""",
     "tasks_check_dependencies": f"""
-CREATE TRIGGER tasks_check_dependencies BEFORE UPDATE OF dependant_on, project_id ON tasks
+CREATE TRIGGER tasks_check_dependencies BEFORE UPDATE OF id, dependant_on, project_id ON tasks
 BEGIN
+    SELECT RAISE(ABORT, '{M_ID_FIXED}') WHERE NEW.id IS NOT OLD.id;
     SELECT RAISE(ABORT, '{M_DEPS_STARTED}')
      WHERE OLD.status NOT IN ('Pending', 'Queued')
        AND (NEW.dependant_on IS NOT OLD.dependant_on OR NEW.project_id IS NOT OLD.project_id);
@@ -242,6 +285,10 @@ BEGIN
         )
         SELECT id FROM reach
      );
+    SELECT RAISE(ABORT, '{M_DEPS_MOVE}')
+     WHERE NEW.project_id IS NOT OLD.project_id
+       AND EXISTS (SELECT 1 FROM task_dependencies e JOIN tasks t ON t.id = e.task_id
+                    WHERE e.dependency_id = NEW.id AND t.project_id IS NOT NEW.project_id);
 END""",
     "tasks_check_counters": f"""
 CREATE TRIGGER tasks_check_counters BEFORE UPDATE OF attempts, unmet_dependencies ON tasks
@@ -285,25 +332,7 @@ BEGIN
     UPDATE tasks SET unmet_dependencies = unmet_dependencies - 1
      WHERE NEW.status = 'Complete'
        AND id IN (SELECT task_id FROM task_dependencies WHERE dependency_id = NEW.id);
-    -- Completed with a shot: its generation, once, placed last on the shot.
-    INSERT INTO generations (id, tasks, location, type, created_at, updated_at, project_id)
-        SELECT {S_NEW_UUID}, json_array(NEW.id), NEW.output_location, NEW.task_type,
-               {S_NOW}, NULL, NEW.project_id
-         WHERE NEW.status = 'Complete' AND NEW.generation_processed_at IS NULL
-           AND coalesce(json_type(NEW.params, '$.shot_id'), 'null') <> 'null';
-    INSERT INTO shot_generations (id, shot_id, generation_id, position)
-        SELECT {S_NEW_UUID}, s.id, g.id,
-               (SELECT count(*) FROM shot_generations sg WHERE sg.shot_id = s.id)
-          FROM generations g, shots s
-         WHERE NEW.status = 'Complete' AND NEW.generation_processed_at IS NULL
-           AND coalesce(json_type(NEW.params, '$.shot_id'), 'null') <> 'null'
-           AND g.rowid = last_insert_rowid()
-           AND s.id = lower(json_extract(NEW.params, '$.shot_id'))
-           AND s.project_id = NEW.project_id;
-    UPDATE tasks SET generation_processed_at = {S_NOW}
-     WHERE id = NEW.id AND NEW.status = 'Complete' AND NEW.generation_processed_at IS NULL
-       AND coalesce(json_type(NEW.params, '$.shot_id'), 'null') <> 'null';
-    -- Failed or Cancelled: every unfinished dependent, transitively, is Cancelled.
+{S_GENERATION}    -- Failed or Cancelled: every unfinished dependent, transitively, is Cancelled.
     UPDATE tasks
        SET status = 'Cancelled',
            error = 'cancelled: dependency ' || NEW.id || ' '
@@ -355,6 +384,10 @@ BEGIN
      WHERE EXISTS (SELECT 1 FROM tasks t, json_each(t.dependant_on) j
                     WHERE t.id = OLD.task_id AND j.value = OLD.dependency_id)
        AND EXISTS (SELECT 1 FROM tasks d WHERE d.id = OLD.dependency_id);
+    -- Its dependency was deleted: the dependent's counter no longer counts it.
+    UPDATE tasks SET unmet_dependencies = {S_UNMET_OF_OLD}
+     WHERE id = OLD.task_id AND unmet_dependencies IS NOT {S_UNMET_OF_OLD}
+       AND NOT EXISTS (SELECT 1 FROM tasks d WHERE d.id = OLD.dependency_id);
 END""",
     "generations_check_tasks_insert": f"""
 CREATE TRIGGER generations_check_tasks_insert BEFORE INSERT ON generations
@@ -381,6 +414,8 @@ P_UNMET_TRUTH = (
     "ON d.id = e.dependency_id WHERE e.task_id = NEW.id AND d.status <> 'Complete')"
 )
 
+P_UNMET_OF_OLD = P_UNMET_TRUTH.replace("NEW.id", "OLD.task_id")
+
 
 def _p_raise(message: str) -> str:
     code = P_INVALID if message.startswith("invalid") else P_CONFLICT
@@ -401,6 +436,18 @@ END
 $fn$"""
 
 
+def _p_uuid_array_check(expr: str, message: str) -> str:
+    # SQL NULL and nested arrays get the verdict SQLite gives (not NOT NULL's, or the error
+    # array_position() raises on a multidimensional array): checked first, on their own.
+    return f"""
+    IF {expr} IS NULL OR coalesce(array_ndims({expr}), 1) <> 1 THEN
+        {_p_raise(message)};
+    END IF;
+    IF array_position({expr}, NULL) IS NOT NULL THEN
+        {_p_raise(message)};
+    END IF;"""
+
+
 P_PARAMS_CHECKS = f"""
     IF jsonb_typeof(NEW.params) IS DISTINCT FROM 'object' THEN
         {_p_raise(M_PARAMS_OBJECT)};
@@ -413,11 +460,8 @@ P_PARAMS_CHECKS = f"""
 # then sees its edge, or this write waits for it and counts its new status — never a
 # dependent stranded with a stale count.  (SQLite has one writer at a time.)
 P_DEPENDENCY_CHECKS = f"""
+{_p_uuid_array_check("NEW.dependant_on", M_DEPS_SHAPE)}
     PERFORM 1 FROM public.tasks d WHERE d.id = ANY (NEW.dependant_on) FOR SHARE;
-    IF array_position(NEW.dependant_on, NULL) IS NOT NULL
-       OR coalesce(array_ndims(NEW.dependant_on), 1) <> 1 THEN
-        {_p_raise(M_DEPS_SHAPE)};
-    END IF;
     IF NEW.id = ANY (NEW.dependant_on) THEN
         {_p_raise(M_DEPS_SELF)};
     END IF;
@@ -440,9 +484,35 @@ def _p_not_ready(deps: str) -> str:
 
 
 P_ATTEMPTS_CHECK = f"""
-    IF NEW.attempts < 0 THEN
+    IF NEW.attempts IS NULL OR NEW.attempts < 0 THEN
         {_p_raise(M_ATTEMPTS)};
     END IF;"""
+
+#: Completed with a shot: its generation, once, placed last on the shot.
+P_GENERATION = f"""
+        IF NEW.generation_processed_at IS NULL AND NEW.params ? 'shot_id'
+           AND NEW.params -> 'shot_id' <> 'null'::jsonb THEN
+            gen := gen_random_uuid();
+            INSERT INTO public.generations
+                (id, tasks, location, type, created_at, updated_at, project_id)
+                VALUES (gen, ARRAY[NEW.id], NEW.output_location, NEW.task_type,
+                        clock_timestamp(), NULL, NEW.project_id);
+            shot_text := lower(NEW.params ->> 'shot_id');
+            IF shot_text ~ '{P_UUID_RE}' THEN
+                -- The shot's row lock orders concurrent appends to the same shot.
+                SELECT s.id INTO shot FROM public.shots s
+                 WHERE s.id = shot_text::uuid AND s.project_id = NEW.project_id FOR UPDATE;
+                IF shot IS NOT NULL THEN
+                    INSERT INTO public.shot_generations (id, shot_id, generation_id, position)
+                        VALUES (gen_random_uuid(), shot, gen,
+                                (SELECT coalesce(max(sg.position), -1) + 1
+                                   FROM public.shot_generations sg WHERE sg.shot_id = shot));
+                END IF;
+            END IF;
+            UPDATE public.tasks SET generation_processed_at = clock_timestamp()
+             WHERE id = NEW.id;
+        END IF;"""
+P_GENERATION_DECLARE = "DECLARE\n    gen uuid;\n    shot uuid;\n    shot_text text;"
 
 POSTGRES_FUNCTIONS: dict[str, str] = {
     "tasks_before_insert": _p_function(
@@ -450,6 +520,9 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
         f"""{P_PARAMS_CHECKS}
 {P_DEPENDENCY_CHECKS}
 {P_ATTEMPTS_CHECK}
+    IF NEW.unmet_dependencies IS NULL THEN
+        {_p_raise(M_UNMET)};
+    END IF;
     IF NEW.status IN ('In Progress', 'Complete') AND {_p_not_ready("NEW.dependant_on")} THEN
         {_p_raise(M_NOT_READY)};
     END IF;
@@ -458,13 +531,18 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
                                 WHERE d.id = ANY (NEW.dependant_on) AND d.status <> 'Complete');
     RETURN NEW;""",
     ),
+    # A task inserted Complete is one that became Complete.
     "tasks_after_insert": _p_function(
         "tasks_after_insert",
-        """
+        f"""
     INSERT INTO public.task_dependencies (task_id, dependency_id)
         SELECT DISTINCT NEW.id, j.id FROM unnest(NEW.dependant_on) AS j(id)
         ON CONFLICT DO NOTHING;
+    IF NEW.status = 'Complete' THEN
+{P_GENERATION}
+    END IF;
     RETURN NULL;""",
+        declare=P_GENERATION_DECLARE,
     ),
     "tasks_check_params": _p_function(
         "tasks_check_params", f"{P_PARAMS_CHECKS}\n    RETURN NEW;"
@@ -474,6 +552,9 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
     "tasks_check_dependencies": _p_function(
         "tasks_check_dependencies",
         f"""
+    IF NEW.id IS DISTINCT FROM OLD.id THEN
+        {_p_raise(M_ID_FIXED)};
+    END IF;
     IF OLD.status NOT IN ('Pending', 'Queued')
        AND (NEW.dependant_on IS DISTINCT FROM OLD.dependant_on
             OR NEW.project_id IS DISTINCT FROM OLD.project_id) THEN
@@ -489,6 +570,11 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
         )
         SELECT id FROM reach) THEN
         {_p_raise(M_DEPS_CYCLE)};
+    END IF;
+    IF NEW.project_id IS DISTINCT FROM OLD.project_id AND EXISTS (
+        SELECT 1 FROM public.task_dependencies e JOIN public.tasks t ON t.id = e.task_id
+         WHERE e.dependency_id = NEW.id AND t.project_id IS DISTINCT FROM NEW.project_id) THEN
+        {_p_raise(M_DEPS_MOVE)};
     END IF;
     RETURN NEW;""",
     ),
@@ -534,28 +620,7 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
         UPDATE public.tasks SET unmet_dependencies = unmet_dependencies - 1
          WHERE id IN (SELECT task_id FROM public.task_dependencies
                        WHERE dependency_id = NEW.id);
-        IF NEW.generation_processed_at IS NULL AND NEW.params ? 'shot_id'
-           AND NEW.params -> 'shot_id' <> 'null'::jsonb THEN
-            gen := gen_random_uuid();
-            INSERT INTO public.generations
-                (id, tasks, location, type, created_at, updated_at, project_id)
-                VALUES (gen, ARRAY[NEW.id], NEW.output_location, NEW.task_type,
-                        clock_timestamp(), NULL, NEW.project_id);
-            shot_text := lower(NEW.params ->> 'shot_id');
-            IF shot_text ~ '{P_UUID_RE}' THEN
-                -- The shot's row lock orders concurrent appends to the same shot.
-                SELECT s.id INTO shot FROM public.shots s
-                 WHERE s.id = shot_text::uuid AND s.project_id = NEW.project_id FOR UPDATE;
-                IF shot IS NOT NULL THEN
-                    INSERT INTO public.shot_generations (id, shot_id, generation_id, position)
-                        VALUES (gen_random_uuid(), shot, gen,
-                                (SELECT count(*) FROM public.shot_generations sg
-                                  WHERE sg.shot_id = shot));
-                END IF;
-            END IF;
-            UPDATE public.tasks SET generation_processed_at = clock_timestamp()
-             WHERE id = NEW.id;
-        END IF;
+{P_GENERATION}
     ELSIF NEW.status IN ('Failed', 'Cancelled') THEN
         UPDATE public.tasks
            SET status = 'Cancelled',
@@ -574,7 +639,7 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
             SELECT id FROM reach);
     END IF;
     RETURN NULL;""",
-        declare="DECLARE\n    gen uuid;\n    shot uuid;\n    shot_text text;",
+        declare=P_GENERATION_DECLARE,
     ),
     "tasks_before_delete": _p_function(
         "tasks_before_delete",
@@ -612,15 +677,17 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
        AND EXISTS (SELECT 1 FROM public.tasks d WHERE d.id = OLD.dependency_id) THEN
         {_p_raise(M_EDGES)};
     END IF;
+    -- Its dependency was deleted: the dependent's counter no longer counts it.
+    IF NOT EXISTS (SELECT 1 FROM public.tasks d WHERE d.id = OLD.dependency_id) THEN
+        UPDATE public.tasks SET unmet_dependencies = {P_UNMET_OF_OLD}
+         WHERE id = OLD.task_id AND unmet_dependencies IS DISTINCT FROM {P_UNMET_OF_OLD};
+    END IF;
     RETURN OLD;""",
     ),
     "generations_check_tasks_insert": _p_function(
         "generations_check_tasks_insert",
         f"""
-    IF array_position(NEW.tasks, NULL) IS NOT NULL
-       OR coalesce(array_ndims(NEW.tasks), 1) <> 1 THEN
-        {_p_raise(M_GEN_TASKS)};
-    END IF;
+{_p_uuid_array_check("NEW.tasks", M_GEN_TASKS)}
     RETURN NEW;""",
     ),
 }
@@ -637,7 +704,7 @@ POSTGRES_TRIGGERS: dict[str, tuple[str, str]] = {
         f"BEFORE UPDATE OF {', '.join(TIME_COLUMNS)} ON tasks",
         "WHEN (false)",
     ),
-    "tasks_check_dependencies": ("BEFORE UPDATE OF dependant_on, project_id ON tasks", ""),
+    "tasks_check_dependencies": ("BEFORE UPDATE OF id, dependant_on, project_id ON tasks", ""),
     "tasks_check_counters": ("BEFORE UPDATE OF attempts, unmet_dependencies ON tasks", ""),
     "tasks_check_status": (
         "BEFORE UPDATE OF status ON tasks",

@@ -205,6 +205,7 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
         "task_dependencies_before_delete",
     ),
     "generations": ("generations_check_tasks_insert", "generations_check_tasks_update"),
+    "projects": ("projects_after_delete",),
 }
 
 #: Postgres only (migration 0007): what Supabase's API roles may write inside their own rows.

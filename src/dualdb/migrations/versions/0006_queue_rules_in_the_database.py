@@ -63,6 +63,7 @@ TRIGGERS: tuple[tuple[str, str], ...] = (
     ("tasks", "tasks_after_status"),
     ("tasks", "tasks_before_delete"),
     ("tasks", "tasks_after_delete"),
+    ("projects", "projects_after_delete"),
     ("task_dependencies", "task_dependencies_before_insert"),
     ("task_dependencies", "task_dependencies_before_update"),
     ("task_dependencies", "task_dependencies_before_delete"),
@@ -97,6 +98,7 @@ M_DELETE = (
 )
 M_EDGES = "conflict: task_dependencies is kept by the database from tasks.dependant_on"
 M_TIME = "invalid timestamp: must be UTC text like 2026-01-31T12:00:00.000000Z"
+M_ID_TAKEN = "conflict: a task with this id exists (a task is never replaced)"
 M_ID = "invalid id: must be a canonical UUID (lowercase, with hyphens)"
 M_GEN_TASKS = "invalid tasks: must be an array of task ids (canonical UUIDs, no nulls)"
 
@@ -196,7 +198,8 @@ def _s_dependency_checks() -> str:
 def _s_not_ready(deps: str) -> str:
     """``deps`` (an expression for a JSON array of task ids) has a dependency not Complete."""
     return (
-        f"EXISTS (SELECT 1 FROM json_each({deps}) j JOIN tasks d ON d.id = j.value "
+        f"EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid({deps}) THEN {deps} ELSE '[]' "
+        "END) j JOIN tasks d ON d.id = j.value "
         "WHERE d.status <> 'Complete')"
     )
 
@@ -239,6 +242,8 @@ SQLITE_TRIGGERS: dict[str, str] = {
 CREATE TRIGGER tasks_before_insert BEFORE INSERT ON tasks
 BEGIN
     SELECT RAISE(ABORT, '{M_ID}') WHERE NEW.id IS NULL OR NEW.id NOT GLOB '{UUID_GLOB}';
+    -- Before REPLACE deletes the old row (without its delete triggers): never replaced.
+    SELECT RAISE(ABORT, '{M_ID_TAKEN}') WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.id = NEW.id);
     {_s_times_checks()}
     {_s_params_checks()}
     {_s_dependency_checks()}
@@ -270,6 +275,8 @@ BEGIN
 END""",
     "tasks_check_dependencies": f"""
 CREATE TRIGGER tasks_check_dependencies BEFORE UPDATE OF id, dependant_on, project_id ON tasks
+WHEN NEW.id IS NOT OLD.id OR NEW.dependant_on IS NOT OLD.dependant_on
+  OR NEW.project_id IS NOT OLD.project_id
 BEGIN
     SELECT RAISE(ABORT, '{M_ID_FIXED}') WHERE NEW.id IS NOT OLD.id;
     SELECT RAISE(ABORT, '{M_DEPS_STARTED}')
@@ -331,7 +338,10 @@ BEGIN
     -- Completed: one fewer unmet dependency for each task waiting on it.
     UPDATE tasks SET unmet_dependencies = unmet_dependencies - 1
      WHERE NEW.status = 'Complete'
-       AND id IN (SELECT task_id FROM task_dependencies WHERE dependency_id = NEW.id);
+       AND id IN (SELECT task_id FROM task_dependencies WHERE dependency_id = NEW.id)
+       AND EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(tasks.dependant_on)
+                                           THEN tasks.dependant_on ELSE '[]' END) j
+                    WHERE j.value = NEW.id);
 {S_GENERATION}    -- Failed or Cancelled: every unfinished dependent, transitively, is Cancelled.
     UPDATE tasks
        SET status = 'Cancelled',
@@ -340,7 +350,11 @@ BEGIN
                       ELSE coalesce(NEW.error, 'cancelled') END,
            updated_at = {S_NOW}
      WHERE NEW.status IN ('Failed', 'Cancelled')
-       AND status IN {UNFINISHED}
+       AND (status IN {UNFINISHED} OR (status = 'Cancelled' AND error IS NULL))
+       AND EXISTS (SELECT 1 FROM task_dependencies e0 JOIN tasks t0 ON t0.id = e0.task_id
+                    WHERE e0.dependency_id = NEW.id
+                      AND (t0.status IN {UNFINISHED}
+                           OR (t0.status = 'Cancelled' AND t0.error IS NULL)))
        AND id IN (
         WITH RECURSIVE reach(id) AS (
             SELECT task_id FROM task_dependencies WHERE dependency_id = NEW.id
@@ -359,6 +373,13 @@ BEGIN
        AND EXISTS (SELECT 1 FROM projects p WHERE p.id = OLD.project_id);
 END""",
     # Foreign keys are off by default in other programs' connections: edges go explicitly.
+    # With foreign keys off (other programs' default) a deleted project's tasks would stay,
+    # claimable; they go with it here (a no-op where the foreign key already cascaded).
+    "projects_after_delete": """
+CREATE TRIGGER projects_after_delete AFTER DELETE ON projects
+BEGIN
+    DELETE FROM tasks WHERE project_id = OLD.id;
+END""",
     "tasks_after_delete": """
 CREATE TRIGGER tasks_after_delete AFTER DELETE ON tasks
 BEGIN
@@ -461,7 +482,8 @@ P_PARAMS_CHECKS = f"""
 # dependent stranded with a stale count.  (SQLite has one writer at a time.)
 P_DEPENDENCY_CHECKS = f"""
 {_p_uuid_array_check("NEW.dependant_on", M_DEPS_SHAPE)}
-    PERFORM 1 FROM public.tasks d WHERE d.id = ANY (NEW.dependant_on) FOR SHARE;
+    PERFORM 1 FROM public.tasks d
+      WHERE d.id = ANY (NEW.dependant_on) AND d.project_id = NEW.project_id FOR SHARE;
     IF NEW.id = ANY (NEW.dependant_on) THEN
         {_p_raise(M_DEPS_SELF)};
     END IF;
@@ -517,7 +539,11 @@ P_GENERATION_DECLARE = "DECLARE\n    gen uuid;\n    shot uuid;\n    shot_text te
 POSTGRES_FUNCTIONS: dict[str, str] = {
     "tasks_before_insert": _p_function(
         "tasks_before_insert",
-        f"""{P_PARAMS_CHECKS}
+        f"""
+    IF EXISTS (SELECT 1 FROM public.tasks t WHERE t.id = NEW.id) THEN
+        {_p_raise(M_ID_TAKEN)};
+    END IF;
+{P_PARAMS_CHECKS}
 {P_DEPENDENCY_CHECKS}
 {P_ATTEMPTS_CHECK}
     IF NEW.unmet_dependencies IS NULL THEN
@@ -617,18 +643,25 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
         "tasks_after_status",
         f"""
     IF NEW.status = 'Complete' THEN
+        -- "Still names it" is re-checked on the newest version of a row another transaction
+        -- changed meanwhile (its dependant_on may no longer list this task).
         UPDATE public.tasks SET unmet_dependencies = unmet_dependencies - 1
          WHERE id IN (SELECT task_id FROM public.task_dependencies
-                       WHERE dependency_id = NEW.id);
+                       WHERE dependency_id = NEW.id)
+           AND NEW.id = ANY (tasks.dependant_on);
 {P_GENERATION}
-    ELSIF NEW.status IN ('Failed', 'Cancelled') THEN
+    ELSIF NEW.status IN ('Failed', 'Cancelled') AND EXISTS (
+        -- Nothing left to cancel below (the cascade's own nested firings): no walk.
+        SELECT 1 FROM public.task_dependencies e JOIN public.tasks t ON t.id = e.task_id
+         WHERE e.dependency_id = NEW.id
+           AND (t.status IN {UNFINISHED} OR (t.status = 'Cancelled' AND t.error IS NULL))) THEN
         UPDATE public.tasks
            SET status = 'Cancelled',
                error = 'cancelled: dependency ' || NEW.id || ' '
                        || CASE NEW.status WHEN 'Failed' THEN 'failed'
                           ELSE coalesce(NEW.error, 'cancelled') END,
                updated_at = clock_timestamp()
-         WHERE status IN {UNFINISHED}
+         WHERE (status IN {UNFINISHED} OR (status = 'Cancelled' AND error IS NULL))
            AND id IN (
             WITH RECURSIVE reach(id) AS (
                 SELECT task_id FROM public.task_dependencies WHERE dependency_id = NEW.id
@@ -650,6 +683,12 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
         {_p_raise(M_DELETE)};
     END IF;
     RETURN OLD;""",
+    ),
+    "projects_after_delete": _p_function(
+        "projects_after_delete",
+        """
+    DELETE FROM public.tasks WHERE project_id = OLD.id;
+    RETURN NULL;""",
     ),
     "tasks_after_delete": _p_function(
         "tasks_after_delete",
@@ -704,7 +743,11 @@ POSTGRES_TRIGGERS: dict[str, tuple[str, str]] = {
         f"BEFORE UPDATE OF {', '.join(TIME_COLUMNS)} ON tasks",
         "WHEN (false)",
     ),
-    "tasks_check_dependencies": ("BEFORE UPDATE OF id, dependant_on, project_id ON tasks", ""),
+    "tasks_check_dependencies": (
+        "BEFORE UPDATE OF id, dependant_on, project_id ON tasks",
+        "WHEN (NEW.id IS DISTINCT FROM OLD.id OR NEW.dependant_on IS DISTINCT FROM OLD.dependant_on"
+        " OR NEW.project_id IS DISTINCT FROM OLD.project_id)",
+    ),
     "tasks_check_counters": ("BEFORE UPDATE OF attempts, unmet_dependencies ON tasks", ""),
     "tasks_check_status": (
         "BEFORE UPDATE OF status ON tasks",
@@ -720,6 +763,7 @@ POSTGRES_TRIGGERS: dict[str, tuple[str, str]] = {
     ),
     "tasks_before_delete": ("BEFORE DELETE ON tasks", ""),
     "tasks_after_delete": ("AFTER DELETE ON tasks", ""),
+    "projects_after_delete": ("AFTER DELETE ON projects", ""),
     "task_dependencies_before_insert": ("BEFORE INSERT ON task_dependencies", ""),
     "task_dependencies_before_update": ("BEFORE UPDATE ON task_dependencies", ""),
     "task_dependencies_before_delete": ("BEFORE DELETE ON task_dependencies", ""),

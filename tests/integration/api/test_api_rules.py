@@ -238,3 +238,45 @@ def test_a_worker_with_the_service_key_runs_tasks(postgrest: Api, owners: Owners
         reply = postgrest.patch("tasks", change, token=token, params={"id": f"eq.{key}"})
         assert reply.status == 200, (change, reply)
     assert row(postgrest, "tasks", owners.b.waiting_task)["unmet_dependencies"] == 0
+
+
+def test_the_front_end_verbs_over_rpc(postgrest: Api, owners: Owners) -> None:
+    """enqueue_task / release_task / cancel_task: one round trip each, the same rules."""
+    a, token = owners.a, postgrest.user_token(owners.a.user)
+    made = postgrest.rpc(
+        "enqueue_task",
+        {"project_id": str(a.project), "task_type": "t", "depends_on": [str(a.task)] * 2},
+        token=token,
+    )
+    assert made.status == 200, made
+    assert (made.body["status"], made.body["dependant_on"]) == ("Queued", [str(a.task)])
+    refused = {
+        "a finished status": postgrest.rpc(
+            "enqueue_task",
+            {"project_id": str(a.project), "task_type": "t", "status": "Complete"},
+            token=token,
+        ),
+        "B's project": postgrest.rpc(
+            "enqueue_task", {"project_id": str(owners.b.project), "task_type": "t"}, token=token
+        ),
+        "B's task": postgrest.rpc("cancel_task", {"task_id": str(owners.b.task)}, token=token),
+        "anon": postgrest.rpc(
+            "enqueue_task",
+            {"project_id": str(a.project), "task_type": "t"},
+            token=postgrest.anon_token(),
+        ),
+    }
+    assert {k: (r.status, r.code) for k, r in refused.items()} == {
+        "a finished status": (400, "22023"),
+        "B's project": (403, "42501"),
+        "B's task": (404, "PT404"),  # someone else's task does not exist for this user
+        "anon": (401, "42501"),
+    }
+    # The service key (edge functions) may call them too.
+    service = postgrest.rpc(
+        "cancel_task", {"task_id": str(owners.b.task)}, token=postgrest.service_token()
+    )
+    assert service.status == 200 and [r["id"] for r in service.body] == [
+        str(owners.b.task),
+        str(owners.b.waiting_task),
+    ]

@@ -23,6 +23,14 @@ PermissionDenied).  The functions run with the writer's rights (``SECURITY INVOK
 ``current_user`` is the API role; the rules of 0006 run as the tables' owner, so their own
 writes (cascades, counters, generations) are not the user's and pass.
 
+The front end's queue verbs are SQL functions in ``public``, callable with supabase-js
+``rpc()`` as the signed-in user under the same rules (``SECURITY INVOKER``: RLS and the triggers
+above apply): ``enqueue_task(project_id, task_type, params, depends_on, status, id)``,
+``release_task(task_id)`` and ``cancel_task(task_id, reason)`` (which returns the task and every
+dependent the cancellation cascaded to).  Each is one statement and one round trip; refusals
+carry the SQLSTATEs above, plus ``PT404`` (PostgREST answers 404) for a task the caller
+cannot see.
+
 Also: ``service_role`` no longer reads ``alembic_version`` (only the migrating role does).
 """
 
@@ -106,6 +114,104 @@ END
 $fn$"""
 
 
+#: The front end's queue verbs (``public``: PostgREST exposes them to ``rpc()``).
+FUNCTIONS: dict[str, str] = {
+    "enqueue_task(uuid, text, jsonb, uuid[], text, uuid)": """
+CREATE FUNCTION public.enqueue_task(
+    project_id uuid,
+    task_type text,
+    params jsonb DEFAULT '{}'::jsonb,
+    depends_on uuid[] DEFAULT '{}'::uuid[],
+    status text DEFAULT 'Queued',
+    id uuid DEFAULT NULL
+) RETURNS public.tasks
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $fn$
+DECLARE
+    made public.tasks;
+BEGIN
+    IF enqueue_task.status IS DISTINCT FROM 'Queued'
+       AND enqueue_task.status IS DISTINCT FROM 'Pending' THEN
+        RAISE EXCEPTION USING MESSAGE = 'invalid status: a new task starts as Queued or Pending',
+                              ERRCODE = '22023';
+    END IF;
+    -- Duplicates go, order stays (as the DAL's enqueue).
+    INSERT INTO public.tasks AS t (id, project_id, task_type, params, dependant_on, status)
+    VALUES (
+        coalesce(enqueue_task.id, gen_random_uuid()),
+        enqueue_task.project_id,
+        enqueue_task.task_type,
+        enqueue_task.params,
+        ARRAY(SELECT d FROM unnest(coalesce(enqueue_task.depends_on, '{}'::uuid[]))
+                            WITH ORDINALITY AS u(d, n)
+              GROUP BY d ORDER BY min(n)),
+        enqueue_task.status
+    )
+    RETURNING t.* INTO made;
+    RETURN made;
+END
+$fn$""",
+    "release_task(uuid)": """
+CREATE FUNCTION public.release_task(task_id uuid) RETURNS public.tasks
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $fn$
+DECLARE
+    done public.tasks;
+    now_status text;
+BEGIN
+    UPDATE public.tasks AS t SET status = 'Queued', updated_at = clock_timestamp()
+     WHERE t.id = release_task.task_id AND t.status = 'Pending'
+    RETURNING t.* INTO done;
+    IF FOUND THEN
+        RETURN done;
+    END IF;
+    SELECT t.status INTO now_status FROM public.tasks t WHERE t.id = release_task.task_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING MESSAGE = 'no such task', ERRCODE = 'PT404';
+    END IF;
+    RAISE EXCEPTION USING MESSAGE = 'conflict: the task is ' || now_status || ', not Pending',
+                          ERRCODE = '23000';
+END
+$fn$""",
+    "cancel_task(uuid, text)": """
+CREATE FUNCTION public.cancel_task(task_id uuid, reason text DEFAULT 'cancelled')
+RETURNS SETOF public.tasks
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $fn$
+DECLARE
+    done public.tasks;
+    now_status text;
+    waiting uuid[];
+BEGIN
+    -- What the cancellation will cascade to (the database does the cascading).
+    waiting := ARRAY(
+        WITH RECURSIVE reach(id) AS (
+            SELECT e.task_id FROM public.task_dependencies e
+             WHERE e.dependency_id = cancel_task.task_id
+            UNION
+            SELECT e.task_id FROM public.task_dependencies e JOIN reach r ON e.dependency_id = r.id
+        )
+        SELECT t.id FROM public.tasks t JOIN reach USING (id)
+         WHERE t.status IN ('Pending', 'Queued', 'In Progress'));
+    UPDATE public.tasks AS t
+       SET status = 'Cancelled', error = coalesce(cancel_task.reason, 'cancelled'),
+           updated_at = clock_timestamp()
+     WHERE t.id = cancel_task.task_id AND t.status IN ('Pending', 'Queued', 'In Progress')
+    RETURNING t.* INTO done;
+    IF NOT FOUND THEN
+        SELECT t.status INTO now_status FROM public.tasks t WHERE t.id = cancel_task.task_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING MESSAGE = 'no such task', ERRCODE = 'PT404';
+        END IF;
+        RAISE EXCEPTION USING MESSAGE = 'conflict: the task is ' || now_status
+                                        || ': only unfinished tasks can be cancelled',
+                              ERRCODE = '23000';
+    END IF;
+    RETURN NEXT done;
+    RETURN QUERY SELECT t.* FROM public.tasks t
+                  WHERE t.id = ANY (waiting) ORDER BY t.created_at, t.id;
+END
+$fn$""",
+}
+
+
 def _times_function(table: str, has_updated_at: bool) -> str:
     updated = "NEW.updated_at := NULL;" if has_updated_at else ""
     changed = "NEW.updated_at := clock_timestamp();" if has_updated_at else ""
@@ -148,6 +254,12 @@ def upgrade() -> None:
         op.execute(function)
         op.execute(f"REVOKE ALL ON FUNCTION dualdb.{name}() FROM PUBLIC")
         op.execute(f"CREATE TRIGGER {name} {when} FOR EACH ROW EXECUTE FUNCTION dualdb.{name}()")
+    for signature, function in FUNCTIONS.items():
+        op.execute(function)
+        op.execute(f"REVOKE ALL ON FUNCTION public.{signature} FROM PUBLIC, anon")
+        op.execute(
+            f"GRANT EXECUTE ON FUNCTION public.{signature} TO authenticated, service_role"
+        )
     op.execute("REVOKE SELECT ON alembic_version FROM service_role")
     # Only the database's own rules write the edges (TRUNCATE fires no row trigger).
     op.execute("REVOKE INSERT, UPDATE, DELETE ON task_dependencies FROM anon, authenticated")
@@ -160,6 +272,8 @@ def downgrade() -> None:
     op.execute("GRANT TRUNCATE ON task_dependencies, tasks TO service_role")
     op.execute("GRANT INSERT, UPDATE, DELETE ON task_dependencies TO authenticated")
     op.execute("GRANT SELECT ON alembic_version TO service_role")
+    for signature in reversed(FUNCTIONS):
+        op.execute(f"DROP FUNCTION IF EXISTS public.{signature}")
     for name, (_, when) in reversed(TRIGGERS.items()):
         table = when.rsplit(" ON ", 1)[1]
         op.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")

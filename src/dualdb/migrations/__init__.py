@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -219,16 +219,24 @@ def _pending(script: ScriptDirectory, current: str | None) -> list[str]:
     return [r.revision for r in reversed(revs)]
 
 
-def _read_revision(target: Target) -> str | None:
+T = TypeVar("T")
+
+
+def _read(target: Target, fn: Callable[[sa.Connection], T]) -> T:
+    """``fn`` on a reading connection to ``target`` (its own engine, disposed after)."""
     engine = create_engine(target)
     try:
         ping(engine)
         with reading(engine) as conn:
-            return current_revision(conn)
+            return fn(conn)
     except (exc.DBAPIError, exc.StatementError) as err:
         raise translate(err) or DatabaseUnavailable("cannot read the database") from None
     finally:
         engine.dispose()
+
+
+def _read_revision(target: Target) -> str | None:
+    return _read(target, current_revision)
 
 
 def status(target: Target) -> MigrationStatus:
@@ -366,14 +374,7 @@ def auth_problems(target: Target) -> list[str]:
     """Problems with ``auth.uid()`` on a Postgres ``target`` (see ``dualdb check``)."""
     if target.backend != "postgresql":
         return []
-    engine = create_engine(target)
-    try:
-        with reading(engine) as conn:
-            return _check_auth_uid(conn)
-    except (exc.DBAPIError, exc.StatementError) as err:
-        raise translate(err) or DatabaseUnavailable("cannot read the database") from None
-    finally:
-        engine.dispose()
+    return _read(target, _check_auth_uid)
 
 
 def check(target: Target) -> list[str]:

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -65,6 +66,9 @@ from dualdb.types import (
     format_timestamp,
     to_uuid,
 )
+
+#: The largest double written out exactly, for Postgres' exact numeric comparison.
+_EXACT_MAX = format(Decimal(MAX_JSON_NUMBER), "f")
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
@@ -397,7 +401,7 @@ class _Postgres(_Engine):
         )
         big = (
             f'strict $.** ? (@.type() == "number" '
-            f"&& (@ > {MAX_JSON_NUMBER!r} || @ < -{MAX_JSON_NUMBER!r}))"
+            f"&& (@ > {_EXACT_MAX} || @ < -{_EXACT_MAX}))"
         )
         return (
             f"(jsonb_path_exists({t}.params, '{deep}') OR jsonb_path_exists({t}.params, '{big}'))"

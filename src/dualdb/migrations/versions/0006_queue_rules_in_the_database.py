@@ -104,6 +104,14 @@ M_GEN_TASKS = "invalid tasks: must be an array of task ids (canonical UUIDs, no 
 
 UNFINISHED = "('Pending', 'Queued', 'In Progress')"
 MAX_DOUBLE = "1.7976931348623157e308"
+#: The same number written out exactly (Postgres compares numerics exactly: its literal
+#: 1.7976931348623157e308 is a little below the largest double, which SQLite's is).
+MAX_DOUBLE_EXACT = (
+    "179769313486231570814527423731704356798070567525844996598917476803157260780028538760589558"
+    "632766878171540458953514382464234321326889464182768467546703537516986049910576551282076245"
+    "490090389328944075868508455133942304583236903222948165808559332123348274797826204144723168"
+    "738177180919299881250404026184124858368"
+)
 
 # =========================================================================================
 # SQLite
@@ -778,7 +786,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog AS $fn$
                doc, 'strict $.**{{64 to last}} ? (@.type() == "object" || @.type() == "array")')
        AND NOT jsonb_path_exists(
                doc,
-               'strict $.** ? (@.type() == "number" && (@ > {MAX_DOUBLE} || @ < -{MAX_DOUBLE}))')
+               'strict $.** ? (@.type() == "number" '
+               '&& (@ > {MAX_DOUBLE_EXACT} || @ < -{MAX_DOUBLE_EXACT}))')
 $fn$"""
 
 # =========================================================================================

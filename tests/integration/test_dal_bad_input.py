@@ -7,6 +7,7 @@ together.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -475,6 +476,10 @@ def test_rough_edges_a_new_user_hit(db: dualdb.Database, world: World) -> None:
     # The limits themselves are allowed.
     assert db.tasks.enqueue(pid, "x", _nested(64)).params == _nested(64)
     assert db.tasks.enqueue(pid, "x", {"n": 10**308}).params == {"n": 10**308}
+    # The largest double itself, exactly at the limit (Postgres once compared it inexactly).
+    assert db.tasks.enqueue(pid, "x", {"n": -sys.float_info.max}).params == {
+        "n": -sys.float_info.max
+    }
     assert db.tasks.requeue_stale(MAX_STALE_AGE) == []
 
 

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import dualdb
-from dualdb import Conflict, InvalidInput
+from dualdb import Conflict, InvalidInput, integrity
 from dualdb.database import Database
 from tests.integration.dal_support import snapshot
 from tests.integration.test_queue_concurrency import _enqueue_dag
@@ -1292,6 +1292,9 @@ def test_interleaved_dal_and_plain_writers_keep_every_invariant(
     assert statuses["Complete"] >= 40, statuses
     assert statuses["Cancelled"] > 0 and statuses["Failed"] > 0, statuses
     assert set(statuses) <= {"Complete", "Failed", "Cancelled"}, statuses  # nothing stranded
+    # ... and `dualdb check --data` finds nothing to say about what both sides left.
+    report = integrity.audit(db.target)
+    assert report.clean, [(f.rule, f.count, f.ids) for f in report.findings]
 
 
 # --- many processes, half of them plain SQL ------------------------------------------------

@@ -280,3 +280,36 @@ def test_the_front_end_verbs_over_rpc(postgrest: Api, owners: Owners) -> None:
         str(owners.b.task),
         str(owners.b.waiting_task),
     ]
+
+
+def test_a_shot_task_completed_over_the_api_gets_one_generation(
+    postgrest: Api, owners: Owners
+) -> None:
+    """Completed by the service key (an edge function, a worker in another language): the
+    database makes its generation, last on the shot, once — even when told again."""
+    a, service = owners.a, postgrest.service_token()
+    made = postgrest.rpc(
+        "enqueue_task",
+        {"project_id": str(a.project), "task_type": "keyframe", "params": {"shot_id": str(a.shot)}},
+        token=postgrest.user_token(a.user),
+    )
+    assert made.status == 200, made
+    key = made.body["id"]
+    for change in (
+        {"status": "In Progress", "worker_id": "edge-1", "attempts": 1},
+        {"status": "Complete", "output_location": "files/k.png"},
+    ):
+        reply = postgrest.patch("tasks", change, token=service, params={"id": f"eq.{key}"})
+        assert reply.status == 200, (change, reply)
+    again = postgrest.patch(
+        "tasks", {"status": "Complete"}, token=service, params={"id": f"eq.{key}"}
+    )
+    assert again.status == 200  # Complete → Complete changes nothing
+    with psycopg.connect(postgrest.db_url, autocommit=True) as conn:
+        made_gens = conn.execute(
+            "SELECT g.id, g.location, sg.position FROM generations g "
+            "JOIN shot_generations sg ON sg.generation_id = g.id WHERE %s = ANY (g.tasks)",
+            (key,),
+        ).fetchall()
+    assert [(loc, pos) for _, loc, pos in made_gens] == [("files/k.png", 1)]
+    assert row(postgrest, "tasks", key)["generation_processed_at"] is not None

@@ -105,6 +105,8 @@ class Unreadable:
     reason: str
     #: The stored value as text, shortened (for display; never decoded).
     raw: str
+    #: The stored value as text, whole (a list cursor can name its place by it).
+    stored: str = ""
 
     @classmethod
     def of(cls, value: object, err: BaseException) -> Unreadable:
@@ -114,7 +116,7 @@ class Unreadable:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, RecursionError):
             reason = "JSON nested too deeply to decode"
-        return cls(reason=reason[:200], raw=shown)
+        return cls(reason=reason[:200], raw=shown, stored=text)
 
     def __str__(self) -> str:
         return f"⚠ unreadable ({self.reason}): {self.raw}"

@@ -119,3 +119,34 @@ def test_the_studio_shows_the_unreadable_row(
         status, html = _get(f"{url}studio/tasks/details/{world.task.id}")
         assert status == 200
         assert "unreadable" in html and "Exceeds the limit" in html
+
+
+@pytest.mark.sqlite_only
+def test_an_unreadable_sort_key_on_a_page_boundary(
+    db: dualdb.Database, world: World, migrated_url: str
+) -> None:
+    """A project another program stamped with garbage (SQLite keeps any text): the pages go
+    on past it, in the order SQLite keeps them, from a cursor that names it as stored."""
+    third = db.projects.create("Third", world.user.id)
+    conn = sqlite3.connect(migrated_url.removeprefix("sqlite:///"))
+    try:
+        conn.execute(
+            "UPDATE projects SET created_at = '2000-01-01 sometime' WHERE id = ?",
+            (str(world.project.id),),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    seen: list[object] = []
+    problems: list[object] = []
+    cursor = None
+    while True:
+        page = db.projects.list(limit=1, cursor=cursor)
+        seen += [p.id for p in page.items]
+        problems += [p.id for p in page.unreadable]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert problems == [world.project.id]
+    assert seen == [world.other_project.id, third.id]
+    assert [p.id for p in db.projects.iter(batch_size=1)] == seen

@@ -15,6 +15,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -26,11 +27,23 @@ from dualdb.errors import InvalidInput, NotFound, PermissionDenied, UnreadableRo
 from dualdb.records import Page, Record
 from dualdb.schema import projects, shots
 from dualdb.scope import Scope
-from dualdb.types import Unreadable, parse_timestamp
+from dualdb.types import Unreadable, format_timestamp, parse_timestamp
 
 R = TypeVar("R", bound=Record)
 
 log = logging.getLogger("dualdb")
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A cursor's sort-key value as stored, for a row whose value could not be decoded."""
+
+    text: str
+
+
+def _as_stored(value: datetime | uuid.UUID) -> str:
+    """How SQLite stores a sort-key value (the text dualdb's column types write)."""
+    return format_timestamp(value) if isinstance(value, datetime) else str(value)
 
 #: Default page size of ``list``.
 DEFAULT_LIMIT = 50
@@ -207,8 +220,10 @@ class Repository(Generic[R]):
         for col in self.order_by:
             value = row[col]
             if isinstance(value, Unreadable):
-                # The sort key itself is garbage: no position in the list can be named.
-                raise UnreadableRow(self.entity, row.get("id"), col, value.reason)
+                # A sort key another tool wrote as garbage (SQLite text): the next page starts
+                # after it as stored, so the list goes on past it.
+                values.append({"stored": value.stored})
+                continue
             if isinstance(value, datetime | uuid.UUID):
                 value = value.isoformat() if isinstance(value, datetime) else str(value)
             values.append(value)
@@ -225,7 +240,13 @@ class Repository(Generic[R]):
             for col, value in zip(self.order_by, data[1:], strict=True):
                 # A cursor is user input: check every value's type (and an int's range, so
                 # neither backend sees an out-of-range integer) before it reaches SQL.
-                if col == "id" or col.endswith("_id") or col.endswith("_at"):
+                if isinstance(value, dict) and set(value) == {"stored"}:
+                    stored = value["stored"]
+                    # Only SQLite stores these columns as text that can be garbage.
+                    if not isinstance(stored, str) or self._scope.dialect != "sqlite":
+                        raise ValueError(col)
+                    out.append(_Stored(stored))
+                elif col == "id" or col.endswith("_id") or col.endswith("_at"):
                     if not isinstance(value, str):
                         raise ValueError(col)
                     is_time = col.endswith("_at")
@@ -250,8 +271,27 @@ class Repository(Generic[R]):
 
     def _after(self, key: Sequence[Any]) -> sa.ColumnElement[bool]:
         cols = [self.table.c[c] for c in self.order_by]
+        if any(isinstance(k, _Stored) for k in key):
+            return self._after_stored(key, cols)
         keys = [sa.literal(k, type_=c.type) for k, c in zip(key, cols, strict=True)]
         return sa.tuple_(*cols) > sa.tuple_(*keys)
+
+    def _after_stored(
+        self, key: Sequence[Any], cols: list[sa.Column[Any]]
+    ) -> sa.ColumnElement[bool]:
+        """After a row whose sort key is unreadable: compared as SQLite stores it, as text
+        (the order the list has on SQLite anyway)."""
+        left: list[sa.ColumnElement[Any]] = []
+        right: list[sa.ColumnElement[Any]] = []
+        for k, c in zip(key, cols, strict=True):
+            if isinstance(k, _Stored | datetime | uuid.UUID):
+                text = k.text if isinstance(k, _Stored) else _as_stored(k)
+                left.append(sa.type_coerce(c, sa.Text()))
+                right.append(sa.literal(text, type_=sa.Text()))
+            else:
+                left.append(c)
+                right.append(sa.literal(k, type_=c.type))
+        return sa.tuple_(*left) > sa.tuple_(*right)
 
     # --- writes ----------------------------------------------------------------------------
 

@@ -214,11 +214,15 @@ class TaskQueueMixin:
 
     def _fail_unreadable(self, conn: sa.Connection, row: Any, err: UnreadableRow) -> None:
         key = row._mapping["id"]
-        if isinstance(key, Unreadable):
-            raise err  # not even its id can be read: nothing can address the row
+        # Not even its id decodes (SQLite text another tool wrote): address it as stored.
+        which = (
+            sa.type_coerce(tasks.c.id, sa.Text()) == sa.literal(key.stored, sa.Text())
+            if isinstance(key, Unreadable)
+            else tasks.c.id == key
+        )
         conn.execute(
             tasks.update()
-            .where(tasks.c.id == key)
+            .where(which)
             .values(
                 status=FAILED,
                 error=f"unreadable row: {err}"[: v.MAX_ERROR],

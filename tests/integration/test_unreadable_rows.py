@@ -150,3 +150,30 @@ def test_an_unreadable_sort_key_on_a_page_boundary(
     assert problems == [world.project.id]
     assert seen == [world.other_project.id, third.id]
     assert [p.id for p in db.projects.iter(batch_size=1)] == seen
+
+
+@pytest.mark.sqlite_only
+def test_a_claim_fails_a_task_whose_very_id_is_unreadable(
+    db: dualdb.Database, world: World, migrated_url: str
+) -> None:
+    """Written around the rules by another program: the id itself is not a UUID."""
+    conn = sqlite3.connect(migrated_url.removeprefix("sqlite:///"))
+    try:
+        conn.execute("DROP TRIGGER tasks_before_insert")
+        conn.execute(
+            "INSERT INTO tasks (id, project_id, task_type, params, created_at) "
+            "VALUES ('task-1', ?, 'x', '{}', '2000-01-01T00:00:00.000000Z')",
+            (str(world.project.id),),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    claimed = db.tasks.claim("gpu-1")
+    assert claimed is not None and claimed.id == world.task.id
+    conn = sqlite3.connect(migrated_url.removeprefix("sqlite:///"))
+    try:
+        query = "SELECT status, error FROM tasks WHERE id = 'task-1'"
+        status, error = conn.execute(query).fetchone()
+    finally:
+        conn.close()
+    assert status == "Failed" and error.startswith("unreadable row: task task-1: column id")

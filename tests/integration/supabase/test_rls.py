@@ -178,18 +178,25 @@ def test_a_user_cannot_update_or_delete_someone_elses_rows(world: World) -> None
         (generations, generations.c.id, b.generation, {"location": "pwned"}),
         (shots, shots.c.id, b.shot, {"name": "pwned"}),
         (shot_generations, shot_generations.c.id, b.shot_generation, {"position": 99}),
-        (
-            task_dependencies,
-            task_dependencies.c.task_id,
-            b.waiting_task,
-            {"dependency_id": b.waiting_task},
-        ),
     ]
     with world.engine.begin() as conn:
         helper_as_user(conn, world.a.user)
         for table, key, value, change in targets:
             assert conn.execute(table.update().where(key == value).values(change)).rowcount == 0
             assert conn.execute(table.delete().where(key == value)).rowcount == 0
+    # Edges are the database's alone (migration 0007): no API role writes them at all.
+    edge = task_dependencies.c.task_id == b.waiting_task
+    for statement in (
+        task_dependencies.update().where(edge).values(dependency_id=b.waiting_task),
+        task_dependencies.delete().where(edge),
+    ):
+        with world.engine.connect() as conn, pytest.raises(exc.DBAPIError) as caught, conn.begin():
+            helper_as_user(conn, world.a.user)
+            conn.execute(statement)
+        assert _denied(caught.value)
+        assert "permission denied for table task_dependencies" in str(caught.value.orig)
+    with world.engine.begin() as conn:
+        helper_as_user(conn, world.a.user)
         # Unfiltered statements reach only A's own rows, never B's.
         assert conn.execute(shots.update().values(name="mine")).rowcount == 1
     with world.engine.connect() as conn:  # as the owner: B's rows are untouched
@@ -279,9 +286,14 @@ def test_a_user_cannot_insert_into_or_move_rows_into_someone_elses_project(world
                 conn.execute(statement)
             except exc.DBAPIError as err:
                 if "waits on" in what:
-                    # Edges are written only by the database (migration 0006), before RLS is
-                    # even asked.
-                    assert "task_dependencies is kept by the database" in str(err.orig), what
+                    # Edges are written only by the database (migrations 0006 and 0007): the
+                    # API roles hold no write privilege on them at all.
+                    assert _denied(err), f"{what}: {err.orig}"
+                    assert "permission denied for table task_dependencies" in str(err.orig)
+                elif what == "move A's task to B":
+                    # A signed-in user never moves a task (migration 0007), before RLS asks.
+                    assert _denied(err), f"{what}: {err.orig}"
+                    assert "cannot change the dependencies or the project" in str(err.orig)
                 else:
                     assert _denied(err), f"{what}: {err.orig}"
                     assert "row-level security" in str(err.orig)

@@ -170,6 +170,8 @@ def test_a_user_cancels_only_tasks_that_have_not_started(
         me.tasks.cancel(alice.task)
     with pytest.raises(PermissionDenied, match="it is running"):
         me.tasks.delete(alice.task)
+    with pytest.raises(PermissionDenied, match="only tasks that have not started"):
+        me.tasks.update(alice.task, params={"x": 1})
     assert snapshot(db) == before
 
 

@@ -315,8 +315,10 @@ def _live_triggers(conn: sa.Connection) -> set[tuple[str, str]]:
             "SELECT c.relname, t.tgname FROM pg_trigger t "
             "JOIN pg_class c ON c.oid = t.tgrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            # A disabled trigger (ALTER TABLE … DISABLE TRIGGER) keeps no rule: as missing.
-            "WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND n.nspname = current_schema()"
+            # A trigger that does not fire in ordinary sessions (DISABLE, or ENABLE REPLICA)
+            # keeps no rule: as missing.
+            "WHERE NOT t.tgisinternal AND t.tgenabled IN ('O', 'A') "
+            "AND n.nspname = current_schema()"
         )
     return {(str(table), str(name)) for table, name in conn.exec_driver_sql(query)}
 

@@ -226,6 +226,11 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
             ).first()
             if current is None:
                 raise NotFound(f"task {key} not found")
+            if current.status not in INITIAL_STATUSES and self._scope.user_id is not None:
+                raise PermissionDenied(
+                    f"cannot change task {key}: it is {current.status}, and a signed-in user "
+                    "changes only tasks that have not started"
+                )
             if current.status not in INITIAL_STATUSES:
                 raise Conflict(
                     f"task {key} is {current.status}: only Pending or Queued tasks can change"
@@ -241,6 +246,13 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
         key = v.uuid_("id", id)
         with self._scope.write() as conn:
             self._check_writable(conn, key)
+            # A signed-in user's refusal comes first, as on Postgres (migration 0007's rule
+            # fires before the queue's).
+            running = conn.execute(
+                sa.select(tasks.c.id).where(tasks.c.id == key, tasks.c.status == RUNNING)
+            ).first()
+            if running is not None and self._scope.user_id is not None:
+                raise PermissionDenied(f"cannot delete task {key}: it is running")
             waiting = conn.execute(
                 sa.select(task_dependencies.c.task_id)
                 .join(tasks, tasks.c.id == task_dependencies.c.task_id)
@@ -251,9 +263,4 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
                 raise Conflict(
                     f"task {waiting} depends on task {key}: cancel it (cascades) before deleting"
                 )
-            running = conn.execute(
-                sa.select(tasks.c.id).where(tasks.c.id == key, tasks.c.status == RUNNING)
-            ).first()
-            if running is not None and self._scope.user_id is not None:
-                raise PermissionDenied(f"cannot delete task {key}: it is running")
             super().delete(key)

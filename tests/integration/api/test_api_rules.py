@@ -10,6 +10,7 @@ was, and the queue goes on for everyone else.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 import psycopg
@@ -37,13 +38,42 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "run it": {"status": "In Progress", "worker_id": "me"},
     "take over the worker column": {"worker_id": "me"},
     "claim attempts": {"attempts": 99},
-    "say it is ready": {"unmet_dependencies": 0},
-    "backdate it to jump the queue": {"created_at": "2000-01-01T00:00:00Z"},
     "fake a heartbeat": {"heartbeat_at": "2030-01-01T00:00:00Z"},
+    "point it at someone's file": {"output_location": "https://evil.example/x.png"},
     "mark its generation made": {"generation_processed_at": "2030-01-01T00:00:00Z"},
     "write a negative counter": {"attempts": -1},
     "move its dependencies": {"dependant_on": []},
 }
+
+
+#: Sent back in a whole row a front end read: kept as stored, not refused (a rounded timestamp,
+#: a counter that moved since the read) — and so no way to jump the queue either.
+IGNORED: dict[str, dict[str, Any]] = {
+    "say it is ready": {"unmet_dependencies": 0},
+    "backdate it to jump the queue": {"created_at": "2000-01-01T00:00:00Z"},
+}
+
+
+@pytest.mark.parametrize("attack", list(IGNORED))
+def test_server_managed_values_sent_back_are_kept(
+    postgrest: Api, owners: Owners, attack: str
+) -> None:
+    a = owners.a
+    before = row(postgrest, "tasks", a.waiting_task)
+    reply = postgrest.patch(
+        "tasks",
+        {**IGNORED[attack], "params": {"edited": True}},
+        token=postgrest.user_token(a.user),
+        params={"id": f"eq.{a.waiting_task}"},
+    )
+    assert reply.status == 200, reply
+    after = row(postgrest, "tasks", a.waiting_task)
+    assert after["params"] == {"edited": True}
+    assert (after["created_at"], after["unmet_dependencies"]) == (
+        before["created_at"],
+        before["unmet_dependencies"],
+    )
+    assert after["unmet_dependencies"] == 1
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
@@ -90,8 +120,9 @@ def test_a_user_cannot_put_a_running_task_back(postgrest: Api, owners: Owners) -
         {"attempts": 3},
         {"error": "x"},
         {"heartbeat_at": "2030-01-01T00:00:00Z"},
+        {"output_location": "https://evil.example/x.png"},
     ],
-    ids=["complete", "running", "worker", "attempts", "error", "heartbeat"],
+    ids=["complete", "running", "worker", "attempts", "error", "heartbeat", "output"],
 )
 def test_a_user_creates_tasks_only_queued_or_pending_with_the_queue_columns_empty(
     postgrest: Api, owners: Owners, task: dict[str, Any]
@@ -313,3 +344,29 @@ def test_a_shot_task_completed_over_the_api_gets_one_generation(
         ).fetchall()
     assert [(loc, pos) for _, loc, pos in made_gens] == [("files/k.png", 1)]
     assert row(postgrest, "tasks", key)["generation_processed_at"] is not None
+
+
+def test_a_custom_role_granted_authenticated_gets_the_same_rules(
+    postgrest: Api, owners: Owners
+) -> None:
+    """The rules follow Row Level Security, not a role's name (Supabase custom roles)."""
+    role = f"dualdb_custom_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgrest.db_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} NOLOGIN")
+        try:
+            conn.execute(f"GRANT authenticated TO {role}")
+            with conn.transaction():
+                conn.execute(
+                    "SELECT set_config('request.jwt.claims', %s, true)",
+                    (f'{{"sub": "{owners.a.user}", "role": "{role}"}}',),
+                )
+                conn.execute(f"SET LOCAL ROLE {role}")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="Queued or Pending"):
+                    conn.execute(
+                        "INSERT INTO tasks (project_id, task_type, params, status) "
+                        "VALUES (%s, 't', '{}', 'Complete')",
+                        (owners.a.project,),
+                    )
+        finally:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")

@@ -19,9 +19,11 @@ rows these triggers decide what the API roles (``authenticated``, ``anon`` — P
   never changes; ``updated_at`` is the server's time of the change.
 
 Refusals carry SQLSTATE 42501 (``insufficient_privilege``: PostgREST answers 403, dualdb raises
-PermissionDenied).  The functions run with the writer's rights (``SECURITY INVOKER``), so
-``current_user`` is the API role; the rules of 0006 run as the tables' owner, so their own
-writes (cascades, counters, generations) are not the user's and pass.
+PermissionDenied).  The rules apply to every writer under Row Level Security
+(``row_security_active``): ``anon``, ``authenticated`` and any custom role granted them — not the
+owner, not ``service_role`` (BYPASSRLS), and not the rules of 0006, which run as the tables'
+owner, so their own writes (cascades, counters, generations) pass.  A ``created_at`` or
+``unmet_dependencies`` sent back unchanged-or-stale is kept as it was rather than refused.
 
 The front end's queue verbs are SQL functions in ``public``, callable with supabase-js
 ``rpc()`` as the signed-in user under the same rules (``SECURITY INVOKER``: RLS and the triggers
@@ -43,8 +45,6 @@ down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: The roles these rules apply to.
-API_ROLES = "('authenticated', 'anon')"
 QUEUE_COLUMNS = (
     "worker_id",
     "attempts",
@@ -61,17 +61,23 @@ def _deny(message: str) -> str:
     return f"RAISE EXCEPTION USING MESSAGE = '{message}', ERRCODE = '42501'"
 
 
-_QUEUE_UNCHANGED = " OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in QUEUE_COLUMNS)
+_QUEUE_UNCHANGED = " OR ".join(
+    f"NEW.{c} IS DISTINCT FROM OLD.{c}"
+    for c in (*QUEUE_COLUMNS, "output_location")
+    if c != "unmet_dependencies"  # kept as it was (below), whatever was sent
+)
 _QUEUE_DEFAULTS = " OR ".join(
     [f"NEW.{c} IS NOT NULL" for c in QUEUE_COLUMNS if c not in ("attempts", "unmet_dependencies")]
-    + ["NEW.attempts <> 0", "NEW.error IS NOT NULL"]
+    + ["NEW.attempts <> 0", "NEW.error IS NOT NULL", "NEW.output_location IS NOT NULL"]
 )
 
 TASKS_API_RULES = f"""
 CREATE FUNCTION dualdb.tasks_api_rules() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, public AS $fn$
 BEGIN
-    IF current_user NOT IN {API_ROLES} THEN
+    -- Every role under RLS (anon, authenticated, and custom roles granted them) — not the
+    -- owner, not service_role (BYPASSRLS), not 0006's rules running as the owner.
+    IF NOT row_security_active(TG_RELID) THEN
         RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -101,9 +107,10 @@ BEGIN
     THEN
         {_deny("the queue columns of a task belong to workers")};
     END IF;
-    IF NEW.created_at IS DISTINCT FROM OLD.created_at THEN
-        {_deny("created_at is set by the server")};
-    END IF;
+    -- Kept, not refused: a front end that sends back the whole row it read (a rounded
+    -- created_at, a counter that moved since) changes nothing it may not change.
+    NEW.created_at := OLD.created_at;
+    NEW.unmet_dependencies := OLD.unmet_dependencies;
     IF NEW.dependant_on IS DISTINCT FROM OLD.dependant_on
        OR NEW.project_id IS DISTINCT FROM OLD.project_id THEN
         {_deny("a signed-in user cannot change the dependencies or the project of a task")};
@@ -129,6 +136,10 @@ LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public 
 DECLARE
     made public.tasks;
 BEGIN
+    IF coalesce(array_ndims(enqueue_task.depends_on), 1) <> 1 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE =
+            'invalid dependant_on: must be an array of task ids (canonical UUIDs, no nulls)';
+    END IF;
     IF enqueue_task.status IS DISTINCT FROM 'Queued'
        AND enqueue_task.status IS DISTINCT FROM 'Pending' THEN
         RAISE EXCEPTION USING MESSAGE = 'invalid status: a new task starts as Queued or Pending',
@@ -219,7 +230,7 @@ def _times_function(table: str, has_updated_at: bool) -> str:
 CREATE FUNCTION dualdb.{table}_api_times() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, public AS $fn$
 BEGIN
-    IF current_user NOT IN {API_ROLES} THEN
+    IF NOT row_security_active(TG_RELID) THEN
         RETURN NEW;
     END IF;
     IF TG_OP = 'INSERT' THEN

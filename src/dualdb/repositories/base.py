@@ -339,9 +339,13 @@ class Repository(Generic[R]):
         """
         if not values:
             return []
-        stmt = self.table.insert().returning(*self.table.c, sort_by_parameter_order=True)
-        rows = conn.execute(stmt, list(values)).all()
-        return [self._record(r) for r in rows]
+        # One batch; the rows come back in no promised order, so they are put back in the
+        # callers' by primary key (``sort_by_parameter_order`` would cost a statement per row
+        # on SQLite, whose tables have no integer sentinel).
+        key = self.table.primary_key.columns.values()[0].name
+        rows = conn.execute(self.table.insert().returning(*self.table.c), list(values)).all()
+        by_key = {row._mapping[key]: row for row in rows}
+        return [self._record(by_key[v[key]]) for v in values]
 
     def _update(self, key: uuid.UUID, values: dict[str, Any]) -> R:
         with self._scope.write() as conn:

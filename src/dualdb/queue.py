@@ -8,7 +8,8 @@ Lifecycle (see docs/queue.md)::
     any unfinished --cancel--> Cancelled (and every dependent, transitively)
 
 Readiness is explicit: ``tasks.unmet_dependencies`` counts dependencies that are not yet
-Complete (kept in step through the ``task_dependencies`` edges), so a claim reads the oldest
+Complete (kept in step through the ``task_dependencies`` edges by the database's triggers,
+migration 0006, whoever writes), so a claim reads the oldest
 row of the partial index ``ix_tasks_ready`` — its cost does not depend on how many tasks are
 finished or blocked.  Postgres claims with ``FOR UPDATE SKIP LOCKED``; SQLite's ``BEGIN
 IMMEDIATE`` transaction makes the single ``UPDATE … RETURNING`` atomic.
@@ -36,7 +37,7 @@ from dualdb.schema import (
     tasks,
 )
 from dualdb.scope import Scope
-from dualdb.types import TaskStatus, Timestamp, Unreadable, to_uuid
+from dualdb.types import TaskStatus, Timestamp, Unreadable
 
 #: Attempts (claims) a task gets before a stale or failed-with-retry task is marked Failed.
 DEFAULT_MAX_ATTEMPTS = 3
@@ -59,13 +60,6 @@ UNFINISHED = (PENDING, QUEUED, RUNNING)
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _uuid_or_none(value: object) -> uuid.UUID | None:
-    try:
-        return to_uuid(value)
-    except ValueError:
-        return None
 
 
 def _held_by(key: Any, worker: Any) -> tuple[sa.ColumnElement[bool], ...]:

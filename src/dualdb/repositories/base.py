@@ -334,8 +334,9 @@ class Repository(Generic[R]):
     def _insert(self, conn: sa.Connection, values: Sequence[Mapping[str, Any]]) -> list[R]:
         """Insert ``values`` and return the records as the database stored them.
 
-        Read back, not rebuilt from ``values``: the database may set columns itself (the
-        counters and edges of tasks; ``created_at`` when a Supabase API role writes).
+        Read back, not rebuilt from ``values``: the database may set columns in its BEFORE
+        triggers (``created_at`` when a Supabase API role writes, a task's counter on
+        Postgres).  What AFTER triggers write later is not in these rows.
         """
         if not values:
             return []

@@ -235,16 +235,20 @@ class Api:
         token: str | None = None,
         params: Mapping[str, str] | None = None,
         body: Any = None,
+        raw: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        """Send one request; 4xx/5xx answers are returned, not raised."""
+        """Send one request; 4xx/5xx answers are returned, not raised.
+
+        ``body`` is sent as JSON; ``raw`` is sent as it is (JSON no serialiser here writes).
+        """
         url = f"{self.url}/{path.lstrip('/')}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
         sent = {"Accept": "application/json", **(headers or {})}
         data = None
-        if body is not None:
-            data = json.dumps(body).encode()
+        if body is not None or raw is not None:
+            data = (raw if raw is not None else json.dumps(body)).encode()
             sent["Content-Type"] = "application/json"
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
@@ -261,21 +265,15 @@ class Api:
     ) -> Reply:
         return self.request("GET", path, token=token, params=params)
 
-    def post(
-        self,
-        path: str,
-        body: Any,
-        *,
-        token: str | None = None,
-        params: Mapping[str, str] | None = None,
-        prefer: str = "return=representation",
-    ) -> Reply:
-        return self.request(
-            "POST", path, token=token, params=params, body=body, headers={"Prefer": prefer}
-        )
+    def post(self, path: str, body: Any, **options: Any) -> Reply:
+        return self._write("POST", path, body, **options)
 
-    def patch(
+    def patch(self, path: str, body: Any, **options: Any) -> Reply:
+        return self._write("PATCH", path, body, **options)
+
+    def _write(
         self,
+        method: str,
         path: str,
         body: Any,
         *,
@@ -284,7 +282,7 @@ class Api:
         prefer: str = "return=representation",
     ) -> Reply:
         return self.request(
-            "PATCH", path, token=token, params=params, body=body, headers={"Prefer": prefer}
+            method, path, token=token, params=params, body=body, headers={"Prefer": prefer}
         )
 
     def delete(

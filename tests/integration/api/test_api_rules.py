@@ -22,6 +22,14 @@ from tests.integration.api.conftest import Api, Owners
 pytestmark = [pytest.mark.postgres_only, pytest.mark.postgres]
 
 
+def patch_waiting_task(api: Api, owners: Owners, body: dict[str, Any]) -> Any:
+    """User A's PATCH of A's task that waits on another."""
+    a = owners.a
+    return api.patch(
+        "tasks", body, token=api.user_token(a.user), params={"id": f"eq.{a.waiting_task}"}
+    )
+
+
 def row(api: Api, table: str, key: object) -> dict[str, Any]:
     """The row as the owner sees it (not through the API)."""
     with psycopg.connect(api.db_url, autocommit=True) as conn:
@@ -60,12 +68,7 @@ def test_server_managed_values_sent_back_are_kept(
 ) -> None:
     a = owners.a
     before = row(postgrest, "tasks", a.waiting_task)
-    reply = postgrest.patch(
-        "tasks",
-        {**IGNORED[attack], "params": {"edited": True}},
-        token=postgrest.user_token(a.user),
-        params={"id": f"eq.{a.waiting_task}"},
-    )
+    reply = patch_waiting_task(postgrest, owners, {**IGNORED[attack], "params": {"edited": True}})
     assert reply.status == 200, reply
     after = row(postgrest, "tasks", a.waiting_task)
     assert after["params"] == {"edited": True}
@@ -82,12 +85,7 @@ def test_a_user_cannot_rewrite_the_queue_columns_of_their_own_task(
 ) -> None:
     a = owners.a
     before = row(postgrest, "tasks", a.waiting_task)
-    reply = postgrest.patch(
-        "tasks",
-        ATTACKS[attack],
-        token=postgrest.user_token(a.user),
-        params={"id": f"eq.{a.waiting_task}"},
-    )
+    reply = patch_waiting_task(postgrest, owners, ATTACKS[attack])
     assert reply.status == 403 and reply.code == "42501", reply
     assert row(postgrest, "tasks", a.waiting_task) == before
 
@@ -177,7 +175,7 @@ def test_a_poison_task_is_refused_and_the_queue_goes_on(
     token = postgrest.user_token(owners.a.user)
     params, expected = POISON_PARAMS[label]
     raw = f'{{"project_id": "{owners.a.project}", "task_type": "t", "params": {params}}}'
-    reply = _post_raw(postgrest, "tasks", raw, token)
+    reply = postgrest.request("POST", "tasks", token=token, raw=raw)
     assert reply.status == 400 and reply.code == "22023", reply
     assert reply.body["message"].startswith(expected), reply
     dep = postgrest.post(
@@ -193,27 +191,6 @@ def test_a_poison_task_is_refused_and_the_queue_goes_on(
         while (task := db.tasks.claim("gpu-1")) is not None:
             done.append(db.tasks.complete(task.id, "gpu-1", f"files/{task.id}.png").id)
     assert set(done) == {owners.a.task, owners.a.waiting_task, owners.b.task, owners.b.waiting_task}
-
-
-def _post_raw(api: Api, path: str, text: str, token: str) -> Any:
-    import urllib.error
-    import urllib.request
-
-    from tests.integration.api.conftest import _reply
-
-    req = urllib.request.Request(
-        f"{api.url}/{path}",
-        data=text.encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}",
-                 "Accept": "application/json"},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return _reply(resp.status, resp.read(), resp.headers)
-    except urllib.error.HTTPError as err:
-        with err:
-            return _reply(err.code, err.read(), err.headers)
 
 
 def test_a_task_others_wait_for_cannot_be_deleted(postgrest: Api, owners: Owners) -> None:

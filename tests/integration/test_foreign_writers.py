@@ -214,12 +214,14 @@ class Plain:
             *(() if worker is None else (worker,)),
         )
 
-    def claim(self, worker: str) -> tuple[str, int] | None:
-        """Take the oldest ready task: (id, attempts), or None.
+    def claim(self, worker: str, types: Sequence[str] = ()) -> tuple[str, int] | None:
+        """Take the oldest ready task (of one of ``types``, if given): (id, attempts), or None.
 
         SQLite: ``BEGIN IMMEDIATE`` then one ``UPDATE … RETURNING``, the clock read after the
         write lock is held.  Postgres: ``FOR UPDATE SKIP LOCKED`` and the server's clock.
         """
+        mark = "?" if self._sqlite is not None else "%s"
+        only = f" AND task_type IN ({', '.join([mark] * len(types))})" if types else ""
         if self._sqlite is not None:
             self._sqlite.execute("BEGIN IMMEDIATE")
             try:
@@ -228,9 +230,9 @@ class Plain:
                     "UPDATE tasks SET status = 'In Progress', worker_id = ?, "
                     "attempts = attempts + 1, generation_started_at = ?, heartbeat_at = ?, "
                     "updated_at = ? WHERE id = (SELECT id FROM tasks "
-                    "WHERE status = 'Queued' AND unmet_dependencies = 0 "
+                    f"WHERE status = 'Queued' AND unmet_dependencies = 0{only} "
                     "ORDER BY created_at, id LIMIT 1) RETURNING id, attempts",
-                    (worker, now, now, now),
+                    (worker, now, now, now, *types),
                 ).fetchone()
                 self._sqlite.execute("COMMIT")
             except BaseException:
@@ -243,10 +245,10 @@ class Plain:
                 "attempts = tasks.attempts + 1, generation_started_at = pick.now, "
                 "heartbeat_at = pick.now, updated_at = pick.now "
                 "FROM (SELECT id, clock_timestamp() AS now FROM tasks "
-                "WHERE status = 'Queued' AND unmet_dependencies = 0 "
+                f"WHERE status = 'Queued' AND unmet_dependencies = 0{only} "
                 "ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) AS pick "
                 "WHERE tasks.id = pick.id RETURNING tasks.id, tasks.attempts",
-                (worker,),
+                (worker, *types),
             ).fetchone()
         return None if row is None else (str(row[0]), int(row[1]))
 
@@ -1301,6 +1303,9 @@ def test_interleaved_dal_and_plain_writers_keep_every_invariant(
 
 DRAIN_WORKERS = 4
 DRAIN_TASKS = 2000
+# Each kind of worker has a type only it takes, so both must run (SQLite's lock is not fair:
+# two plain loops can starve the others), and a type both compete for.
+DRAIN_TYPES = ("dal", "plain", "any")
 
 
 def _unfinished(plain: Plain) -> int:
@@ -1318,7 +1323,7 @@ def _drain_with_dal(url: str, worker_id: str, out: str, start: Any) -> None:
         start.wait()
         idle = 0
         while True:
-            task = db.tasks.claim(worker_id)
+            task = db.tasks.claim(worker_id, task_types=["dal", "any"])
             if task is None:
                 counts = db.tasks.counts()
                 if counts["Queued"] + counts["In Progress"] + counts["Pending"] == 0:
@@ -1340,7 +1345,7 @@ def _drain_with_plain_sql(url: str, worker_id: str, out: str, start: Any) -> Non
         start.wait()
         idle = 0
         while True:
-            got = plain.claim(worker_id)
+            got = plain.claim(worker_id, types=("plain", "any"))
             if got is None:
                 if _unfinished(plain) == 0:
                     break
@@ -1372,7 +1377,7 @@ def test_many_processes_drain_a_dag_exactly_once_half_by_plain_sql(
 ) -> None:
     """Two dualdb workers and two plain-SQL workers drain 2,000 tasks forming a DAG."""
     with dualdb.connect(migrated_url) as db:
-        ids = _enqueue_dag(db, DRAIN_TASKS)
+        ids = _enqueue_dag(db, DRAIN_TASKS, types=DRAIN_TYPES)
     ctx = mp.get_context("spawn")
     outs = [str(tmp_path / f"w{i}.json") for i in range(DRAIN_WORKERS)]
     start = ctx.Barrier(DRAIN_WORKERS)
@@ -1392,8 +1397,10 @@ def test_many_processes_drain_a_dag_exactly_once_half_by_plain_sql(
     assert len(completed) == DRAIN_TASKS
     assert {c["id"] for c in completed} == {str(i) for i in ids}  # each exactly once
     assert all(c["attempts"] == 1 for c in completed)  # never claimed twice
-    by = Counter(c["by"] for c in completed)
-    assert by["plain"] > 0 and by["dal"] > 0, by
+    types = {str(task_id): DRAIN_TYPES[i % len(DRAIN_TYPES)] for i, task_id in enumerate(ids)}
+    by = Counter((types[c["id"]], c["by"]) for c in completed)
+    assert by[("dal", "plain")] == by[("plain", "dal")] == 0, by  # the type filters held
+    assert by[("dal", "dal")] > 0 and by[("plain", "plain")] > 0, by
     with dualdb.connect(migrated_url) as db:
         assert db.tasks.counts()["Complete"] == DRAIN_TASKS
         every = {t.id: t for t in db.tasks.iter(batch_size=1000)}

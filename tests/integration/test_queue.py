@@ -346,9 +346,7 @@ def test_enqueue_racing_the_completion_of_its_dependency_is_never_stranded(
     assert claimed is not None and claimed.id == child.id
 
 
-def test_a_shot_that_disappeared_does_not_poison_completion(
-    db: Database, project: Project
-) -> None:
+def test_a_shot_that_disappeared_does_not_poison_completion(db: Database, project: Project) -> None:
     shot = db.shots.create(project.id, "Gone")
     t = db.tasks.enqueue(project.id, "single_image", {"shot_id": str(shot.id)})
     db.shots.delete(shot.id)

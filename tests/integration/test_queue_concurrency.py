@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ def _drain(url: str, worker_id: str, out: str, start: Any) -> None:
     Path(out).write_text(json.dumps(done))
 
 
-def _enqueue_dag(db: Database, n: int, seed: int = 7) -> list[Any]:
+def _enqueue_dag(db: Database, n: int, seed: int = 7, types: Sequence[str] = ("t",)) -> list[Any]:
+    """Enqueue ``n`` tasks whose dependencies form a random DAG; task ``i`` has type
+    ``types[i % len(types)]``."""
     rng = random.Random(seed)
     user = db.users.create()
     project = db.projects.create("DAG", user.id)
@@ -64,7 +67,7 @@ def _enqueue_dag(db: Database, n: int, seed: int = 7) -> list[Any]:
             {
                 "id": ids[i],
                 "project_id": project.id,
-                "task_type": "t",
+                "task_type": types[i % len(types)],
                 "params": {"i": i},
                 "depends_on": deps,
             }

@@ -9,6 +9,7 @@ database through the DAL, not only on the page.
 from __future__ import annotations
 
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -269,13 +270,24 @@ def test_create_a_task_goes_through_the_dal(page: Page, studio: str, db: Databas
     expect(page.get_by_test_id("dependents").locator(f"[data-task='{new_id}']")).to_be_visible()
 
 
+def confirm_delete(page: Page) -> None:
+    """Open sqladmin's delete dialog and press its button once the dialog knows its URL.
+
+    sqladmin's script sets the button's ``data-url`` only on ``shown.bs.modal``, after the
+    fade-in; a click before that sends DELETE to the current page (405).
+    """
+    page.get_by_role("link", name="Delete").click()
+    button = page.locator("#modal-delete-button")
+    expect(button).to_have_attribute("data-url", re.compile(r"/delete\?pks="))
+    button.click()
+
+
 def test_a_write_the_dal_refuses_is_refused_in_the_studio(
     page: Page, studio: str, db: Database
 ) -> None:
     # A task others still wait for cannot be deleted (TasksRepository.delete: Conflict).
     page.goto(f"{studio}studio/tasks/details/{KEYFRAME_1}")
-    page.get_by_role("link", name="Delete").click()
-    page.locator("#modal-delete-button").click()
+    confirm_delete(page)
     expect(page.locator(".alert-danger")).to_contain_text("depends on task")
     assert db.tasks.find(KEYFRAME_1) is not None
 
@@ -291,8 +303,7 @@ def test_a_write_the_dal_refuses_is_refused_in_the_studio(
 
     # Deleting a task nothing waits for works, through the same dialog.
     page.goto(f"{studio}studio/tasks/details/{STITCH}")
-    page.get_by_role("link", name="Delete").click()
-    page.locator("#modal-delete-button").click()
+    confirm_delete(page)
     expect(page).to_have_url(f"{studio}studio/tasks/list")
     assert db.tasks.find(STITCH) is None
 

@@ -33,9 +33,9 @@ class Capabilities:
     batch_migrations: bool
     #: Queue timestamps come from the server's clock (one clock for every worker machine).
     server_clock: bool
-    #: Hot queries name their index (``INDEXED BY``): without planner statistics SQLite may
-    #: otherwise walk a broader index (all Queued rows, blocked ones included).
-    index_hints: bool
+    #: The workers' queue verbs are SQL functions in the database (migration 0008), which
+    #: the DAL calls; otherwise the DAL runs the same statements itself.
+    queue_functions: bool
 
 
 SQLITE = Capabilities(
@@ -46,7 +46,7 @@ SQLITE = Capabilities(
     single_writer=True,
     batch_migrations=True,
     server_clock=False,
-    index_hints=True,
+    queue_functions=False,
 )
 
 POSTGRESQL = Capabilities(
@@ -57,7 +57,7 @@ POSTGRESQL = Capabilities(
     single_writer=False,
     batch_migrations=False,
     server_clock=True,
-    index_hints=False,
+    queue_functions=True,
 )
 
 _BY_NAME = {c.name: c for c in (SQLITE, POSTGRESQL)}

@@ -27,6 +27,7 @@ from dualdb.errors import (
     DatabaseUnavailable,
     DualdbError,
     InvalidInput,
+    NotFound,
     PermissionDenied,
 )
 
@@ -174,9 +175,10 @@ def translate(err: BaseException) -> DualdbError | None:
     return None
 
 
-#: What the database's triggers raise (migration 0006): ``invalid <column>: …`` (SQLSTATE
-#: 22023 on Postgres) and ``conflict: …`` (23000); on SQLite a ``RAISE(ABORT, …)``.
-_RULE_CODES = {"22023", "23000"}
+#: What the database's triggers and functions raise (migrations 0006, 0008): ``invalid
+#: <column>: …`` (SQLSTATE 22023 on Postgres), ``conflict: …`` (23000) and ``<thing> not
+#: found`` (PT404); on SQLite a ``RAISE(ABORT, …)``.
+_RULE_CODES = {"22023", "23000", "PT404"}
 
 
 def _rule_violation(orig: object, sqlstate: str, message: str) -> DualdbError | None:
@@ -187,6 +189,8 @@ def _rule_violation(orig: object, sqlstate: str, message: str) -> DualdbError | 
     )
     if not from_trigger:
         return None
+    if sqlstate == "PT404":  # migration 0008's worker verbs (PostgREST's code for 404)
+        return NotFound(message)
     if message.startswith("conflict: "):
         return Conflict(message.removeprefix("conflict: "))
     if message.startswith("invalid ") and ": " in message:

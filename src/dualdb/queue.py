@@ -11,8 +11,14 @@ Readiness is explicit: ``tasks.unmet_dependencies`` counts dependencies that are
 Complete (kept in step through the ``task_dependencies`` edges by the database's triggers,
 migration 0006, whoever writes), so a claim reads the oldest
 row of the partial index ``ix_tasks_ready`` — its cost does not depend on how many tasks are
-finished or blocked.  Postgres claims with ``FOR UPDATE SKIP LOCKED``; SQLite's ``BEGIN
-IMMEDIATE`` transaction makes the single ``UPDATE … RETURNING`` atomic.
+finished or blocked.
+
+On Postgres the workers' verbs (claim, heartbeat, complete, fail, release_claim,
+requeue_stale) are SQL functions in the database (migration 0008), which workers in any
+language call; this module calls the same functions, so the semantics have one implementation
+there.  They claim with ``FOR UPDATE SKIP LOCKED``.  SQLite has no stored functions: this
+module runs the same statements itself, where ``BEGIN IMMEDIATE`` makes the single ``UPDATE …
+RETURNING`` of a claim atomic.
 """
 
 from __future__ import annotations
@@ -60,6 +66,22 @@ UNFINISHED = (PENDING, QUEUED, RUNNING)
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _sql_verb(call: str) -> sa.TextualSelect:
+    """``SELECT * FROM dualdb.<call>``: a worker verb of migration 0008, read as task rows."""
+    return sa.text(f"SELECT * FROM dualdb.{call}").columns(*tasks.c)
+
+
+#: The workers' verbs on Postgres: one function call, one round trip each.
+_SQL_VERBS = {
+    "claim": _sql_verb("claim_tasks(:worker, CAST(:types AS text[]), 1)"),
+    "heartbeat": _sql_verb("heartbeat_task(:key, :worker)"),
+    "complete": _sql_verb("complete_task(:key, :worker, :location)"),
+    "fail": _sql_verb("fail_task(:key, :worker, :error, :retry, CAST(:max_attempts AS integer))"),
+    "release_claim": _sql_verb("release_claim(:key, :worker)"),
+    "requeue_stale": _sql_verb("requeue_stale(:older_than, CAST(:max_attempts AS integer))"),
+}
 
 
 def _held_by(key: Any, worker: Any) -> tuple[sa.ColumnElement[bool], ...]:
@@ -151,36 +173,27 @@ class TaskQueueMixin:
     # --- verbs ---------------------------------------------------------------------------
 
     def _ready_pick(self, typed: bool) -> sa.Select[Any]:
-        """``SELECT id`` of the oldest ready task, read from the partial ready index.
+        """``SELECT id`` of the oldest ready task, read from the partial ready index (SQLite;
+        Postgres claims with migration 0008's ``claim_tasks``).
 
-        The predicate is a literal (not bound parameters) so both planners can match the
-        partial index; on SQLite the index is also named (``INDEXED BY``), since without
-        statistics its planner prefers ``ix_tasks_status_created_at`` and would walk every
-        blocked task.
+        The predicate is a literal (not bound parameters) so the planner can match the
+        partial index, and the index is named (``INDEXED BY``): without statistics SQLite's
+        planner prefers ``ix_tasks_status_created_at`` and would walk every blocked task.
         """
         index = "ix_tasks_ready_by_type" if typed else "ix_tasks_ready"
-        if self._scope.caps.index_hints:
-            source: Any = sa.text(f"tasks INDEXED BY {index}")
 
-            def col(name: str) -> sa.ColumnElement[Any]:
-                return sa.literal_column(name)
-        else:
-            source = tasks
-
-            def col(name: str) -> sa.ColumnElement[Any]:
-                return tasks.c[name]
+        def col(name: str) -> sa.ColumnElement[Any]:
+            return sa.literal_column(name)
 
         pick = (
             sa.select(col("id"))
-            .select_from(source)
-            .where(sa.text(READY_SQL), *self._owner_filter(col("project_id")))
+            .select_from(sa.text(f"tasks INDEXED BY {index}"))
+            .where(sa.text(READY_SQL))
             .order_by(col("created_at"), col("id"))
             .limit(1)
         )
         if typed:
             pick = pick.where(col("task_type").in_(sa.bindparam("types", expanding=True)))
-        if self._scope.caps.skip_locked:
-            pick = pick.with_for_update(skip_locked=True)
         return pick
 
     def claim(self, worker_id: str, task_types: Sequence[str] | None = None) -> Task | None:
@@ -192,7 +205,10 @@ class TaskQueueMixin:
         self._worker_verb("claim")
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         types = v.task_types("task_types", task_types)
-        stmt = self._claim_typed if types is not None else self._claim_any
+        if self._scope.caps.queue_functions:
+            stmt: sa.Executable = _SQL_VERBS["claim"]
+        else:
+            stmt = self._claim_typed if types is not None else self._claim_any
         with self._scope.write() as conn:
             for _ in range(MAX_UNREADABLE_PER_CLAIM):
                 row = conn.execute(stmt, {"worker": worker, "types": types, **self._at()}).first()
@@ -237,8 +253,8 @@ class TaskQueueMixin:
         return self._claim_statement(typed=True)
 
     def _claim_statement(self, typed: bool) -> sa.Update:
-        # UPDATE … FROM (SELECT id, <clock> … LIMIT 1 [FOR UPDATE SKIP LOCKED]) AS pick:
-        # the clock is read once, for the picked row, after its lock is taken.
+        # UPDATE … FROM (SELECT id, <clock> … LIMIT 1) AS pick, inside BEGIN IMMEDIATE: the
+        # clock is read once, after the write lock is taken.
         pick = self._ready_pick(typed).add_columns(self._clock().label("now")).subquery("pick")
         now = pick.c.now
         return (
@@ -275,7 +291,13 @@ class TaskQueueMixin:
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         with self._scope.write() as conn:
+            if self._scope.caps.queue_functions:
+                return self._call(conn, "heartbeat", key=key, worker=worker)
             return self._update_held(conn, key, worker, "heartbeat", heartbeat_at=self._clock())
+
+    def _call(self, conn: sa.Connection, verb: str, **params: Any) -> Task:
+        """Run the database's function for ``verb`` (Postgres), which returns one task."""
+        return Task.from_row(conn.execute(_SQL_VERBS[verb], params).one())
 
     def _update_held(
         self, conn: sa.Connection, key: uuid.UUID, worker: str, verb: str, **values: Any
@@ -315,6 +337,8 @@ class TaskQueueMixin:
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         location = v.text("output_location", output_location, max_len=v.MAX_LOCATION)
         with self._scope.write() as conn:
+            if self._scope.caps.queue_functions:
+                return self._call(conn, "complete", key=key, worker=worker, location=location)
             params = {"key": key, "worker": worker, "location": location, **self._at()}
             row = conn.execute(self._complete_statement, params).first()
             if row is None:
@@ -351,6 +375,16 @@ class TaskQueueMixin:
         message = v.text("error", error, max_len=v.MAX_ERROR, strip=False)
         limit = v.non_negative_int("max_attempts", max_attempts)
         with self._scope.write() as conn:
+            if self._scope.caps.queue_functions:
+                return self._call(
+                    conn,
+                    "fail",
+                    key=key,
+                    worker=worker,
+                    error=message,
+                    retry=bool(retry),
+                    max_attempts=limit,
+                )
             current = conn.execute(
                 sa.select(tasks.c.attempts).where(*_held_by(key, worker), *self._owner_filter())
             ).first()
@@ -451,6 +485,8 @@ class TaskQueueMixin:
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         with self._scope.write() as conn:
+            if self._scope.caps.queue_functions:
+                return self._call(conn, "release_claim", key=key, worker=worker)
             return self._update_held(
                 conn,
                 key,
@@ -479,6 +515,11 @@ class TaskQueueMixin:
             raise InvalidInput("older_than", f"must be at most {MAX_STALE_AGE.days} days")
         limit = v.non_negative_int("max_attempts", max_attempts)
         with self._scope.write() as conn:
+            if self._scope.caps.queue_functions:
+                rows = conn.execute(
+                    _SQL_VERBS["requeue_stale"], {"older_than": older_than, "max_attempts": limit}
+                ).all()
+                return [Task.from_row(row) for row in rows]
             cutoff = self._clock(minus=older_than)
             # A task started by a writer that never heartbeats (plain SQL) goes stale from
             # its start, or its last change.
@@ -494,11 +535,9 @@ class TaskQueueMixin:
                 .where(sa.text(RUNNING_SQL), last_sign < cutoff, *self._owner_filter())
                 .order_by(last_sign, tasks.c.id)
             )
-            if self._scope.caps.skip_locked:
-                pick = pick.with_for_update(skip_locked=True)
             changed: list[Task] = []
             for stale in conn.execute(pick).all():
-                gone = f"worker {stale.worker_id} stopped heartbeating"
+                gone = f"worker {stale.worker_id or '(none)'} stopped heartbeating"
                 requeue = stale.attempts < limit
                 waiting = [] if requeue else self._unfinished_dependents(conn, stale.id)
                 values: dict[str, Any] = (

@@ -25,7 +25,12 @@ CHAIN = 1200
 
 
 def _claim_plan(db: dualdb.Database, task_types: list[str] | None) -> tuple[Any, list[str]]:
-    """Claim once, capturing dualdb's UPDATE; return the claimed task and the UPDATE's plan."""
+    """Claim once, capturing what dualdb sent; return the claimed task and the claim's plan.
+
+    SQLite: ``EXPLAIN QUERY PLAN`` of dualdb's ``UPDATE``.  Postgres: dualdb calls migration
+    0008's ``dualdb.claim_tasks``, so the call is replayed (rolled back) with ``auto_explain``
+    reporting the plans of the statements inside the function.
+    """
     seen: list[tuple[str, Any]] = []
 
     def record(
@@ -38,12 +43,32 @@ def _claim_plan(db: dualdb.Database, task_types: list[str] | None) -> tuple[Any,
         task = db.tasks.claim("plan-test", task_types=task_types)
     finally:
         event.remove(db.engine, "before_cursor_execute", record)
-    statement, parameters = next(s for s in seen if s[0].lstrip().upper().startswith("UPDATE"))
-    prefix = "EXPLAIN QUERY PLAN " if db.backend == "sqlite" else "EXPLAIN "
+    if db.backend == "sqlite":
+        statement, parameters = next(
+            s for s in seen if s[0].lstrip().upper().startswith("UPDATE")
+        )
+        with db.engine.connect() as conn:
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+            conn.rollback()
+        return task, [str(r[-1]) for r in rows]
+    statement, parameters = next(s for s in seen if "dualdb.claim_tasks(" in s[0])
+    notices: list[str] = []
     with db.engine.connect() as conn:
-        rows = conn.exec_driver_sql(prefix + statement, parameters).all()
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        raw.add_notice_handler(lambda diag: notices.append(str(diag.message_primary)))
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET LOCAL auto_explain.log_min_duration = 0",
+            "SET LOCAL auto_explain.log_nested_statements = on",
+            "SET LOCAL auto_explain.log_level = notice",
+        ):
+            conn.exec_driver_sql(setting)
+        conn.exec_driver_sql(statement, parameters).all()
         conn.rollback()
-    return task, [str(r[-1] if db.backend == "sqlite" else r[0]) for r in rows]
+    plans = [n for n in notices if "Update on tasks" in n]
+    assert plans, f"auto_explain reported no plan of the claim's UPDATE: {notices}"
+    return task, plans
 
 
 @pytest.mark.parametrize(

@@ -18,13 +18,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
 import dualdb
 from benchmarks.raw import RawDriver, open_raw
+
+T = TypeVar("T")
 
 #: How long (seconds) processes may take to start and connect before the run is abandoned.
 START_TIMEOUT_S = 180.0
@@ -260,6 +262,40 @@ def explain(db: dualdb.Database, statement: str, parameters: Any) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+def claim_plan(db: dualdb.Database, claim: Callable[[], T]) -> tuple[T, list[str]]:
+    """Run ``claim()`` (a dualdb claim), and return its result and the plan of its claim.
+
+    SQLite: ``EXPLAIN QUERY PLAN`` of the ``UPDATE`` dualdb sent.  Postgres: dualdb calls
+    migration 0008's ``dualdb.claim_tasks``, whose statements ``EXPLAIN`` cannot see, so the
+    call is replayed in a transaction that is rolled back, with ``auto_explain`` reporting the
+    plan of the ``UPDATE`` inside the function.
+    """
+    with captured_statements(db.engine) as seen:
+        result = claim()
+    if db.backend == "sqlite":
+        statement, parameters = next(s for s in seen if s[0].lstrip().upper().startswith("UPDATE"))
+        return result, explain(db, statement, parameters)
+    statement, parameters = next(s for s in seen if "dualdb.claim_tasks(" in s[0])
+    notices: list[str] = []
+    with db.engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        raw.add_notice_handler(lambda diag: notices.append(str(diag.message_primary)))
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET LOCAL auto_explain.log_min_duration = 0",
+            "SET LOCAL auto_explain.log_nested_statements = on",
+            "SET LOCAL auto_explain.log_level = notice",
+        ):
+            conn.exec_driver_sql(setting)
+        conn.exec_driver_sql(statement, parameters).all()
+        conn.rollback()
+    plans = [line for n in notices if "Update on tasks" in n for line in n.splitlines()]
+    if not plans:
+        raise RuntimeError(f"auto_explain reported no plan of the claim's UPDATE: {notices}")
+    return result, plans
+
+
 def plan_summary(plan: list[str]) -> str:
     """The access paths of a plan, in order: index names, or the table scans."""
     found: list[str] = []
@@ -291,11 +327,9 @@ def measure_claims(db: dualdb.Database, raw: RawDriver, claims: int) -> ClaimLat
 
     Needs ``2 * (claims + WARMUP_CLAIMS)`` ready tasks.
     """
-    with captured_statements(db.engine) as seen:
-        if db.tasks.claim("bench-warmup") is None:
-            raise RuntimeError("no ready task to claim")
-    statement, parameters = next(s for s in seen if s[0].lstrip().upper().startswith("UPDATE"))
-    plan = explain(db, statement, parameters)
+    first, plan = claim_plan(db, lambda: db.tasks.claim("bench-warmup"))
+    if first is None:
+        raise RuntimeError("no ready task to claim")
     for _ in range(WARMUP_CLAIMS - 1):
         db.tasks.claim("bench-warmup")
     for _ in range(WARMUP_CLAIMS):

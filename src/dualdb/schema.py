@@ -218,6 +218,22 @@ POSTGRES_TRIGGERS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Postgres only: the queue's verbs as SQL functions — the front end's in ``public``
+#: (migration 0007, PostgREST's ``rpc()``), the workers' in ``dualdb`` (0008, which dualdb's own
+#: queue calls).  ``dualdb check`` reports any that is missing.
+POSTGRES_FUNCTIONS: tuple[str, ...] = (
+    "public.enqueue_task(uuid, text, jsonb, uuid[], text, uuid)",
+    "public.release_task(uuid)",
+    "public.cancel_task(uuid, text)",
+    "dualdb.claim_tasks(text, text[], integer)",
+    "dualdb.heartbeat_task(uuid, text)",
+    "dualdb.complete_task(uuid, text, text)",
+    "dualdb.fail_task(uuid, text, text, boolean, integer)",
+    "dualdb.release_claim(uuid, text)",
+    "dualdb.requeue_stale(interval, integer)",
+)
+
+
 def triggers_for(dialect: str) -> set[tuple[str, str]]:
     """Every ``(table, trigger)`` the migrations create on ``dialect``."""
     extra = POSTGRES_TRIGGERS if dialect == "postgresql" else {}

@@ -16,59 +16,12 @@ from typing import Any
 
 import pytest
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import event
 
 import dualdb
+from benchmarks.measure import claim_plan
 
 #: Long enough that Postgres' bulk enqueue refreshes statistics (dualdb ANALYZEs >= 1000 rows).
 CHAIN = 1200
-
-
-def _claim_plan(db: dualdb.Database, task_types: list[str] | None) -> tuple[Any, list[str]]:
-    """Claim once, capturing what dualdb sent; return the claimed task and the claim's plan.
-
-    SQLite: ``EXPLAIN QUERY PLAN`` of dualdb's ``UPDATE``.  Postgres: dualdb calls migration
-    0008's ``dualdb.claim_tasks``, so the call is replayed (rolled back) with ``auto_explain``
-    reporting the plans of the statements inside the function.
-    """
-    seen: list[tuple[str, Any]] = []
-
-    def record(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        seen.append((statement, parameters))
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        task = db.tasks.claim("plan-test", task_types=task_types)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
-    if db.backend == "sqlite":
-        statement, parameters = next(
-            s for s in seen if s[0].lstrip().upper().startswith("UPDATE")
-        )
-        with db.engine.connect() as conn:
-            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
-            conn.rollback()
-        return task, [str(r[-1]) for r in rows]
-    statement, parameters = next(s for s in seen if "dualdb.claim_tasks(" in s[0])
-    notices: list[str] = []
-    with db.engine.connect() as conn:
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
-        raw.add_notice_handler(lambda diag: notices.append(str(diag.message_primary)))
-        for setting in (
-            "LOAD 'auto_explain'",
-            "SET LOCAL auto_explain.log_min_duration = 0",
-            "SET LOCAL auto_explain.log_nested_statements = on",
-            "SET LOCAL auto_explain.log_level = notice",
-        ):
-            conn.exec_driver_sql(setting)
-        conn.exec_driver_sql(statement, parameters).all()
-        conn.rollback()
-    plans = [n for n in notices if "Update on tasks" in n]
-    assert plans, f"auto_explain reported no plan of the claim's UPDATE: {notices}"
-    return task, plans
 
 
 @pytest.mark.parametrize(
@@ -105,7 +58,7 @@ def test_claim_reads_the_ready_index_behind_blocked_tasks(
         db.tasks.create_many(rows)
         ready = db.tasks.enqueue(project_id=project.id, task_type="render", params={})
 
-        task, plan = _claim_plan(db, task_types)
+        task, plan = claim_plan(db, lambda: db.tasks.claim("plan-test", task_types=task_types))
 
     assert task is not None and task.id == ready.id
     text = "\n".join(plan)

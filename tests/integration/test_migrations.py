@@ -247,6 +247,21 @@ def test_check_detects_missing_and_unknown_triggers(migrated_url: str, backend: 
     assert "trigger stray on shots is in the database but not in the models" in problems
 
 
+@pytest.mark.postgres_only
+def test_check_reports_a_missing_queue_function(migrated_url: str) -> None:
+    """dualdb's queue calls the workers' verbs (migration 0008): a dropped one is drift."""
+    target = resolve(migrated_url)
+    engine = create_engine(target)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP FUNCTION dualdb.complete_task(uuid, text, text)"))
+    finally:
+        engine.dispose()
+    assert migrations.check(target) == [
+        "function dualdb.complete_task(uuid, text, text) is in the models but not in the database"
+    ]
+
+
 def test_models_match_the_migrations(migrated_url: str) -> None:
     """Guard: a model change without a migration fails here."""
     problems = migrations.check(resolve(migrated_url))

@@ -30,7 +30,7 @@ from dualdb.config import Target
 from dualdb.engine import create_engine, ping, reading, sqlite_file_missing, translate
 from dualdb.errors import DatabaseUnavailable, DualdbError, MigrationError
 from dualdb.migrations.autogen import compare_type, include_object_for
-from dualdb.schema import metadata, triggers_for
+from dualdb.schema import POSTGRES_FUNCTIONS, metadata, triggers_for
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -341,6 +341,17 @@ def _check_triggers(conn: sa.Connection) -> list[str]:
     ]
 
 
+def _check_functions(conn: sa.Connection) -> list[str]:
+    """Postgres: the queue's SQL functions (dualdb's own queue calls the workers' verbs)."""
+    if conn.dialect.name != "postgresql":
+        return []
+    return [
+        f"function {signature} is in the models but not in the database"
+        for signature in POSTGRES_FUNCTIONS
+        if conn.execute(sa.text("SELECT to_regprocedure(:s)"), {"s": signature}).scalar() is None
+    ]
+
+
 #: A user id no real token carries: what the auth.uid() probe sets and expects back.
 _PROBE_SUB = "00000000-0000-4000-8000-00000000a0d1"
 
@@ -407,6 +418,7 @@ def check(target: Target) -> list[str]:
             problems += _check_constraints(conn)
             if current == head:
                 problems += _check_triggers(conn)
+                problems += _check_functions(conn)
             problems += _check_auth_uid(conn)
             return problems
     except (exc.DBAPIError, exc.StatementError) as err:

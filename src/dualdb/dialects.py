@@ -23,14 +23,6 @@ class Capabilities:
     name: str
     #: ``SELECT … FOR UPDATE SKIP LOCKED`` (row locks that concurrent claimers skip).
     skip_locked: bool
-    #: Row Level Security and roles (``SET LOCAL ROLE``); otherwise the DAL enforces ownership.
-    row_level_security: bool
-    #: Native array and jsonb operators (GIN indexes, ``= ANY``).
-    native_arrays: bool
-    #: Writers are serialised by a database-wide lock (``BEGIN IMMEDIATE``).
-    single_writer: bool
-    #: ALTER TABLE needs Alembic's batch mode (copy-and-move) for most changes.
-    batch_migrations: bool
     #: Queue timestamps come from the server's clock (one clock for every worker machine).
     server_clock: bool
     #: The workers' queue verbs are SQL functions in the database (migration 0008), which
@@ -41,10 +33,6 @@ class Capabilities:
 SQLITE = Capabilities(
     name="sqlite",
     skip_locked=False,
-    row_level_security=False,
-    native_arrays=False,
-    single_writer=True,
-    batch_migrations=True,
     server_clock=False,
     queue_functions=False,
 )
@@ -52,10 +40,6 @@ SQLITE = Capabilities(
 POSTGRESQL = Capabilities(
     name="postgresql",
     skip_locked=True,
-    row_level_security=True,
-    native_arrays=True,
-    single_writer=False,
-    batch_migrations=False,
     server_clock=True,
     queue_functions=True,
 )

@@ -56,10 +56,12 @@ from dualdb.errors import DualdbError, InvalidInput, SchemaOutOfDate
 from dualdb.schema import TABLES, shots, task_dependencies, tasks
 from dualdb.scope import Scope
 from dualdb.types import (
+    INITIAL_STATUSES,
     MAX_JSON_DEPTH,
     MAX_JSON_NUMBER,
     TASK_STATUSES,
     TIMESTAMP_GLOB,
+    UNFINISHED_STATUSES,
     UUID,
     UUID_GLOB,
     Timestamp,
@@ -93,8 +95,8 @@ DEFAULT_STALE_AFTER = timedelta(minutes=10)
 DEFAULT_LOCK_TIMEOUT = timedelta(seconds=30)
 
 _STATUSES = "(" + ", ".join(f"'{s}'" for s in TASK_STATUSES) + ")"
-_UNFINISHED = "('Pending', 'Queued', 'In Progress')"
-_WAITING = ("Pending", "Queued")
+_UNFINISHED = "(" + ", ".join(f"'{s}'" for s in UNFINISHED_STATUSES) + ")"
+_WAITING = INITIAL_STATUSES  # not started: Pending or Queued
 _DEAD = "('Failed', 'Cancelled')"
 _TASK_TIMES = tuple(c.name for c in tasks.c if isinstance(c.type, Timestamp))
 
@@ -399,10 +401,7 @@ class _Postgres(_Engine):
             f"strict $.**{{{MAX_JSON_DEPTH} to last}} "
             '? (@.type() == "object" || @.type() == "array")'
         )
-        big = (
-            f'strict $.** ? (@.type() == "number" '
-            f"&& (@ > {_EXACT_MAX} || @ < -{_EXACT_MAX}))"
-        )
+        big = f'strict $.** ? (@.type() == "number" && (@ > {_EXACT_MAX} || @ < -{_EXACT_MAX}))'
         return (
             f"(jsonb_path_exists({t}.params, '{deep}') OR jsonb_path_exists({t}.params, '{big}'))"
         )

@@ -43,7 +43,7 @@ from dualdb.schema import (
     tasks,
 )
 from dualdb.scope import Scope
-from dualdb.types import TaskStatus, Timestamp, Unreadable
+from dualdb.types import UNFINISHED_STATUSES, TaskStatus, Timestamp, Unreadable
 
 #: Attempts (claims) a task gets before a stale or failed-with-retry task is marked Failed.
 DEFAULT_MAX_ATTEMPTS = 3
@@ -61,7 +61,7 @@ RUNNING = TaskStatus.IN_PROGRESS.value
 COMPLETE = TaskStatus.COMPLETE.value
 FAILED = TaskStatus.FAILED.value
 CANCELLED = TaskStatus.CANCELLED.value
-UNFINISHED = (PENDING, QUEUED, RUNNING)
+UNFINISHED = UNFINISHED_STATUSES
 
 
 def _now() -> datetime:

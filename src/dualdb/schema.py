@@ -14,6 +14,7 @@ from dualdb.types import (
     JSONB,
     TASK_STATUSES,
     UUID,
+    TaskStatus,
     Timestamp,
     UUIDArray,
     empty_uuid_array,
@@ -37,9 +38,9 @@ DUMMY_USER_ID = "00000000-0000-0000-0000-000000000000"
 
 _STATUS_SQL = ", ".join(f"'{s}'" for s in TASK_STATUSES)
 #: A task a worker may claim now: queued, and every dependency Complete.
-READY_SQL = "status = 'Queued' AND unmet_dependencies = 0"
+READY_SQL = f"status = '{TaskStatus.QUEUED.value}' AND unmet_dependencies = 0"
 #: A task a worker is running (what ``requeue_stale`` scans).
-RUNNING_SQL = "status = 'In Progress'"
+RUNNING_SQL = f"status = '{TaskStatus.IN_PROGRESS.value}'"
 
 
 def _id() -> sa.Column[object]:

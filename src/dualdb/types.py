@@ -38,9 +38,11 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
 __all__ = [
+    "INITIAL_STATUSES",
     "JSONB",
     "JSON_NULL",
     "TASK_STATUSES",
+    "UNFINISHED_STATUSES",
     "UUID",
     "JSONNull",
     "TaskStatus",
@@ -68,6 +70,14 @@ class TaskStatus(StrEnum):
 
 
 TASK_STATUSES: Final[tuple[str, ...]] = tuple(s.value for s in TaskStatus)
+#: The statuses a task is created with (a worker's statuses come later).
+INITIAL_STATUSES: Final[tuple[str, ...]] = (TaskStatus.QUEUED.value, TaskStatus.PENDING.value)
+#: The statuses of a task that has not finished (what a failure or a cancellation cascades to).
+UNFINISHED_STATUSES: Final[tuple[str, ...]] = (
+    TaskStatus.PENDING.value,
+    TaskStatus.QUEUED.value,
+    TaskStatus.IN_PROGRESS.value,
+)
 
 
 class JSONNull:
@@ -92,6 +102,7 @@ class JSONNull:
 
 #: A JSON ``null`` stored as a value (SQL ``NULL`` is ``None``).
 JSON_NULL: Final = JSONNull()
+
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:

@@ -10,7 +10,6 @@ import json
 import re
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any, Final
 
 from dualdb.errors import InvalidInput
@@ -163,15 +162,6 @@ def _jsonb_order(value: Any) -> Any:
         return [_jsonb_order(item) for item in value]
     if isinstance(value, float) and value == 0.0:
         return 0.0  # jsonb numbers have no negative zero
-    return value
-
-
-def aware_datetime(field: str, value: object) -> datetime:
-    """An aware :class:`datetime` (naive ones are ambiguous and refused)."""
-    if not isinstance(value, datetime):
-        raise InvalidInput(field, f"must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput(field, "naive datetime: pass an aware one, e.g. datetime.now(UTC)")
     return value
 
 

@@ -45,6 +45,7 @@ def _as_stored(value: datetime | uuid.UUID) -> str:
     """How SQLite stores a sort-key value (the text dualdb's column types write)."""
     return format_timestamp(value) if isinstance(value, datetime) else str(value)
 
+
 #: Default page size of ``list``.
 DEFAULT_LIMIT = 50
 #: Rows fetched per round trip by ``iter``.

@@ -15,7 +15,7 @@ from dualdb.queue import TaskQueueMixin
 from dualdb.records import Page, Task
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
 from dualdb.schema import task_dependencies, tasks
-from dualdb.types import TaskStatus
+from dualdb.types import INITIAL_STATUSES, TaskStatus
 from dualdb.unset import UNSET, Unset
 
 #: The keys a row of ``create_many`` may have.
@@ -23,7 +23,6 @@ TASK_FIELDS = frozenset({"id", "project_id", "task_type", "params", "status", "d
 #: Ids looked up per statement (Postgres binds at most 65,535 parameters per statement).
 LOOKUP_CHUNK = 10_000
 #: Statuses a new task may start in.
-INITIAL_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.PENDING.value)
 RUNNING = TaskStatus.IN_PROGRESS.value
 #: Statuses a task never leaves (except by an explicit retry of a failure).
 FINISHED = (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)

@@ -30,7 +30,6 @@ from dualdb import validation as v
 from dualdb.database import Database
 from dualdb.errors import InvalidInput, NotFound, PermissionDenied
 from dualdb.repositories.generations import MAX_TYPE
-from dualdb.repositories.tasks import INITIAL_STATUSES
 from dualdb.repositories.users import MAX_EMAIL
 from dualdb.studio import formatting as fmt
 from dualdb.studio.fields import (
@@ -52,7 +51,7 @@ from dualdb.studio.models import (
     TaskDependency,
     User,
 )
-from dualdb.types import JSONB, TASK_STATUSES, UUID, Timestamp, UUIDArray, to_uuid
+from dualdb.types import INITIAL_STATUSES, JSONB, TASK_STATUSES, UUID, Timestamp, UUIDArray, to_uuid
 
 #: The table each ``uuid[]`` column holds ids of (both arrays of the schema list tasks).
 ARRAY_TARGETS: dict[tuple[str, str], str] = {

@@ -578,9 +578,7 @@ POSTGRES_FUNCTIONS: dict[str, str] = {
     RETURN NULL;""",
         declare=P_GENERATION_DECLARE,
     ),
-    "tasks_check_params": _p_function(
-        "tasks_check_params", f"{P_PARAMS_CHECKS}\n    RETURN NEW;"
-    ),
+    "tasks_check_params": _p_function("tasks_check_params", f"{P_PARAMS_CHECKS}\n    RETURN NEW;"),
     # timestamptz is always well-formed; the trigger exists so both backends carry the same set.
     "tasks_check_times": _p_function("tasks_check_times", "    RETURN NEW;"),
     "tasks_check_dependencies": _p_function(

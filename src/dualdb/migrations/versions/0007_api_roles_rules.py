@@ -268,9 +268,7 @@ def upgrade() -> None:
     for signature, function in FUNCTIONS.items():
         op.execute(function)
         op.execute(f"REVOKE ALL ON FUNCTION public.{signature} FROM PUBLIC, anon")
-        op.execute(
-            f"GRANT EXECUTE ON FUNCTION public.{signature} TO authenticated, service_role"
-        )
+        op.execute(f"GRANT EXECUTE ON FUNCTION public.{signature} TO authenticated, service_role")
     op.execute("REVOKE SELECT ON alembic_version FROM service_role")
     # Only the database's own rules write the edges (TRUNCATE fires no row trigger).
     op.execute("REVOKE INSERT, UPDATE, DELETE ON task_dependencies FROM anon, authenticated")

@@ -56,6 +56,7 @@ _SPACE = r"E' \t\n\r\f\x0b'"
 
 _HEADER = "LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public"
 
+
 def _claim(type_filter: str) -> str:
     """The claim of up to ``max_tasks`` oldest ready tasks (of the types ``type_filter`` keeps).
 
@@ -319,6 +320,7 @@ BEGIN
 END
 $fn$""",
 }
+
 
 def upgrade() -> None:
     if op.get_context().dialect.name != "postgresql":

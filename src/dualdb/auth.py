@@ -543,8 +543,6 @@ def act_as_service(conn: sa.Connection) -> None:
 
 
 def _require_transaction(conn: sa.Connection) -> None:
-    if conn.dialect.name != "postgresql":
-        raise ValueError("act_as_user/act_as_service apply to Postgres connections only")
     if not conn.in_transaction():
         # SET LOCAL outside a transaction is a no-op with a warning: never silently unscoped.
         raise ValueError("act_as_user/act_as_service need an open transaction")

@@ -94,11 +94,6 @@ class Target:
             "postgresql+psycopg://", "postgresql://", 1
         )
 
-    @property
-    def is_remote(self) -> bool:
-        """True for a Postgres target (the ``web`` side)."""
-        return self.backend == "postgresql"
-
     def __repr__(self) -> str:
         return f"Target(backend={self.backend!r}, url={self.redacted!r})"
 

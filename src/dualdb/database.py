@@ -13,14 +13,13 @@ from sqlalchemy import exc
 
 from dualdb import migrations
 from dualdb import validation as v
-from dualdb.auth import Claims, TokenVerifier, act_as_service, act_as_user
+from dualdb.auth import Claims, TokenVerifier
+from dualdb.backends import backend_for
 from dualdb.config import Target, resolve
 from dualdb.engine import (
-    checkpoint,
     create_engine,
     ping,
     reading,
-    sqlite_file_missing,
     translate,
     translated_errors,
 )
@@ -121,12 +120,13 @@ class Database(_Sessions, Repositories):
         verifier: TokenVerifier | None = None,
     ) -> None:
         self.target = target
+        self._backend = backend_for(target.backend)
         self._verifier = verifier
         # First, so a SQLite file in a missing folder is DatabaseUnavailable (nothing to migrate).
         self.engine = create_engine(target)
         try:
             # Checked before connecting: connecting would create an empty file.
-            if check_schema and sqlite_file_missing(target):
+            if check_schema and self._backend.file_missing(target):
                 raise SchemaOutOfDate(
                     f"SQLite file {target.url.database} does not exist: "
                     f"run `{self._migrate_command()}` to create it"
@@ -187,7 +187,7 @@ class Database(_Sessions, Repositories):
         if access_token is None:
             # Only the local SQLite file has a stand-in user; a Postgres URL given explicitly
             # while APP_ENV is unset is still a real database.
-            if self.target.app_env != "local" or self.target.backend != "sqlite":
+            if self.target.app_env != "local" or self._backend.remote:
                 raise PermissionDenied("no access token")
             return self.as_user(DUMMY_USER_ID)
         return self._scoped(self._token_verifier().verify(access_token))
@@ -199,14 +199,11 @@ class Database(_Sessions, Repositories):
 
     def as_service(self) -> ScopedDatabase:
         """The repositories as the service (workers): every row; ``service_role`` on Postgres."""
-        on_begin = act_as_service if self.target.backend == "postgresql" else None
+        on_begin = self._backend.service_hook()
         return ScopedDatabase(self, Scope(self.engine, on_begin=on_begin), None)
 
     def _scoped(self, claims: Claims) -> ScopedDatabase:
-        def on_begin(conn: sa.Connection) -> None:
-            act_as_user(conn, claims)
-
-        hook = on_begin if self.target.backend == "postgresql" else None
+        hook = self._backend.user_hook(claims)
         return ScopedDatabase(
             self, Scope(self.engine, user_id=claims.user_id, on_begin=hook), claims
         )
@@ -229,7 +226,7 @@ class Database(_Sessions, Repositories):
         False when one still needs the log.  Nothing to do on Postgres (True).
         """
         with translated_errors():
-            return checkpoint(self.engine)
+            return self._backend.checkpoint(self.engine)
 
     def close(self) -> None:
         """Release every pooled connection."""

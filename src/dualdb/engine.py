@@ -1,11 +1,7 @@
-"""Engines configured for each backend, and translation of driver errors.
+"""Engines for a target (built by its backend), and translation of driver errors.
 
-SQLite connections get ``foreign_keys=ON`` (off by default in SQLite), WAL, a busy timeout,
-``synchronous=NORMAL`` and ``BEGIN IMMEDIATE`` transactions: a deferred transaction that reads
-and then writes fails at once with "database is locked", whatever the busy timeout, so every
-transaction takes the write lock up front (read-only work can opt out, see
-:data:`READ_ONLY`).  Postgres goes through psycopg 3 with ``pool_pre_ping`` and, behind
-Supabase's transaction pooler, no prepared statements.
+What differs between SQLite and Postgres — engine settings, how transactions begin, the
+write-ahead log — lives in :mod:`dualdb.backends`; this module is what every caller shares.
 """
 
 from __future__ import annotations
@@ -13,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event, exc
+from sqlalchemy import exc
 from sqlalchemy.engine import Engine
 
+from dualdb.backends import READ_ONLY, backend_for
 from dualdb.config import Target
 from dualdb.errors import (
     Conflict,
@@ -31,41 +26,19 @@ from dualdb.errors import (
     PermissionDenied,
 )
 
-#: SQLite busy timeout (milliseconds): how long a writer waits for the lock.
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: Size (bytes) SQLite truncates its WAL file to after a checkpoint.  Without a limit the WAL
-#: keeps the largest size it ever reached (behind a long reader it grows to hundreds of MB) for
-#: as long as any connection is open.
-SQLITE_JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
-#: Postgres connect timeout (seconds), so an unreachable host fails fast.
-PG_CONNECT_TIMEOUT_S = 5
-#: Execution option: this transaction only reads (SQLite then uses a deferred BEGIN).
-READ_ONLY = "dualdb_read_only"
-#: Execution option (SQLite): no BEGIN at all — each statement is its own snapshot.
-_SQLITE_AUTOCOMMIT = "dualdb_autocommit"
+__all__ = [
+    "READ_ONLY",
+    "create_engine",
+    "ping",
+    "reading",
+    "translate",
+    "translated_errors",
+]
 
 
-def autocommit_read_options(dialect_name: str) -> dict[str, Any]:
-    """Execution options for a call that reads with one statement: no BEGIN/COMMIT.
-
-    A single ``SELECT`` is atomic on its own, and skipping the transaction saves two round
-    trips on Postgres and a BEGIN on SQLite.  (Not SQLAlchemy's ``AUTOCOMMIT`` level on SQLite:
-    resetting it hands transaction control back to the sqlite3 module.)
-    """
-    if dialect_name == "sqlite":
-        return {READ_ONLY: True, _SQLITE_AUTOCOMMIT: True}
-    return {"isolation_level": "AUTOCOMMIT"}
-
-
-def sqlite_file_missing(target: Target) -> bool:
-    """True when ``target`` is a SQLite file that does not exist yet.
-
-    Read-only commands check this first: connecting would create an empty file.
-    """
-    path = target.url.database or ""
-    if target.backend != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
-        return False
-    return not Path(path).exists()
+def create_engine(target: Target) -> Engine:
+    """An :class:`~sqlalchemy.engine.Engine` for ``target``, configured for its backend."""
+    return backend_for(target.backend).create_engine(target)
 
 
 @contextlib.contextmanager
@@ -77,66 +50,6 @@ def reading(engine: Engine) -> Iterator[sa.Connection]:
     """
     with engine.connect() as conn:
         yield conn.execution_options(**{READ_ONLY: True})
-
-
-def _sqlite_engine(target: Target) -> Engine:
-    db = target.url.database or ""
-    if db and db != ":memory:" and not db.startswith("file:"):
-        parent = Path(db).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise DatabaseUnavailable(
-                f"cannot open SQLite file {db!r}: folder {parent} does not exist"
-            )
-    engine = sa.create_engine(
-        target.url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-    )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event below issue BEGIN itself.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute(f"PRAGMA journal_size_limit={SQLITE_JOURNAL_SIZE_LIMIT}")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: sa.Connection) -> None:
-        options = conn.get_execution_options()
-        if options.get(_SQLITE_AUTOCOMMIT):
-            return
-        if options.get(READ_ONLY):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _postgres_engine(target: Target) -> Engine:
-    connect_args: dict[str, Any] = {
-        "connect_timeout": PG_CONNECT_TIMEOUT_S,
-        "application_name": "dualdb",
-    }
-    if target.transaction_pooler:
-        # PgBouncer/Supavisor in transaction mode cannot keep prepared statements.
-        connect_args["prepare_threshold"] = None
-    return sa.create_engine(
-        target.url,
-        pool_pre_ping=True,
-        connect_args=connect_args,
-    )
-
-
-def create_engine(target: Target) -> Engine:
-    """An :class:`~sqlalchemy.engine.Engine` for ``target``, configured for its backend."""
-    if target.backend == "sqlite":
-        return _sqlite_engine(target)
-    return _postgres_engine(target)
 
 
 def translate(err: BaseException) -> DualdbError | None:
@@ -244,27 +157,6 @@ def translated_errors() -> Iterator[None]:
         if mapped is None:
             raise
         raise mapped from None
-
-
-def checkpoint(engine: Engine) -> bool:
-    """Copy SQLite's write-ahead log into the database file and truncate it to zero bytes.
-
-    Never waits: while another connection still reads old pages it does nothing and returns
-    False (the next call, or the next large commit, finishes the job).  True on Postgres.
-    """
-    if engine.dialect.name != "sqlite":
-        return True
-    with engine.connect() as conn:
-        dbapi = conn.connection.dbapi_connection
-        assert dbapi is not None
-        dbapi.execute("PRAGMA busy_timeout=0")
-        try:
-            busy, _, _ = dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        except sqlite3.OperationalError:
-            return False
-        finally:
-            dbapi.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    return bool(busy == 0)
 
 
 def ping(engine: Engine) -> None:

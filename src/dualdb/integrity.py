@@ -43,13 +43,13 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 
 from dualdb import migrations
+from dualdb.backends import backend_for
 from dualdb.config import Target
 from dualdb.database import Session
 from dualdb.engine import (
     create_engine,
     ping,
     reading,
-    sqlite_file_missing,
     translated_errors,
 )
 from dualdb.errors import DualdbError, InvalidInput, SchemaOutOfDate
@@ -353,7 +353,8 @@ class _SQLite(_Engine):
         )
 
     def locks(self, tables: list[str], timeout: timedelta) -> list[str]:
-        return []  # BEGIN IMMEDIATE (dualdb.engine) already holds the database's write lock
+        # BEGIN IMMEDIATE (dualdb.backends.sqlite) already holds the database's write lock.
+        return []
 
 
 class _Postgres(_Engine):
@@ -733,7 +734,7 @@ def _check_stale_after(stale_after: timedelta) -> None:
 
 @contextmanager
 def _engine(target: Target) -> Iterator[sa.Engine]:
-    if sqlite_file_missing(target):
+    if backend_for(target.backend).file_missing(target):
         raise SchemaOutOfDate(
             f"SQLite file {target.url.database} does not exist: run `dualdb migrate`"
         )
@@ -755,7 +756,7 @@ def audit(target: Target, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> Da
     """
     _check_stale_after(stale_after)
     schema = tuple(migrations.check(target))
-    if sqlite_file_missing(target):
+    if backend_for(target.backend).file_missing(target):
         return DataReport(target.backend, target.redacted, schema, False, ())
     with translated_errors(), _engine(target) as engine, reading(engine) as conn:
         e = _ENGINES[conn.dialect.name]

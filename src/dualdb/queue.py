@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
 
 from dualdb import validation as v
 from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied, UnreadableRow
@@ -51,8 +52,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_STALE_AGE = timedelta(days=36_500)
 #: Unreadable rows one claim fails before giving up (and answering "nothing ready").
 MAX_UNREADABLE_PER_CLAIM = 100
-#: Bulk enqueues at least this large refresh Postgres' statistics (ANALYZE): a planner that
-#: still believes the table is tiny picks bad plans for the following claims.
+#: Bulk enqueues at least this large refresh the planner's statistics (ANALYZE on Postgres): a
+#: planner that still believes the table is tiny picks bad plans for the following claims.
 ANALYZE_AFTER_ROWS = 1000
 
 QUEUED = TaskStatus.QUEUED.value
@@ -68,19 +69,38 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _sql_verb(call: str) -> sa.TextualSelect:
-    """``SELECT * FROM dualdb.<call>``: a worker verb of migration 0008, read as task rows."""
-    return sa.text(f"SELECT * FROM dualdb.{call}").columns(*tasks.c)
+def _sql_verb(function: str, *args: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    """``SELECT … FROM dualdb.<function>(args)``: a worker verb of migration 0008, read as task
+    rows through the columns' types (so JSON arrives as text, and an unreadable value becomes
+    a marker instead of failing in the driver)."""
+    call = getattr(sa.func.dualdb, function)(*args)
+    rows = call.table_valued(*(sa.column(c.name, c.type) for c in tasks.c), name="verb")
+    return sa.select(*rows.c)
+
+
+def _arg(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.ColumnElement[Any]:
+    return sa.bindparam(name) if type_ is None else sa.cast(sa.bindparam(name), type_)
 
 
 #: The workers' verbs on Postgres: one function call, one round trip each.
 _SQL_VERBS = {
-    "claim": _sql_verb("claim_tasks(:worker, CAST(:types AS text[]), 1)"),
-    "heartbeat": _sql_verb("heartbeat_task(:key, :worker)"),
-    "complete": _sql_verb("complete_task(:key, :worker, :location)"),
-    "fail": _sql_verb("fail_task(:key, :worker, :error, :retry, CAST(:max_attempts AS integer))"),
-    "release_claim": _sql_verb("release_claim(:key, :worker)"),
-    "requeue_stale": _sql_verb("requeue_stale(:older_than, CAST(:max_attempts AS integer))"),
+    "claim": _sql_verb(
+        "claim_tasks", _arg("worker"), _arg("types", PG_ARRAY(sa.Text())), sa.literal_column("1")
+    ),
+    "heartbeat": _sql_verb("heartbeat_task", _arg("key"), _arg("worker")),
+    "complete": _sql_verb("complete_task", _arg("key"), _arg("worker"), _arg("location")),
+    "fail": _sql_verb(
+        "fail_task",
+        _arg("key"),
+        _arg("worker"),
+        _arg("error"),
+        _arg("retry"),
+        _arg("max_attempts", sa.Integer()),
+    ),
+    "release_claim": _sql_verb("release_claim", _arg("key"), _arg("worker")),
+    "requeue_stale": _sql_verb(
+        "requeue_stale", _arg("older_than"), _arg("max_attempts", sa.Integer())
+    ),
 }
 
 
@@ -133,9 +153,8 @@ class TaskQueueMixin:
                 raise InvalidInput("params.shot_id", f"shot {shot_id} is not in this project")
 
     def _after_bulk_insert(self, conn: sa.Connection, rows: int) -> None:
-        if rows >= ANALYZE_AFTER_ROWS and self._scope.dialect == "postgresql":
-            conn.execute(sa.text("ANALYZE tasks"))
-            conn.execute(sa.text("ANALYZE task_dependencies"))
+        if rows >= ANALYZE_AFTER_ROWS:
+            self._scope.backend.refresh_statistics(conn, ("tasks", "task_dependencies"))
 
     def _clock(self, minus: timedelta | None = None) -> sa.ColumnElement[datetime]:
         """The queue's clock, read inside the transaction (so after any lock wait).
@@ -145,7 +164,7 @@ class TaskQueueMixin:
         before the dependency it waited for completed.  SQLite (one machine) reads the app
         clock after ``BEGIN IMMEDIATE`` has taken the write lock.
         """
-        if self._scope.caps.server_clock:
+        if self._scope.backend.server_clock:
             server: sa.ColumnElement[datetime] = sa.func.clock_timestamp(
                 type_=sa.DateTime(timezone=True)
             )
@@ -159,7 +178,7 @@ class TaskQueueMixin:
 
     def _at(self) -> dict[str, Any]:
         """The parameters of :meth:`_clock` — call it inside the transaction, after the lock."""
-        return {} if self._scope.caps.server_clock else {"now": _now()}
+        return {} if self._scope.backend.server_clock else {"now": _now()}
 
     def _worker_verb(self, verb: str) -> None:
         """Workers act as the service: a signed-in user never runs tasks (as through the API,
@@ -205,7 +224,7 @@ class TaskQueueMixin:
         self._worker_verb("claim")
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         types = v.task_types("task_types", task_types)
-        if self._scope.caps.queue_functions:
+        if self._scope.backend.queue_functions:
             stmt: sa.Executable = _SQL_VERBS["claim"]
         else:
             stmt = self._claim_typed if types is not None else self._claim_any
@@ -291,7 +310,7 @@ class TaskQueueMixin:
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         with self._scope.write() as conn:
-            if self._scope.caps.queue_functions:
+            if self._scope.backend.queue_functions:
                 return self._call(conn, "heartbeat", key=key, worker=worker)
             return self._update_held(conn, key, worker, "heartbeat", heartbeat_at=self._clock())
 
@@ -337,7 +356,7 @@ class TaskQueueMixin:
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         location = v.text("output_location", output_location, max_len=v.MAX_LOCATION)
         with self._scope.write() as conn:
-            if self._scope.caps.queue_functions:
+            if self._scope.backend.queue_functions:
                 return self._call(conn, "complete", key=key, worker=worker, location=location)
             params = {"key": key, "worker": worker, "location": location, **self._at()}
             row = conn.execute(self._complete_statement, params).first()
@@ -375,7 +394,7 @@ class TaskQueueMixin:
         message = v.text("error", error, max_len=v.MAX_ERROR, strip=False)
         limit = v.non_negative_int("max_attempts", max_attempts)
         with self._scope.write() as conn:
-            if self._scope.caps.queue_functions:
+            if self._scope.backend.queue_functions:
                 return self._call(
                     conn,
                     "fail",
@@ -485,7 +504,7 @@ class TaskQueueMixin:
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         with self._scope.write() as conn:
-            if self._scope.caps.queue_functions:
+            if self._scope.backend.queue_functions:
                 return self._call(conn, "release_claim", key=key, worker=worker)
             return self._update_held(
                 conn,
@@ -515,7 +534,7 @@ class TaskQueueMixin:
             raise InvalidInput("older_than", f"must be at most {MAX_STALE_AGE.days} days")
         limit = v.non_negative_int("max_attempts", max_attempts)
         with self._scope.write() as conn:
-            if self._scope.caps.queue_functions:
+            if self._scope.backend.queue_functions:
                 rows = conn.execute(
                     _SQL_VERBS["requeue_stale"], {"older_than": older_than, "max_attempts": limit}
                 ).all()

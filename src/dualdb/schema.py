@@ -233,14 +233,3 @@ POSTGRES_FUNCTIONS: tuple[str, ...] = (
     "dualdb.release_claim(uuid, text)",
     "dualdb.requeue_stale(interval, integer)",
 )
-
-
-def triggers_for(dialect: str) -> set[tuple[str, str]]:
-    """Every ``(table, trigger)`` the migrations create on ``dialect``."""
-    extra = POSTGRES_TRIGGERS if dialect == "postgresql" else {}
-    return {
-        (table, name)
-        for source in (TRIGGERS, extra)
-        for table, names in source.items()
-        for name in names
-    }

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-from dualdb.dialects import Capabilities, capabilities
-from dualdb.engine import READ_ONLY, autocommit_read_options, translated_errors
+from dualdb.backends import READ_ONLY, Backend, TransactionHook, backend_of
+from dualdb.engine import translated_errors
 
-#: Called with the connection at the start of each transaction (e.g. to set the RLS role).
-TransactionHook = Callable[[sa.Connection], None]
+__all__ = ["Scope", "TransactionHook"]
 
 
 class Scope:
@@ -37,7 +36,8 @@ class Scope:
     ) -> None:
         self.engine = engine
         self.user_id = user_id
-        self.caps: Capabilities = capabilities(engine.dialect.name)
+        #: What differs between SQLite and Postgres (:mod:`dualdb.backends`).
+        self.backend: Backend = backend_of(engine)
         self._connection = connection
         #: Run at the start of every transaction this scope opens (not inside a session).
         self.on_begin = on_begin
@@ -46,11 +46,6 @@ class Scope:
     def bound_to(self, connection: sa.Connection) -> Scope:
         """The same actor, inside ``connection``'s transaction (a session)."""
         return Scope(self.engine, connection, user_id=self.user_id)
-
-    @property
-    def dialect(self) -> str:
-        """``"sqlite"`` or ``"postgresql"``."""
-        return self.caps.name
 
     @contextmanager
     def write(self) -> Iterator[sa.Connection]:
@@ -79,7 +74,7 @@ class Scope:
                 return
             with self.engine.connect() as raw:
                 if single_statement and self.on_begin is None:
-                    yield raw.execution_options(**autocommit_read_options(self.dialect))
+                    yield raw.execution_options(**self.backend.autocommit_read_options())
                     return
                 conn = raw.execution_options(**{READ_ONLY: True})
                 with conn.begin():

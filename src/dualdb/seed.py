@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from dualdb.backends import backend_for
 from dualdb.database import Database, Session
 from dualdb.errors import ConfigError
 from dualdb.schema import DUMMY_USER_ID
@@ -100,7 +101,7 @@ def seed(db: Database, *, allow_remote: bool = False) -> SeedResult:
 
     Refuses a Postgres (web) database unless ``allow_remote`` is true.
     """
-    if db.target.is_remote and not allow_remote:
+    if backend_for(db.target.backend).remote and not allow_remote:
         raise ConfigError(
             f"refusing to seed the {db.target.app_env} Postgres database {db.target.redacted}: "
             "pass --allow-remote if you really mean it"

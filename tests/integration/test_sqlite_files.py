@@ -17,8 +17,8 @@ import pytest
 
 import dualdb
 from dualdb import migrations
+from dualdb.backends.sqlite import SQLITE_JOURNAL_SIZE_LIMIT
 from dualdb.config import resolve
-from dualdb.engine import SQLITE_JOURNAL_SIZE_LIMIT
 
 pytestmark = pytest.mark.sqlite_only
 

@@ -8,7 +8,6 @@ this file and run unchanged on SQLite (batch mode) and Postgres (dialect branche
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,11 +25,12 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import exc
 
+from dualdb.backends import backend_for, backend_of
 from dualdb.config import Target
-from dualdb.engine import create_engine, ping, reading, sqlite_file_missing, translate
+from dualdb.engine import create_engine, ping, reading, translate
 from dualdb.errors import DatabaseUnavailable, DualdbError, MigrationError
 from dualdb.migrations.autogen import compare_type, include_object_for
-from dualdb.schema import POSTGRES_FUNCTIONS, metadata, triggers_for
+from dualdb.schema import metadata
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -89,35 +89,13 @@ def _refuse_transaction_pooler(target: Target) -> None:
 
 @contextmanager
 def _connection(target: Target) -> Iterator[sa.Connection]:
-    """A connection for migration work; on SQLite with foreign keys off while tables are rebuilt
-    (and legacy ``ALTER TABLE`` renames, which leave triggers alone).
-
-    SQLite's batch mode copies a table and drops the old one; with foreign keys on, that drop
-    would cascade-delete child rows.  Integrity is verified with ``foreign_key_check`` instead.
-    """
+    """A connection for migration work, with the settings its backend needs while tables are
+    rebuilt (SQLite: foreign keys off, verified afterwards; see ``Backend.migrating``)."""
     engine = create_engine(target)
     try:
         ping(engine)
-        with engine.connect() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            if sqlite:
-                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
-                # Batch mode renames a rebuilt table into place; since SQLite 3.26 a rename
-                # re-checks every trigger, and the triggers of migration 0006 name tables
-                # (shots, generations) that are briefly missing mid-rebuild.
-                conn.connection.dbapi_connection.execute("PRAGMA legacy_alter_table=ON")  # type: ignore[union-attr]
-            try:
-                yield conn
-                if sqlite:
-                    bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-                    conn.commit()
-                    if bad:
-                        raise MigrationError(f"foreign key check failed after migration: {bad[:3]}")
-            finally:
-                if sqlite:
-                    conn.rollback()
-                    conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
-                    conn.connection.dbapi_connection.execute("PRAGMA legacy_alter_table=OFF")  # type: ignore[union-attr]
+        with engine.connect() as conn, backend_of(conn).migrating(conn):
+            yield conn
     finally:
         engine.dispose()
 
@@ -242,7 +220,8 @@ def _read_revision(target: Target) -> str | None:
 def status(target: Target) -> MigrationStatus:
     """The backend, redacted URL, current revision, head and pending revisions of ``target``."""
     script = _script()
-    current = None if sqlite_file_missing(target) else _read_revision(target)
+    missing = backend_for(target.backend).file_missing(target)
+    current = None if missing else _read_revision(target)
     try:
         pending = _pending(script, current)
     except CommandError:
@@ -307,31 +286,17 @@ def _check_constraints(conn: sa.Connection) -> list[str]:
     return problems
 
 
-def _live_triggers(conn: sa.Connection) -> set[tuple[str, str]]:
-    if conn.dialect.name == "sqlite":
-        query = "SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger'"
-    else:
-        query = (
-            "SELECT c.relname, t.tgname FROM pg_trigger t "
-            "JOIN pg_class c ON c.oid = t.tgrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            # A trigger that does not fire in ordinary sessions (DISABLE, or ENABLE REPLICA)
-            # keeps no rule: as missing.
-            "WHERE NOT t.tgisinternal AND t.tgenabled IN ('O', 'A') "
-            "AND n.nspname = current_schema()"
-        )
-    return {(str(table), str(name)) for table, name in conn.exec_driver_sql(query)}
-
-
 def missing_triggers(conn: sa.Connection) -> list[tuple[str, str]]:
-    """The ``(table, trigger)`` pairs of :func:`~dualdb.schema.triggers_for` the database lacks."""
-    return sorted(triggers_for(conn.dialect.name) - _live_triggers(conn))
+    """The ``(table, trigger)`` pairs the migrations create that the database lacks."""
+    backend = backend_of(conn)
+    return sorted(backend.triggers() - backend.live_triggers(conn))
 
 
 def _check_triggers(conn: sa.Connection) -> list[str]:
     """The triggers that keep the queue's rules (Alembic knows nothing of triggers)."""
-    want = triggers_for(conn.dialect.name)
-    have = _live_triggers(conn)
+    backend = backend_of(conn)
+    want = backend.triggers()
+    have = backend.live_triggers(conn)
     return [
         f"trigger {name} on {table} is in the models but not in the database"
         for table, name in sorted(want - have)
@@ -341,58 +306,14 @@ def _check_triggers(conn: sa.Connection) -> list[str]:
     ]
 
 
-def _check_functions(conn: sa.Connection) -> list[str]:
-    """Postgres: the queue's SQL functions (dualdb's own queue calls the workers' verbs)."""
-    if conn.dialect.name != "postgresql":
-        return []
-    return [
-        f"function {signature} is in the models but not in the database"
-        for signature in POSTGRES_FUNCTIONS
-        if conn.execute(sa.text("SELECT to_regprocedure(:s)"), {"s": signature}).scalar() is None
-    ]
-
-
-#: A user id no real token carries: what the auth.uid() probe sets and expects back.
-_PROBE_SUB = "00000000-0000-4000-8000-00000000a0d1"
-
-
-def _check_auth_uid(conn: sa.Connection) -> list[str]:
-    """Postgres: does ``auth.uid()`` read ``request.jwt.claims`` (what PostgREST 9+ sets)?
-
-    An older Supabase definition reads only ``request.jwt.claim.sub``: PostgREST's users then
-    see nothing, while dualdb's own scoped sessions (which set both) still work.
-    """
-    if conn.dialect.name != "postgresql":
-        return []
-    if conn.exec_driver_sql("SELECT to_regprocedure('auth.uid()')").scalar() is None:
-        return []
-    with conn.begin_nested() as probe:
-        # What PostgREST 9+ sets (and nothing else): the whole token in one setting.
-        conn.execute(
-            sa.text("SELECT set_config('request.jwt.claims', :claims, true)"),
-            {"claims": json.dumps({"sub": _PROBE_SUB, "role": "authenticated"})},
-        )
-        seen = conn.exec_driver_sql("SELECT auth.uid()::text").scalar()
-        probe.rollback()
-    if seen == _PROBE_SUB:
-        return []
-    return [
-        "auth.uid() ignores request.jwt.claims (an old Supabase definition): PostgREST's "
-        "users see none of their rows. Fix: redefine it as in docs/supabase.md "
-        '("auth.uid() and request.jwt.claims")'
-    ]
-
-
 def auth_problems(target: Target) -> list[str]:
-    """Problems with ``auth.uid()`` on a Postgres ``target`` (see ``dualdb check``)."""
-    if target.backend != "postgresql":
-        return []
-    return _read(target, _check_auth_uid)
+    """Problems with the ``auth`` functions of ``target`` (``auth.uid()``; see ``dualdb check``)."""
+    return _read(target, lambda conn: backend_of(conn).auth_problems(conn))
 
 
 def check(target: Target) -> list[str]:
     """Differences between the live schema of ``target`` and the models (empty means none)."""
-    if sqlite_file_missing(target):
+    if backend_for(target.backend).file_missing(target):
         return [f"SQLite file {target.url.database} does not exist: run `dualdb migrate`"]
     engine = create_engine(target)
     try:
@@ -418,8 +339,8 @@ def check(target: Target) -> list[str]:
             problems += _check_constraints(conn)
             if current == head:
                 problems += _check_triggers(conn)
-                problems += _check_functions(conn)
-            problems += _check_auth_uid(conn)
+                problems += backend_of(conn).schema_problems(conn)
+            problems += backend_of(conn).auth_problems(conn)
             return problems
     except (exc.DBAPIError, exc.StatementError) as err:
         raise translate(err) or DatabaseUnavailable("cannot read the database") from None

@@ -243,8 +243,8 @@ class Repository(Generic[R]):
                 # neither backend sees an out-of-range integer) before it reaches SQL.
                 if isinstance(value, dict) and set(value) == {"stored"}:
                     stored = value["stored"]
-                    # Only SQLite stores these columns as text that can be garbage.
-                    if not isinstance(stored, str) or self._scope.dialect != "sqlite":
+                    # Only a backend storing these columns as text can hold garbage there.
+                    if not isinstance(stored, str) or not self._scope.backend.text_storage:
                         raise ValueError(col)
                     out.append(_Stored(stored))
                 elif col == "id" or col.endswith("_id") or col.endswith("_at"):

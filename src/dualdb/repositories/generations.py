@@ -10,7 +10,7 @@ from typing import Any, Never
 import sqlalchemy as sa
 
 from dualdb import validation as v
-from dualdb.dialects import array_contains
+from dualdb.backends.constructs import array_contains
 from dualdb.errors import InvalidInput
 from dualdb.records import Generation, Page
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow

@@ -104,7 +104,7 @@ class ShotsRepository(Repository[Shot]):
     def _lock(self, conn: sa.Connection, shot_id: uuid.UUID) -> uuid.UUID:
         """Check the shot is writable, lock it, and return its project id."""
         project_id = self._require_shot(conn, "shot_id", shot_id)
-        if self._scope.caps.skip_locked:  # row locks exist (Postgres)
+        if self._scope.backend.row_locks:
             conn.execute(sa.select(shots.c.id).where(shots.c.id == shot_id).with_for_update())
         return project_id
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from dualdb.backends import backend_for
 from dualdb.config import Target
 from dualdb.database import Database
 from dualdb.errors import ConfigError
@@ -27,7 +28,7 @@ START_TIMEOUT_S = 15.0
 def default_read_only(target: Target) -> bool:
     """Read-only unless the target is a local SQLite file: Postgres (the ``web`` side, maybe
     production) or ``APP_ENV=web`` open read-only unless ``--read-write`` is given."""
-    return target.is_remote or target.app_env == "web"
+    return backend_for(target.backend).remote or target.app_env == "web"
 
 
 def is_loopback(host: str) -> bool:

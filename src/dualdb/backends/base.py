@@ -1,0 +1,115 @@
+"""The :class:`Backend` interface: what differs between SQLite and Postgres, in one object.
+
+Code outside :mod:`dualdb.backends` asks its backend (``Scope.backend``, :func:`backend_of`)
+instead of comparing dialect names.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from dualdb.schema import TRIGGERS
+
+if TYPE_CHECKING:
+    from dualdb.auth import Claims
+    from dualdb.config import Target
+
+#: Called with the connection at the start of each transaction (e.g. to set the RLS role).
+TransactionHook = Callable[[sa.Connection], None]
+
+#: Execution option: this transaction only reads (SQLite then uses a deferred BEGIN).
+READ_ONLY = "dualdb_read_only"
+
+
+class Backend(ABC):
+    """One database backend: its engine, transactions, locks, roles and per-backend SQL."""
+
+    #: The SQLAlchemy dialect name (``"sqlite"`` or ``"postgresql"``).
+    name: ClassVar[str]
+    #: Row locks (``SELECT … FOR UPDATE``): concurrent writers of one row wait for each other.
+    #: Without them (SQLite) a write transaction already holds the whole database.
+    row_locks: ClassVar[bool]
+    #: Queue timestamps come from the server's clock (one clock for every worker machine);
+    #: otherwise the app reads its clock inside the write transaction.
+    server_clock: ClassVar[bool]
+    #: The workers' queue verbs are SQL functions in the database (migration 0008), which the
+    #: DAL calls; otherwise the DAL runs the same statements itself.
+    queue_functions: ClassVar[bool]
+    #: Keys and timestamps are stored as text, which another tool may have garbled (so a
+    #: page cursor may carry a stored value that decodes to nothing).
+    text_storage: ClassVar[bool]
+    #: A database server on the network (the ``web`` side), not a local file.
+    remote: ClassVar[bool]
+    #: Postgres-only triggers and functions the migrations create (``dualdb check``).
+    extra_triggers: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @abstractmethod
+    def create_engine(self, target: Target) -> Engine:
+        """An :class:`~sqlalchemy.engine.Engine` for ``target``, configured for this backend."""
+
+    @abstractmethod
+    def autocommit_read_options(self) -> dict[str, Any]:
+        """Execution options for a call that reads with one statement: no BEGIN/COMMIT.
+
+        A single ``SELECT`` is atomic on its own; skipping the transaction saves round trips.
+        """
+
+    def file_missing(self, target: Target) -> bool:
+        """True when ``target`` is a local file that does not exist yet (connecting would
+        create an empty one)."""
+        return False
+
+    def checkpoint(self, engine: Engine) -> bool:
+        """Fold a write-ahead log into the database file; True when done (or nothing to do)."""
+        return True
+
+    def refresh_statistics(self, conn: sa.Connection, tables: tuple[str, ...]) -> None:
+        """Refresh the planner's statistics of ``tables`` after a bulk write (if it keeps any).
+
+        By default nothing: dualdb never runs ``ANALYZE`` on SQLite, whose hot queries name
+        their index instead.
+        """
+        return None
+
+    def user_hook(self, claims: Claims) -> TransactionHook | None:
+        """What makes a transaction act as the user of ``claims`` (None: the DAL scopes)."""
+        return None
+
+    def service_hook(self) -> TransactionHook | None:
+        """What makes a transaction act as the service (None: nothing to switch)."""
+        return None
+
+    @contextmanager
+    def migrating(self, conn: sa.Connection) -> Iterator[sa.Connection]:
+        """Settings a migration run needs on ``conn``, undone afterwards."""
+        yield conn
+
+    def triggers(self) -> set[tuple[str, str]]:
+        """Every ``(table, trigger)`` the migrations create on this backend."""
+        return {
+            (table, name)
+            for source in (TRIGGERS, self.extra_triggers)
+            for table, names in source.items()
+            for name in names
+        }
+
+    @abstractmethod
+    def live_triggers(self, conn: sa.Connection) -> set[tuple[str, str]]:
+        """The ``(table, trigger)`` pairs that fire in ordinary sessions of ``conn``'s database."""
+
+    def schema_problems(self, conn: sa.Connection) -> list[str]:
+        """What ``dualdb check`` finds wrong beyond tables, indexes, checks and triggers."""
+        return []
+
+    def auth_problems(self, conn: sa.Connection) -> list[str]:
+        """Problems with the database's ``auth`` functions (what ``migrate`` warns about)."""
+        return []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

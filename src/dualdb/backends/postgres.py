@@ -1,0 +1,111 @@
+"""Postgres (Supabase or any other) through psycopg 3: row locks, roles and Row Level Security.
+
+Engines use ``pool_pre_ping`` and, behind Supabase's transaction pooler, no prepared
+statements.  Scoped sessions switch role per transaction (:mod:`dualdb.auth`), and the
+workers' queue verbs are the database's own SQL functions (migration 0008).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from dualdb.auth import act_as_service, act_as_user
+from dualdb.backends.base import Backend, TransactionHook
+from dualdb.schema import POSTGRES_FUNCTIONS, POSTGRES_TRIGGERS
+
+if TYPE_CHECKING:
+    from dualdb.auth import Claims
+    from dualdb.config import Target
+
+#: Connect timeout (seconds), so an unreachable host fails fast.
+PG_CONNECT_TIMEOUT_S = 5
+#: A user id no real token carries: what the auth.uid() probe sets and expects back.
+_PROBE_SUB = "00000000-0000-4000-8000-00000000a0d1"
+
+
+class PostgresBackend(Backend):
+    """PostgreSQL 15+ (Supabase's, or a bare one with the stand-ins of migration 0004)."""
+
+    name = "postgresql"
+    row_locks = True
+    server_clock = True
+    queue_functions = True
+    text_storage = False
+    remote = True
+    extra_triggers = POSTGRES_TRIGGERS
+
+    def create_engine(self, target: Target) -> Engine:
+        connect_args: dict[str, Any] = {
+            "connect_timeout": PG_CONNECT_TIMEOUT_S,
+            "application_name": "dualdb",
+        }
+        if target.transaction_pooler:
+            # PgBouncer/Supavisor in transaction mode cannot keep prepared statements.
+            connect_args["prepare_threshold"] = None
+        return sa.create_engine(target.url, pool_pre_ping=True, connect_args=connect_args)
+
+    def autocommit_read_options(self) -> dict[str, Any]:
+        return {"isolation_level": "AUTOCOMMIT"}
+
+    def refresh_statistics(self, conn: sa.Connection, tables: tuple[str, ...]) -> None:
+        # A planner that still believes a table is tiny picks bad plans for what follows.
+        for table in tables:
+            conn.execute(sa.text(f"ANALYZE {table}"))
+
+    def user_hook(self, claims: Claims) -> TransactionHook:
+        def act(conn: sa.Connection) -> None:
+            act_as_user(conn, claims)
+
+        return act
+
+    def service_hook(self) -> TransactionHook:
+        return act_as_service
+
+    def live_triggers(self, conn: sa.Connection) -> set[tuple[str, str]]:
+        rows = conn.exec_driver_sql(
+            "SELECT c.relname, t.tgname FROM pg_trigger t "
+            "JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            # A trigger that does not fire in ordinary sessions (DISABLE, or ENABLE REPLICA)
+            # keeps no rule: as missing.
+            "WHERE NOT t.tgisinternal AND t.tgenabled IN ('O', 'A') "
+            "AND n.nspname = current_schema()"
+        )
+        return {(str(table), str(name)) for table, name in rows}
+
+    def schema_problems(self, conn: sa.Connection) -> list[str]:
+        """The queue's SQL functions (dualdb's own queue calls the workers' verbs)."""
+        return [
+            f"function {signature} is in the models but not in the database"
+            for signature in POSTGRES_FUNCTIONS
+            if conn.execute(sa.text("SELECT to_regprocedure(:s)"), {"s": signature}).scalar()
+            is None
+        ]
+
+    def auth_problems(self, conn: sa.Connection) -> list[str]:
+        """Does ``auth.uid()`` read ``request.jwt.claims`` (what PostgREST 9+ sets)?
+
+        An older Supabase definition reads only ``request.jwt.claim.sub``: PostgREST's users
+        then see nothing, while dualdb's own scoped sessions (which set both) still work.
+        """
+        if conn.exec_driver_sql("SELECT to_regprocedure('auth.uid()')").scalar() is None:
+            return []
+        with conn.begin_nested() as probe:
+            # What PostgREST 9+ sets (and nothing else): the whole token in one setting.
+            conn.execute(
+                sa.text("SELECT set_config('request.jwt.claims', :claims, true)"),
+                {"claims": json.dumps({"sub": _PROBE_SUB, "role": "authenticated"})},
+            )
+            seen = conn.exec_driver_sql("SELECT auth.uid()::text").scalar()
+            probe.rollback()
+        if seen == _PROBE_SUB:
+            return []
+        return [
+            "auth.uid() ignores request.jwt.claims (an old Supabase definition): PostgREST's "
+            "users see none of their rows. Fix: redefine it as in docs/supabase.md "
+            '("auth.uid() and request.jwt.claims")'
+        ]

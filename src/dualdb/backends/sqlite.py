@@ -1,0 +1,142 @@
+"""SQLite: a local file, one writer at a time, no roles.
+
+Connections get ``foreign_keys=ON`` (off by default in SQLite), WAL, a busy timeout,
+``synchronous=NORMAL`` and ``BEGIN IMMEDIATE`` transactions: a deferred transaction that reads
+and then writes fails at once with "database is locked", whatever the busy timeout, so every
+transaction takes the write lock up front (read-only work opts out with :data:`READ_ONLY`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from dualdb.backends.base import READ_ONLY, Backend
+from dualdb.errors import DatabaseUnavailable, MigrationError
+
+if TYPE_CHECKING:
+    from dualdb.config import Target
+
+#: Busy timeout (milliseconds): how long a writer waits for the lock.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Size (bytes) SQLite truncates its WAL file to after a checkpoint.  Without a limit the WAL
+#: keeps the largest size it ever reached (behind a long reader it grows to hundreds of MB) for
+#: as long as any connection is open.
+SQLITE_JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
+#: Execution option: no BEGIN at all — each statement is its own snapshot.
+_AUTOCOMMIT = "dualdb_autocommit"
+
+
+class SqliteBackend(Backend):
+    """SQLite through the standard library's ``sqlite3``."""
+
+    name = "sqlite"
+    row_locks = False
+    server_clock = False
+    queue_functions = False
+    text_storage = True
+    remote = False
+
+    def create_engine(self, target: Target) -> Engine:
+        db = target.url.database or ""
+        if db and db != ":memory:" and not db.startswith("file:"):
+            parent = Path(db).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise DatabaseUnavailable(
+                    f"cannot open SQLite file {db!r}: folder {parent} does not exist"
+                )
+        engine = sa.create_engine(
+            target.url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event below issue BEGIN itself.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA journal_size_limit={SQLITE_JOURNAL_SIZE_LIMIT}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            options = conn.get_execution_options()
+            if options.get(_AUTOCOMMIT):
+                return
+            if options.get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def autocommit_read_options(self) -> dict[str, Any]:
+        # Not SQLAlchemy's AUTOCOMMIT level: resetting it hands transaction control back to
+        # the sqlite3 module.
+        return {READ_ONLY: True, _AUTOCOMMIT: True}
+
+    def file_missing(self, target: Target) -> bool:
+        path = target.url.database or ""
+        if path in ("", ":memory:") or path.startswith("file:"):
+            return False
+        return not Path(path).exists()
+
+    def checkpoint(self, engine: Engine) -> bool:
+        """Copy the write-ahead log into the database file and truncate it to zero bytes.
+
+        Never waits: while another connection still reads old pages it does nothing and
+        returns False (the next call, or the next large commit, finishes the job).
+        """
+        with engine.connect() as conn:
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None
+            dbapi.execute("PRAGMA busy_timeout=0")
+            try:
+                busy, _, _ = dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                dbapi.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        return bool(busy == 0)
+
+    @contextmanager
+    def migrating(self, conn: sa.Connection) -> Iterator[sa.Connection]:
+        """Foreign keys off while tables are rebuilt, and legacy ``ALTER TABLE`` renames.
+
+        Alembic's batch mode copies a table and drops the old one; with foreign keys on, that
+        drop would cascade-delete child rows, so integrity is verified with
+        ``foreign_key_check`` instead.  Batch mode renames the rebuilt table into place; since
+        SQLite 3.26 a rename re-checks every trigger, and the triggers of migration 0006 name
+        tables (shots, generations) that are briefly missing mid-rebuild.
+        """
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.execute("PRAGMA foreign_keys=OFF")
+        dbapi.execute("PRAGMA legacy_alter_table=ON")
+        try:
+            yield conn
+            bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            conn.commit()
+            if bad:
+                raise MigrationError(f"foreign key check failed after migration: {bad[:3]}")
+        finally:
+            conn.rollback()
+            dbapi.execute("PRAGMA foreign_keys=ON")
+            dbapi.execute("PRAGMA legacy_alter_table=OFF")
+
+    def live_triggers(self, conn: sa.Connection) -> set[tuple[str, str]]:
+        rows = conn.exec_driver_sql(
+            "SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger'"
+        )
+        return {(str(table), str(name)) for table, name in rows}

@@ -15,6 +15,7 @@ from dualdb import Conflict, InvalidInput, NotFound
 from dualdb.database import Database
 from dualdb.records import Project
 from dualdb.schema import task_dependencies, tasks
+from tests.integration.lock_support import LockWatch
 
 
 @pytest.fixture
@@ -326,22 +327,35 @@ def test_racing_completions_create_the_generation_once(
 def test_enqueue_racing_the_completion_of_its_dependency_is_never_stranded(
     db: Database, project: Project, migrated_url: str
 ) -> None:
-    """A dependent enqueued (uncommitted) while its dependency completes ends up claimable."""
+    """A dependent enqueued (uncommitted) while its dependency completes ends up claimable.
+
+    The completion must wait for the enqueue's lock (Postgres: the enqueue's trigger locks the
+    dependency ``FOR SHARE``; SQLite: the enqueue's transaction holds the one write lock) and
+    then count the new edge.  The test releases the enqueue only once the completion is seen
+    waiting for it: without that lock the completion never waits (``until_blocked`` fails) and
+    misses the uncommitted edge, stranding the dependent (the claim below finds nothing).
+    """
     dep = db.tasks.enqueue(project.id, "single_image", {})
     db.tasks.claim("w")
     done: list[object] = []
+    with dualdb.connect(migrated_url) as own:
+        watch = LockWatch(own)
 
-    def complete_dep() -> None:
-        with dualdb.connect(migrated_url) as own:
-            done.append(own.tasks.complete(dep.id, "w", "dep.png"))
+        def complete_dep() -> None:
+            try:
+                done.append(own.tasks.complete(dep.id, "w", "dep.png"))
+            except Exception as exc:  # collected and asserted below
+                done.append(exc)
 
-    with db.session() as s:
-        child = s.tasks.enqueue(project.id, "travel_stitch", {}, depends_on=[dep.id])
         racer = threading.Thread(target=complete_dep)
-        racer.start()
-        time.sleep(0.5)  # the completion runs now: it must wait for this enqueue, not miss it
-    racer.join(timeout=60)
-    assert len(done) == 1
+        with db.session() as s:
+            child = s.tasks.enqueue(project.id, "travel_stitch", {}, depends_on=[dep.id])
+            racer.start()
+            watch.until_blocked(racer, s.connection)
+            assert done == [], "the completion finished while the enqueue held its lock"
+        racer.join(timeout=60)
+    assert not racer.is_alive()
+    assert [getattr(d, "status", d) for d in done] == ["Complete"]
     claimed = db.tasks.claim("w")
     assert claimed is not None and claimed.id == child.id
 

@@ -109,11 +109,14 @@ def test_many_processes_drain_a_dag_exactly_once(migrated_url: str, tmp_path: Pa
             assert task.generation_started_at >= done_at, f"{task.id} started before {dep}"
 
 
-def _worker(url: str, handler: str, *extra: str, seconds: str = "2") -> subprocess.Popen[str]:
+def _worker(
+    url: str, handler: str, *extra: str, seconds: str = "2", signal_log: Path | None = None
+) -> subprocess.Popen[str]:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "DUALDB_TEST_HANDLER_SECONDS": seconds,
+        **({"DUALDB_TEST_SIGNAL_LOG": str(signal_log)} if signal_log else {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "dualdb", "worker", "--url", url, "--handler", handler, *extra],
@@ -189,15 +192,26 @@ def test_sigterm_finishes_the_current_task_then_stops(migrated_url: str) -> None
         assert db.tasks.get(second.id).status == "Queued"  # not started after the signal
 
 
-def test_second_signal_releases_the_current_task(migrated_url: str) -> None:
+def test_second_signal_releases_the_current_task(migrated_url: str, tmp_path: Path) -> None:
+    log = tmp_path / "signals"
+
+    def taken() -> list[str]:
+        return log.read_text().split() if log.exists() else []
+
     with dualdb.connect(migrated_url) as db:
         project = db.projects.create("Twice", db.users.create().id)
         task = db.tasks.enqueue(project.id, "single_image", {})
-        worker = _worker(migrated_url, "tests.integration.queue_handlers:slow", seconds="60")
+        worker = _worker(
+            migrated_url,
+            "tests.integration.queue_handlers:slow_reporting_signals",
+            seconds="60",
+            signal_log=log,
+        )
         try:
-            _wait_for(lambda: db.tasks.get(task.id).status == "In Progress")
+            _wait_for(lambda: taken() == ["ready"])  # the handler runs the task
             worker.send_signal(signal.SIGINT)
-            time.sleep(0.2)
+            _wait_for(lambda: taken() == ["ready", "SIGINT"])  # the worker took the first
+            assert db.tasks.get(task.id).status == "In Progress", "one signal keeps the task"
             worker.send_signal(signal.SIGINT)
             _out, err = worker.communicate(timeout=30)
         finally:

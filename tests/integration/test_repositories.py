@@ -2,6 +2,18 @@
 
 Each test runs once per backend through the ``migrated_url`` fixture and asserts the same
 observable behaviour on both: records, list orders, pagination, errors and what is (not) written.
+
+A test marked ``as_user_too`` runs once more per backend with ``db`` acting as the world's user
+through a verified access token (``db.for_user(token)``, the ``user`` actor; the others use the
+plain, ``unscoped`` database): on Postgres every transaction then runs as ``authenticated``
+under Row Level Security, on SQLite the DAL applies the same ownership rules.  Mark a test
+``as_user_too`` when it stays inside that user's own data.  The unmarked ones touch a second
+user's rows on purpose, or expect ``NotFound`` when *writing* to an id that does not exist —
+acting as a user, such a write is ``PermissionDenied`` ("not yours, or does not exist"): under
+RLS a row that does not exist and one that is someone else's look the same, and saying which
+would leak it.  ``test_scoped_access.py`` covers both.  Of the generic contract (``Spec``), the
+user runs the recipes that create no users (shots, generations, tasks): a user can only ever
+be their own ``users`` row.
 """
 
 from __future__ import annotations
@@ -14,17 +26,20 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import sqlalchemy as sa
 
 import dualdb
 from dualdb import migrations
+from dualdb.auth import TokenVerifier
 from dualdb.config import resolve
 from dualdb.database import Repositories
 from dualdb.errors import (
@@ -36,7 +51,7 @@ from dualdb.errors import (
 )
 from dualdb.records import Record, ShotGeneration
 from dualdb.schema import TABLES, task_dependencies, tasks
-from tests.integration.dal_support import World, assert_unchanged, snapshot
+from tests.integration.dal_support import World, assert_unchanged, build_world, snapshot
 
 DUALDB = str(Path(sys.executable).parent / "dualdb")
 
@@ -61,6 +76,8 @@ class Spec:
     filters: Callable[[Any], dict[str, Any]]
     #: A row that fails validation, and the field it must be blamed on.
     bad_row: Callable[[Any, World], tuple[dict[str, Any], str]]
+    #: The recipe creates users (as rows or as parents): only the unscoped database can.
+    creates_users: bool = False
 
 
 def _parent(db: dualdb.Database, world: World, spec: str) -> Any:
@@ -79,6 +96,7 @@ SPECS = [
         create=lambda repo, parent, w, i: repo.create(email=parent),
         filters=lambda parent: {"email": parent},
         bad_row=lambda parent, w: ({"email": 42}, "email"),
+        creates_users=True,
     ),
     Spec(
         "projects",
@@ -86,6 +104,7 @@ SPECS = [
         create=lambda repo, parent, w, i: repo.create(f"P{i}", parent.id),
         filters=lambda parent: {"user_id": parent.id},
         bad_row=lambda parent, w: ({"name": "   ", "user_id": parent.id}, "name"),
+        creates_users=True,
     ),
     Spec(
         "shots",
@@ -116,16 +135,94 @@ SPECS = [
         ),
     ),
 ]
-SPEC_IDS = [s.name for s in SPECS]
 
 
-@pytest.fixture(params=SPECS, ids=SPEC_IDS)
-def spec(request: pytest.FixtureRequest) -> Spec:
-    """One repository's generic test recipe."""
-    value: Spec = request.param
-    return value
+# --- who acts: the unscoped database, or the world's user ----------------------------------
+
+#: ``db`` is the plain database; only a test marked ``as_user_too`` also runs as ``USER``.
+UNSCOPED, USER = "unscoped", "user"
+SECRET = "parity-suite-jwt-secret-long-enough-for-hs256"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``spec`` over ``SPECS``, and a test marked ``as_user_too`` over both actors
+    (as the user, only the recipes that create no users)."""
+    if metafunc.definition.get_closest_marker("as_user_too") is None:
+        if "spec" in metafunc.fixturenames:
+            metafunc.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+        return
+    if "db" not in metafunc.fixturenames:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid} is marked as_user_too but takes no `db`: the actor "
+            "is who `db` acts as; drop the mark or use `db`"
+        )
+    if "spec" not in metafunc.fixturenames:
+        metafunc.parametrize("actor", [UNSCOPED, USER], indirect=True)
+        return
+    metafunc.parametrize(
+        ("spec", "actor"),
+        [
+            pytest.param(spec, actor, id=f"{spec.name}-{actor}")
+            for actor in (UNSCOPED, USER)
+            for spec in SPECS
+            if actor == UNSCOPED or not spec.creates_users
+        ],
+        indirect=["actor"],
+    )
+
+
+@pytest.fixture
+def actor(request: pytest.FixtureRequest) -> str:
+    """Who ``db`` acts as: ``UNSCOPED`` unless parametrised (``as_user_too``)."""
+    return str(getattr(request, "param", UNSCOPED))
+
+
+@pytest.fixture
+def database(migrated_url: str) -> Iterator[dualdb.Database]:
+    """The unscoped database, which also verifies the ``user`` actor's token."""
+    with dualdb.connect(migrated_url, verifier=TokenVerifier(jwt_secret=SECRET)) as connected:
+        yield connected
+
+
+@pytest.fixture
+def world(database: dualdb.Database) -> World:
+    """Two users with a project each, built by the unscoped database whoever the actor is."""
+    return build_world(database)
+
+
+class AsUser:
+    """``db.for_user(token)`` plus the engine, which the tests use to watch and snapshot."""
+
+    def __init__(self, database: dualdb.Database, scoped: dualdb.ScopedDatabase) -> None:
+        self._scoped = scoped
+        self.engine: sa.Engine = database.engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scoped, name)
+
+
+@pytest.fixture
+def db(database: dualdb.Database, actor: str, request: pytest.FixtureRequest) -> Any:
+    """The database the test drives: ``database`` itself, or it acting as the world's user."""
+    if actor == UNSCOPED:
+        return database
+    world: World = request.getfixturevalue("world")
+    token = jwt.encode(
+        {
+            "sub": str(world.user.id),
+            "aud": "authenticated",
+            "role": "authenticated",
+            "exp": int(time.time()) + 3600,
+        },
+        SECRET,
+        algorithm="HS256",
+    )
+    scoped = database.for_user(token)
+    assert scoped.user_id == world.user.id
+    return AsUser(database, scoped)
+
+
+@pytest.mark.as_user_too
 def test_create_get_find(db: dualdb.Database, world: World, spec: Spec) -> None:
     repo = getattr(db, spec.name)
     parent = _parent(db, world, spec.name)
@@ -146,6 +243,7 @@ def test_create_get_find(db: dualdb.Database, world: World, spec: Spec) -> None:
         repo.find(None)
 
 
+@pytest.mark.as_user_too
 def test_list_orders_and_paginates_without_dupes_or_skips(
     db: dualdb.Database, world: World, spec: Spec
 ) -> None:
@@ -202,6 +300,7 @@ def _cursor(*values: Any) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+@pytest.mark.as_user_too
 def test_bad_cursors_and_limits_are_invalid_input(
     db: dualdb.Database, world: World, spec: Spec
 ) -> None:
@@ -241,6 +340,7 @@ def test_bad_cursors_and_limits_are_invalid_input(
     assert len(repo.list(limit=1000).items) == repo.count()
 
 
+@pytest.mark.as_user_too
 def test_iter_streams_every_row_across_batches(
     db: dualdb.Database, world: World, spec: Spec
 ) -> None:
@@ -289,6 +389,7 @@ def test_delete_and_count(db: dualdb.Database, world: World, spec: Spec) -> None
     assert err.value.field == "colour"
 
 
+@pytest.mark.as_user_too
 def test_create_many_is_one_batch_and_all_or_nothing(
     db: dualdb.Database, world: World, spec: Spec
 ) -> None:
@@ -399,6 +500,7 @@ def edges(db: dualdb.Database) -> set[tuple[uuid.UUID, uuid.UUID]]:
     return {(r.task_id, r.dependency_id) for r in rows}
 
 
+@pytest.mark.as_user_too
 def test_enqueue_with_dependencies(db: dualdb.Database, world: World) -> None:
     pid = world.project.id
     a = db.tasks.enqueue(pid, "single_image", {"n": 1})
@@ -439,6 +541,7 @@ def test_enqueue_with_dependencies(db: dualdb.Database, world: World) -> None:
     )
 
 
+@pytest.mark.as_user_too
 def test_task_params_come_back_exactly_as_create_returned_them(
     db: dualdb.Database, world: World
 ) -> None:
@@ -462,6 +565,7 @@ def test_task_params_come_back_exactly_as_create_returned_them(
     assert list(db.tasks.get(task.id).params) == ["a", "zz"]
 
 
+@pytest.mark.as_user_too
 def test_tasks_list_filters(db: dualdb.Database, world: World) -> None:
     pid = world.project.id
     q1 = db.tasks.enqueue(pid, "upscale", {})
@@ -493,6 +597,7 @@ def test_tasks_list_filters(db: dualdb.Database, world: World) -> None:
         assert err.value.field == field
 
 
+@pytest.mark.as_user_too
 def test_task_delete_refused_while_unfinished_dependents(db: dualdb.Database, world: World) -> None:
     pid = world.project.id
     first = db.tasks.enqueue(pid, "a", {})
@@ -516,6 +621,7 @@ def positions(db: dualdb.Database, shot_id: uuid.UUID) -> list[uuid.UUID]:
     return [p.generation_id for p in placed]
 
 
+@pytest.mark.as_user_too
 def test_add_move_remove_reorder_keep_positions_dense(db: dualdb.Database, world: World) -> None:
     shot = world.shot.id
     g = [db.generations.create(world.project.id, location=f"{i}.png") for i in range(5)]
@@ -560,6 +666,7 @@ def test_add_move_remove_reorder_keep_positions_dense(db: dualdb.Database, world
     assert db.shot_generations.count(generation_id=e) == 1
 
 
+@pytest.mark.as_user_too
 def test_shot_generations_list_paginates_by_shot_then_position(
     db: dualdb.Database, world: World
 ) -> None:
@@ -627,6 +734,7 @@ def test_placement_errors_change_nothing(db: dualdb.Database, world: World) -> N
         assert_unchanged(db, action, error, field)
 
 
+@pytest.mark.as_user_too
 def test_random_placement_edits_match_a_model(db: dualdb.Database, world: World) -> None:
     """A seeded random walk of placement edits; positions stay dense and match a plain list."""
     rng = random.Random(20240607)
@@ -677,6 +785,7 @@ def test_random_placement_edits_match_a_model(db: dualdb.Database, world: World)
     ), f"the walk should edit the middle of the shot with every op: {middle}"
 
 
+@pytest.mark.as_user_too
 def test_deleting_a_generation_closes_the_gap_on_its_shots(
     db: dualdb.Database, world: World
 ) -> None:
@@ -691,6 +800,7 @@ def test_deleting_a_generation_closes_the_gap_on_its_shots(
     assert positions(db, other_shot.id) == [g[2]]
 
 
+@pytest.mark.as_user_too
 def test_deleting_a_shot_removes_its_placements_only(db: dualdb.Database, world: World) -> None:
     gid = world.generation.id
     db.shots.add_generation(world.shot.id, gid)
@@ -699,6 +809,7 @@ def test_deleting_a_shot_removes_its_placements_only(db: dualdb.Database, world:
     assert db.generations.get(gid) == world.generation
 
 
+@pytest.mark.as_user_too
 def test_generations_for_task(db: dualdb.Database, world: World) -> None:
     t1, t2 = world.task.id, db.tasks.enqueue(world.project.id, "x", {}).id
     one = db.generations.create(world.project.id, tasks=[t2])
@@ -754,6 +865,7 @@ def test_deleting_a_user_removes_everything_they_own(db: dualdb.Database, world:
 # --- sessions ---------------------------------------------------------------------------------
 
 
+@pytest.mark.as_user_too
 def test_session_commits_on_success(db: dualdb.Database, world: World) -> None:
     with db.session() as s:
         p = s.projects.create("In a session", world.user.id)
@@ -763,6 +875,7 @@ def test_session_commits_on_success(db: dualdb.Database, world: World) -> None:
     assert db.projects.get(p.id) == p and db.shots.get(shot.id) == shot
 
 
+@pytest.mark.as_user_too
 def test_session_rolls_back_on_error(db: dualdb.Database, world: World) -> None:
     before = snapshot(db)
     with pytest.raises(RuntimeError, match="boom"), db.session() as s:

@@ -34,8 +34,13 @@ from dualdb.errors import DatabaseBusy
 
 args = json.loads(sys.argv[1])
 go = Path(args["go"])
+Path(args["ready"]).touch()  # imported: the parent says go once every worker is here
+deadline = time.monotonic() + 120
 while not go.exists():  # start together
+    if time.monotonic() > deadline:
+        sys.exit("never told to go")
     time.sleep(0.005)
+began = time.time()
 db = dualdb.connect(args["url"])
 me, counter, shot, owner = args["name"], args["counter"], args["shot"], args["user"]
 try:
@@ -73,6 +78,7 @@ except DatabaseBusy as exc:
     sys.exit(3)
 finally:
     db.close()
+print(json.dumps({"began": began, "ended": time.time()}))
 """
 
 
@@ -89,11 +95,13 @@ def test_processes_writing_at_once_never_see_database_is_locked(
         baseline = db.row_counts()
 
     go = tmp_path / "go"
+    ready = [tmp_path / f"ready-w{w}" for w in range(WORKERS)]
     procs = []
     for w in range(WORKERS):
         args = {
             "url": migrated_url,
             "go": str(go),
+            "ready": str(ready[w]),
             "name": f"w{w}",
             "user": str(owner.id),
             "counter": str(counter.id),
@@ -113,12 +121,22 @@ def test_processes_writing_at_once_never_see_database_is_locked(
                 text=True,
             )
         )
-    time.sleep(0.5)  # let every interpreter start and wait at the barrier
+    # Every interpreter has started and waits at the barrier before any is told to go.
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready):
+        if early := [p for p in procs if p.poll() is not None]:
+            pytest.fail(f"a worker exited before the start:\n{early[0].communicate()[1]}")
+        assert time.monotonic() < deadline, "the workers did not all start in time"
+        time.sleep(0.01)
     go.touch()
     results = [(p.wait(timeout=240), *p.communicate()) for p in procs]
     for code, out, err in results:
         assert "locked" not in (out + err).lower(), err
         assert code == 0, f"worker failed ({code}):\n{err}"
+    spans = [json.loads(out.splitlines()[-1]) for _code, out, _err in results]
+    assert max(s["began"] for s in spans) < min(s["ended"] for s in spans), (
+        f"the workers did not write at the same time, so nothing was contended: {spans}"
+    )
 
     with dualdb.connect(migrated_url) as db:
         counts = db.row_counts()

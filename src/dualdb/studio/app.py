@@ -186,8 +186,6 @@ def create_app(
     for base in VIEWS:
         attrs: dict[str, Any] = {
             "studio": context,
-            # URLs name the table: /studio/tasks/list, /studio/tasks/details/<id>.
-            "identity": base.table.name,
             **{flag: getattr(base, flag) and not read_only for flag in _WRITE_FLAGS},
         }
         # A subclass per app: sqladmin stores its state on the view class, so two apps (two

@@ -48,6 +48,16 @@ class Repositories:
         self.shot_generations = ShotGenerationsRepository(scope)
         self.tasks = TasksRepository(scope)
 
+    @property
+    def scope(self) -> Scope:
+        """Where these repositories' calls run.
+
+        ``with db.scope.read() as conn:`` puts the calls made inside the block (in this
+        thread) into one read-only transaction, and gives its connection for queries of
+        one's own; see :meth:`Scope.read`.
+        """
+        return self._scope
+
 
 class _Sessions:
     """``session()`` for a database view: one transaction, acting as the view's actor."""
@@ -163,7 +173,7 @@ class Database(_Sessions, Repositories):
         return f"dualdb migrate --url {shlex.quote(self.target.redacted)}"
 
     def row_counts(self) -> dict[str, int]:
-        """Rows per table, in schema order."""
+        """Rows per table, in schema order, read in one read-only transaction."""
         with self._scope.read() as conn:
             return {
                 t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())

@@ -65,6 +65,14 @@ class Scope:
     def read(self, *, single_statement: bool = False) -> Iterator[sa.Connection]:
         """A connection for a call that only reads.
 
+        Outside a session it is a read-only transaction of its own (a deferred ``BEGIN`` on
+        SQLite: no write lock), and the repository calls made inside the block, in the same
+        thread, run in it too — so a caller can group several reads and queries of its own::
+
+            with db.scope.read() as conn:
+                task = db.tasks.get(task_id)
+                conn.execute(...)
+
         ``single_statement``: the call runs one ``SELECT``, so outside a session it needs no
         transaction at all (unless the scope sets the actor per transaction).
         """

@@ -10,9 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
-import sqlalchemy as sa
 from sqladmin import Admin
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -22,9 +20,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dualdb.database import Database
-from dualdb.engine import READ_ONLY, translated_errors
+from dualdb.engine import READ_ONLY
 from dualdb.errors import DualdbError
-from dualdb.schema import TABLES
 from dualdb.studio import formatting as fmt
 from dualdb.studio.views import VIEWS, StudioContext, TableView
 
@@ -57,7 +54,7 @@ class _StudioAdmin(Admin):
 
     async def index(self, request: Request) -> Response:
         """Backend, redacted URL, mode, and every table with its row count."""
-        counts = await anyio.to_thread.run_sync(_row_counts, self.context.read_engine)
+        counts = await anyio.to_thread.run_sync(self.context.db.row_counts)
         tables = [
             TableSummary(
                 name=view.table.name,
@@ -80,14 +77,6 @@ class _StudioAdmin(Admin):
                 "read_only": self.context.read_only,
             },
         )
-
-
-def _row_counts(engine: Engine) -> dict[str, int]:
-    with translated_errors(), engine.connect() as conn:
-        return {
-            t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
-            for t in TABLES
-        }
 
 
 class _GuardMiddleware:
@@ -186,8 +175,6 @@ def create_app(
     for base in VIEWS:
         attrs: dict[str, Any] = {
             "studio": context,
-            # URLs name the table: /studio/tasks/list, /studio/tasks/details/<id>.
-            "identity": base.table.name,
             **{flag: getattr(base, flag) and not read_only for flag in _WRITE_FLAGS},
         }
         # A subclass per app: sqladmin stores its state on the view class, so two apps (two

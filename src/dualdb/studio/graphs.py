@@ -8,18 +8,14 @@ Both read through the DAL (:meth:`~dualdb.repositories.tasks.TasksRepository.get
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 
-from dualdb.database import Database, Repositories
-from dualdb.engine import READ_ONLY, translated_errors
+from dualdb.database import Database
 from dualdb.records import Generation, Shot, ShotGeneration, Task
 from dualdb.schema import task_dependencies, tasks
-from dualdb.scope import Scope
 
 #: Most tasks one graph shows in each direction (the rest is summarised as "truncated").
 MAX_GRAPH_NODES = 500
@@ -119,25 +115,13 @@ def _walk(
     return nodes, truncated
 
 
-@contextmanager
-def reading(db: Database) -> Iterator[tuple[Repositories, sa.Connection]]:
-    """The repositories on one read-only transaction, and its connection.
-
-    Read-only so that SQLite takes no write lock (its transactions are ``BEGIN IMMEDIATE``
-    otherwise), and one transaction so that the several reads of a view agree.
-    """
-    with translated_errors(), db.engine.connect() as raw:
-        conn = raw.execution_options(**{READ_ONLY: True})
-        with conn.begin():
-            yield Repositories(Scope(db.engine, conn)), conn
-
-
 def task_graph(
     db: Database, task_id: uuid.UUID | str, *, limit: int = MAX_GRAPH_NODES
 ) -> TaskGraph:
     """The dependency graph of a task (:class:`~dualdb.errors.NotFound` if there is none)."""
-    with reading(db) as (repos, conn):
-        task = repos.tasks.get(task_id)
+    # The DAL call and the walks share one read-only transaction, and its connection.
+    with db.scope.read() as conn:
+        task = db.tasks.get(task_id)
         dependencies, cut_up = _walk(conn, task.id, upstream=True, limit=limit)
         dependents, cut_down = _walk(conn, task.id, upstream=False, limit=limit)
     # The direct dependencies in the order the task lists them (its ``dependant_on``).
@@ -164,9 +148,10 @@ class ShotTimeline:
 
 def shot_timeline(db: Database, shot_id: uuid.UUID | str) -> ShotTimeline:
     """A shot's generations in position order (:class:`~dualdb.errors.NotFound` if no shot)."""
-    with reading(db) as (repos, _conn):
-        shot = repos.shots.get(shot_id)
-        placements = repos.shots.placements(shot.id)
-        by_id = {g.id: g for g in repos.shots.generations(shot.id)}
+    # The three DAL calls share one read-only transaction rather than opening one each.
+    with db.scope.read():
+        shot = db.shots.get(shot_id)
+        placements = db.shots.placements(shot.id)
+        by_id = {g.id: g for g in db.shots.generations(shot.id)}
     items = [PlacedGeneration(p, by_id[p.generation_id]) for p in placements]
     return ShotTimeline(shot, items)

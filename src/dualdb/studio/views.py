@@ -9,17 +9,18 @@ dense shot positions, …) and the same messages.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import anyio.to_thread
 import sqlalchemy as sa
 from sqladmin import ModelView, action
 from sqladmin.filters import AllUniqueStringValuesFilter, StaticValuesFilter
+from sqladmin.models import ModelViewMeta
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import InstrumentedAttribute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,6 +32,7 @@ from dualdb.database import Database
 from dualdb.errors import InvalidInput, NotFound, PermissionDenied
 from dualdb.repositories.generations import MAX_TYPE
 from dualdb.repositories.users import MAX_EMAIL
+from dualdb.studio import columns
 from dualdb.studio import formatting as fmt
 from dualdb.studio.fields import (
     ChoiceField,
@@ -42,32 +44,12 @@ from dualdb.studio.fields import (
     UUIDListField,
 )
 from dualdb.studio.graphs import shot_timeline, task_graph
-from dualdb.studio.models import (
-    Generation,
-    Project,
-    Shot,
-    ShotGeneration,
-    Task,
-    TaskDependency,
-    User,
-)
-from dualdb.types import INITIAL_STATUSES, JSONB, TASK_STATUSES, UUID, Timestamp, UUIDArray, to_uuid
-
-#: The table each ``uuid[]`` column holds ids of (both arrays of the schema list tasks).
-ARRAY_TARGETS: dict[tuple[str, str], str] = {
-    ("tasks", "dependant_on"): "tasks",
-    ("generations", "tasks"): "tasks",
-}
+from dualdb.studio.models import MODELS
+from dualdb.types import INITIAL_STATUSES, TASK_STATUSES, to_uuid
 
 #: A form field definition: an unbound field at run time (bound to each form built from it);
 #: the WTForms stubs type the constructor call as the field class itself.
 FieldDef = Field
-
-#: sqladmin's type of ``column_formatters``: column → ``(row, name[, request]) -> html``.
-ColumnFormatters = dict[
-    str | InstrumentedAttribute[Any],
-    Callable[[Any, Any], Any] | Callable[[Any, Any, Request], Any],
-]
 
 #: sqladmin hands ``scaffold_form`` the view's create or edit "rules"; the studio uses these
 #: two markers to tell which form to build (it builds both itself, see ``scaffold_form``).
@@ -84,47 +66,6 @@ class StudioContext:
     #: ``READ ONLY`` transactions on Postgres, so the database itself refuses a stray write.
     read_engine: Engine
     read_only: bool
-
-
-def _target(table: sa.Table, column: sa.Column[Any]) -> str:
-    """The table (= view identity) a UUID column points at."""
-    if column.foreign_keys:
-        return next(iter(column.foreign_keys)).column.table.name
-    return table.name
-
-
-def _formatter(table: sa.Table, column: sa.Column[Any], *, detail: bool) -> fmt.Formatter:
-    kind = column.type
-    if isinstance(kind, UUID):
-        target = _target(table, column)
-        # A list shows a row's own id in full; references to other rows shortened.
-        short = not detail and bool(column.foreign_keys) and not column.primary_key
-        return lambda row, name, request: fmt.uuid_link(
-            request, target, getattr(row, name), short=short
-        )
-    if isinstance(kind, UUIDArray):
-        target = ARRAY_TARGETS[(table.name, column.name)]
-        return lambda row, name, request: fmt.uuid_list(
-            request, target, getattr(row, name), short=not detail
-        )
-    if isinstance(kind, JSONB):
-        show = fmt.json_block if detail else fmt.json_cell
-        return lambda row, name, request: show(getattr(row, name))
-    if isinstance(kind, Timestamp):
-        return lambda row, name, request: fmt.timestamp(getattr(row, name), seconds=not detail)
-    if table is schema.tasks and column.name == "status":
-        return lambda row, name, request: fmt.status_badge(getattr(row, name))
-    return lambda row, name, request: fmt.text(getattr(row, name))
-
-
-def formatters(table: sa.Table, *, detail: bool) -> ColumnFormatters:
-    """A formatter for every column of ``table`` (list cells, or the detail page)."""
-    return {c.name: _formatter(table, c, detail=detail) for c in table.c}
-
-
-def sortable(table: sa.Table) -> list[str]:
-    """Columns one can sort by: every scalar one (not JSON documents or UUID lists)."""
-    return [c.name for c in table.c if not isinstance(c.type, JSONB | UUIDArray)]
 
 
 def _id_field() -> FieldDef:
@@ -155,12 +96,72 @@ def _optional_text(label: str, max_len: int) -> FieldDef:
     )
 
 
-class TableView(ModelView):
-    """Shared behaviour of the studio's views; each table's view subclasses it."""
+class _TableViewMeta(ModelViewMeta):
+    """sqladmin's view metaclass, given the view's table (``table=``) instead of a model.
+
+    What sqladmin wants spelled out per view and the table already says is derived here: the
+    ORM class mapped onto the table, the names (the URL's and the plural are the table's, the
+    singular is the class's: ``TaskDependency`` → "task dependency"), and the columns listed,
+    sortable and shown by type (:mod:`dualdb.studio.columns`).  What the class body states
+    itself wins.
+
+    A metaclass, not ``__init_subclass__``: sqladmin reads ``model=`` in its own metaclass
+    (primary key, URL identity, names), so the model must be known at that point.
+    """
+
+    def __new__(
+        mcs,
+        name: str,
+        bases: tuple[type, ...],
+        attrs: dict[str, Any],
+        *,
+        table: sa.Table | None = None,
+        **kwargs: Any,
+    ) -> _TableViewMeta:
+        if table is None:
+            # TableView itself, and the per-app subclasses create_app makes of each view.
+            plain: _TableViewMeta = super().__new__(mcs, name, bases, attrs, **kwargs)
+            return plain
+        model = MODELS[table.name]
+        special = attrs.get("formatted_as", {})
+        derived: dict[str, Any] = {
+            "table": table,
+            "name": _words(model.__name__),
+            "name_plural": table.name,
+            "column_list": columns.listed(table),
+            "column_sortable_list": columns.sortable(table),
+            "column_default_sort": columns.default_sort(table),
+            "column_formatters": columns.formatters(table, detail=False, special=special),
+            "column_formatters_detail": columns.formatters(table, detail=True, special=special),
+        }
+        view: _TableViewMeta = super().__new__(
+            mcs, name, bases, {**derived, **attrs}, model=model, **kwargs
+        )
+        # sqladmin names URLs after the model class; the studio's name the table
+        # (/studio/tasks/list, /studio/tasks/details/<id>).
+        cast("type[ModelView]", view).identity = table.name
+        return view
+
+
+def _words(class_name: str) -> str:
+    """``TaskDependency`` → ``task dependency``."""
+    return re.sub(r"(?<=.)(?=[A-Z])", " ", class_name).lower()
+
+
+class TableView(ModelView, metaclass=_TableViewMeta):
+    """Shared behaviour of the studio's views; each table's view subclasses it.
+
+    A view names its table — ``class ShotsView(TableView, table=schema.shots)`` — and states
+    only what is special about it (icon, search, filters, forms, the DAL calls, extra
+    actions); the rest comes from the table (see :class:`_TableViewMeta`).
+    """
 
     #: Set on the per-app subclasses :func:`dualdb.studio.app.create_app` makes.
     studio: ClassVar[StudioContext]
+    #: The view's table (from ``table=``).
     table: ClassVar[sa.Table]
+    #: Columns shown otherwise than their type says, on list and detail pages alike.
+    formatted_as: ClassVar[dict[str, columns.ValueFormatter]] = {}
     #: Fields of the create and the edit form (names are the DAL's argument names).
     create_form: ClassVar[dict[str, FieldDef]] = {}
     edit_form: ClassVar[dict[str, FieldDef]] = {}
@@ -245,19 +246,11 @@ class TableView(ModelView):
 # --- one view per table ------------------------------------------------------------------
 
 
-class UsersView(TableView, model=User):
+class UsersView(TableView, table=schema.users):
     """``users``."""
 
-    table = schema.users
-    name = "user"
-    name_plural = "users"
     icon = "fa-solid fa-user"
-    column_list = tuple(c.name for c in schema.users.c)
     column_searchable_list = ("id", "email")
-    column_sortable_list = sortable(schema.users)
-    column_default_sort: ClassVar[list[tuple[str, bool]]] = [("created_at", False)]
-    column_formatters = formatters(schema.users, detail=False)
-    column_formatters_detail = formatters(schema.users, detail=True)
     create_form: ClassVar[dict[str, FieldDef]] = {
         "id": _id_field(),
         "email": _optional_text("email", MAX_EMAIL),
@@ -277,19 +270,11 @@ class UsersView(TableView, model=User):
         self.studio.db.users.delete(key)
 
 
-class ProjectsView(TableView, model=Project):
+class ProjectsView(TableView, table=schema.projects):
     """``projects``."""
 
-    table = schema.projects
-    name = "project"
-    name_plural = "projects"
     icon = "fa-solid fa-folder"
-    column_list = tuple(c.name for c in schema.projects.c)
     column_searchable_list = ("id", "name", "user_id")
-    column_sortable_list = sortable(schema.projects)
-    column_default_sort: ClassVar[list[tuple[str, bool]]] = [("created_at", False)]
-    column_formatters = formatters(schema.projects, detail=False)
-    column_formatters_detail = formatters(schema.projects, detail=True)
     create_form: ClassVar[dict[str, FieldDef]] = {
         "name": _name_field(),
         "user_id": _uuid_field("user_id", default=schema.DUMMY_USER_ID),
@@ -310,12 +295,9 @@ class ProjectsView(TableView, model=Project):
         self.studio.db.projects.delete(key)
 
 
-class TasksView(TableView, model=Task):
+class TasksView(TableView, table=schema.tasks):
     """``tasks``: the queue's rows, with a dependency-graph view."""
 
-    table = schema.tasks
-    name = "task"
-    name_plural = "tasks"
     icon = "fa-solid fa-list-check"
     # The queue's view of a task; the detail page shows every column.
     column_list = (
@@ -329,14 +311,11 @@ class TasksView(TableView, model=Task):
         "created_at",
     )
     column_searchable_list = ("id", "task_type", "status", "worker_id", "params", "error")
-    column_sortable_list = sortable(schema.tasks)
-    column_default_sort: ClassVar[list[tuple[str, bool]]] = [("created_at", False)]
+    formatted_as: ClassVar[dict[str, columns.ValueFormatter]] = {"status": fmt.status_badge}
     column_filters = (
         StaticValuesFilter("status", values=[(s, s) for s in TASK_STATUSES]),
         AllUniqueStringValuesFilter("task_type"),
     )
-    column_formatters = formatters(schema.tasks, detail=False)
-    column_formatters_detail = formatters(schema.tasks, detail=True)
     create_form: ClassVar[dict[str, FieldDef]] = {
         "project_id": _uuid_field("project_id"),
         "task_type": TextField(
@@ -399,45 +378,26 @@ class TasksView(TableView, model=Task):
         )
 
 
-class TaskDependenciesView(TableView, model=TaskDependency):
+class TaskDependenciesView(TableView, table=schema.task_dependencies):
     """``task_dependencies``: edges derived from ``tasks.dependant_on``; read-only.
 
     The DAL writes them together with the task (and keeps ``unmet_dependencies`` in step);
     writing one by hand would desynchronise the queue, so the studio never does.
     """
 
-    table = schema.task_dependencies
-    name = "task dependency"
-    name_plural = "task_dependencies"
     icon = "fa-solid fa-diagram-project"
     can_create = False
     can_edit = False
     can_delete = False
-    column_list = tuple(c.name for c in schema.task_dependencies.c)
     column_searchable_list = ("task_id", "dependency_id")
-    column_sortable_list = sortable(schema.task_dependencies)
-    column_default_sort: ClassVar[list[tuple[str, bool]]] = [
-        ("task_id", False),
-        ("dependency_id", False),
-    ]
-    column_formatters = formatters(schema.task_dependencies, detail=False)
-    column_formatters_detail = formatters(schema.task_dependencies, detail=True)
 
 
-class GenerationsView(TableView, model=Generation):
+class GenerationsView(TableView, table=schema.generations):
     """``generations``."""
 
-    table = schema.generations
-    name = "generation"
-    name_plural = "generations"
     icon = "fa-solid fa-image"
-    column_list = tuple(c.name for c in schema.generations.c)
     column_searchable_list = ("id", "type", "location", "project_id")
-    column_sortable_list = sortable(schema.generations)
-    column_default_sort: ClassVar[list[tuple[str, bool]]] = [("created_at", False)]
     column_filters = (AllUniqueStringValuesFilter("type"),)
-    column_formatters = formatters(schema.generations, detail=False)
-    column_formatters_detail = formatters(schema.generations, detail=True)
     create_form: ClassVar[dict[str, FieldDef]] = {
         "project_id": _uuid_field("project_id"),
         "type": _optional_text("type", MAX_TYPE),
@@ -472,19 +432,11 @@ class GenerationsView(TableView, model=Generation):
         self.studio.db.generations.delete(key)
 
 
-class ShotsView(TableView, model=Shot):
+class ShotsView(TableView, table=schema.shots):
     """``shots``, with a view of their generations in position order."""
 
-    table = schema.shots
-    name = "shot"
-    name_plural = "shots"
     icon = "fa-solid fa-film"
-    column_list = tuple(c.name for c in schema.shots.c)
     column_searchable_list = ("id", "name", "project_id")
-    column_sortable_list = sortable(schema.shots)
-    column_default_sort: ClassVar[list[tuple[str, bool]]] = [("created_at", False)]
-    column_formatters = formatters(schema.shots, detail=False)
-    column_formatters_detail = formatters(schema.shots, detail=True)
     create_form: ClassVar[dict[str, FieldDef]] = {
         "project_id": _uuid_field("project_id"),
         "name": _name_field(),
@@ -516,7 +468,7 @@ class ShotsView(TableView, model=Shot):
         )
 
 
-class ShotGenerationsView(TableView, model=ShotGeneration):
+class ShotGenerationsView(TableView, table=schema.shot_generations):
     """``shot_generations``: a generation placed at a position on a shot.
 
     Created with :meth:`ShotsRepository.add_generation`, moved with
@@ -524,19 +476,13 @@ class ShotGenerationsView(TableView, model=ShotGeneration):
     :meth:`ShotGenerationsRepository.delete` — so positions stay dense (0…n-1).
     """
 
-    table = schema.shot_generations
-    name = "shot generation"
-    name_plural = "shot_generations"
     icon = "fa-solid fa-layer-group"
-    column_list = tuple(c.name for c in schema.shot_generations.c)
     column_searchable_list = ("shot_id", "generation_id")
-    column_sortable_list = sortable(schema.shot_generations)
+    # The DAL's order of placements: each shot's generations in position order.
     column_default_sort: ClassVar[list[tuple[str, bool]]] = [
         ("shot_id", False),
         ("position", False),
     ]
-    column_formatters = formatters(schema.shot_generations, detail=False)
-    column_formatters_detail = formatters(schema.shot_generations, detail=True)
     create_form: ClassVar[dict[str, FieldDef]] = {
         "shot_id": _uuid_field("shot_id"),
         "generation_id": _uuid_field("generation_id"),

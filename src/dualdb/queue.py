@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -39,7 +39,6 @@ from dualdb.schema import (
     READY_SQL,
     RUNNING_SQL,
     projects,
-    shots,
     task_dependencies,
     tasks,
 )
@@ -52,9 +51,6 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_STALE_AGE = timedelta(days=36_500)
 #: Unreadable rows one claim fails before giving up (and answering "nothing ready").
 MAX_UNREADABLE_PER_CLAIM = 100
-#: Bulk enqueues at least this large refresh the planner's statistics (ANALYZE on Postgres): a
-#: planner that still believes the table is tiny picks bad plans for the following claims.
-ANALYZE_AFTER_ROWS = 1000
 
 QUEUED = TaskStatus.QUEUED.value
 PENDING = TaskStatus.PENDING.value
@@ -109,10 +105,20 @@ def _held_by(key: Any, worker: Any) -> tuple[sa.ColumnElement[bool], ...]:
     return (tasks.c.id == key, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
 
 
-class TaskQueueMixin:
-    """Queue verbs of :class:`~dualdb.repositories.TasksRepository`."""
+class TaskQueue:
+    """The queue's verbs: the one writer of a task's queue state in Python.
 
-    _scope: Scope
+    :class:`~dualdb.repositories.TasksRepository` owns one and exposes its verbs
+    (``db.tasks.claim(...)``); the rows themselves are created, edited and deleted by the
+    repository.  ``check_writable`` is the repository's rule for "may the acting user write
+    this task" (the same rule every other write of the repository follows).
+    """
+
+    def __init__(
+        self, scope: Scope, check_writable: Callable[[sa.Connection, uuid.UUID], None]
+    ) -> None:
+        self._scope = scope
+        self._check_writable = check_writable
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -124,8 +130,7 @@ class TaskQueueMixin:
 
     def _visible_task(self, conn: sa.Connection, key: uuid.UUID) -> Task:
         """The task, if the acting user may write it (same rule as every other write)."""
-        check = getattr(self, "_check_writable")  # noqa: B009 - provided by Repository
-        check(conn, key)
+        self._check_writable(conn, key)
         return self._task(conn, key)
 
     def _owner_filter(
@@ -136,25 +141,6 @@ class TaskQueueMixin:
             return []
         owned = sa.select(projects.c.id).where(projects.c.user_id == uid)
         return [project_id.in_(owned)]
-
-    def _validate_shot_params(
-        self, conn: sa.Connection, prepared: Sequence[tuple[dict[str, Any], list[uuid.UUID]]]
-    ) -> None:
-        """A ``shot_id`` in params must be a shot of the task's project (checked at enqueue)."""
-        for values, _ in prepared:
-            raw = values["params"].get("shot_id")
-            if raw is None:
-                continue
-            shot_id = v.uuid_("params.shot_id", raw)
-            project = conn.execute(
-                sa.select(shots.c.project_id).where(shots.c.id == shot_id)
-            ).scalar()
-            if project != values["project_id"]:
-                raise InvalidInput("params.shot_id", f"shot {shot_id} is not in this project")
-
-    def _after_bulk_insert(self, conn: sa.Connection, rows: int) -> None:
-        if rows >= ANALYZE_AFTER_ROWS:
-            self._scope.backend.refresh_statistics(conn, ("tasks", "task_dependencies"))
 
     def _clock(self, minus: timedelta | None = None) -> sa.ColumnElement[datetime]:
         """The queue's clock, read inside the transaction (so after any lock wait).
@@ -294,7 +280,7 @@ class TaskQueueMixin:
     def _complete_statement(self) -> sa.Update:
         return (
             tasks.update()
-            .where(*_held_by(sa.bindparam("key"), sa.bindparam("worker")), *self._owner_filter())
+            .where(*_held_by(sa.bindparam("key"), sa.bindparam("worker")))
             .values(
                 status=COMPLETE,
                 output_location=sa.bindparam("location"),
@@ -324,7 +310,7 @@ class TaskQueueMixin:
         """Update the task ``worker`` holds (In Progress, visible); Conflict saying why if not."""
         row = conn.execute(
             tasks.update()
-            .where(*_held_by(key, worker), *self._owner_filter())
+            .where(*_held_by(key, worker))
             .values(**values)
             .returning(*tasks.c),
             self._at(),
@@ -405,7 +391,7 @@ class TaskQueueMixin:
                     max_attempts=limit,
                 )
             current = conn.execute(
-                sa.select(tasks.c.attempts).where(*_held_by(key, worker), *self._owner_filter())
+                sa.select(tasks.c.attempts).where(*_held_by(key, worker))
             ).first()
             if current is None:
                 self._explain_refusal(conn, key, worker, "fail")
@@ -551,7 +537,7 @@ class TaskQueueMixin:
             )
             pick = (
                 sa.select(tasks.c.id, tasks.c.attempts, tasks.c.worker_id)
-                .where(sa.text(RUNNING_SQL), last_sign < cutoff, *self._owner_filter())
+                .where(sa.text(RUNNING_SQL), last_sign < cutoff)
                 .order_by(last_sign, tasks.c.id)
             )
             changed: list[Task] = []

@@ -5,16 +5,18 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, Never
 
 import sqlalchemy as sa
 
 from dualdb import validation as v
 from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from dualdb.queue import TaskQueueMixin
+from dualdb.queue import DEFAULT_MAX_ATTEMPTS, TaskQueue
 from dualdb.records import Page, Task
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
-from dualdb.schema import task_dependencies, tasks
+from dualdb.schema import shots, task_dependencies, tasks
+from dualdb.scope import Scope
 from dualdb.types import INITIAL_STATUSES, TaskStatus
 from dualdb.unset import UNSET, Unset
 
@@ -22,20 +24,48 @@ from dualdb.unset import UNSET, Unset
 TASK_FIELDS = frozenset({"id", "project_id", "task_type", "params", "status", "depends_on"})
 #: Ids looked up per statement (Postgres binds at most 65,535 parameters per statement).
 LOOKUP_CHUNK = 10_000
-#: Statuses a new task may start in.
+#: Bulk enqueues at least this large refresh the planner's statistics (ANALYZE on Postgres): a
+#: planner that still believes the table is tiny picks bad plans for the following claims.
+ANALYZE_AFTER_ROWS = 1000
 RUNNING = TaskStatus.IN_PROGRESS.value
 #: Statuses a task never leaves (except by an explicit retry of a failure).
 FINISHED = (TaskStatus.COMPLETE.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
 
 
-class TasksRepository(TaskQueueMixin, Repository[Task]):
-    """Create, read, update and delete ``tasks``, plus the queue verbs of
-    :class:`~dualdb.queue.TaskQueueMixin`; :meth:`enqueue` is :meth:`create`."""
+class TasksRepository(Repository[Task]):
+    """Create, read, update and delete ``tasks``; :meth:`enqueue` is :meth:`create`.
+
+    The queue's verbs (:meth:`claim`, :meth:`complete`, …) are those of its
+    :class:`~dualdb.queue.TaskQueue`, which owns every change of a task's queue state.
+    """
 
     table = tasks
     record = Task
     entity = "task"
     filterable = frozenset({"project_id", "status", "task_type", "worker_id"})
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope)
+        self._queue = TaskQueue(scope, self._check_writable)
+
+    def _validate_shot_params(
+        self, conn: sa.Connection, prepared: Sequence[tuple[dict[str, Any], list[uuid.UUID]]]
+    ) -> None:
+        """A ``shot_id`` in params must be a shot of the task's project (checked at enqueue)."""
+        for values, _ in prepared:
+            raw = values["params"].get("shot_id")
+            if raw is None:
+                continue
+            shot_id = v.uuid_("params.shot_id", raw)
+            project = conn.execute(
+                sa.select(shots.c.project_id).where(shots.c.id == shot_id)
+            ).scalar()
+            if project != values["project_id"]:
+                raise InvalidInput("params.shot_id", f"shot {shot_id} is not in this project")
+
+    def _after_bulk_insert(self, conn: sa.Connection, rows: int) -> None:
+        if rows >= ANALYZE_AFTER_ROWS:
+            self._scope.backend.refresh_statistics(conn, ("tasks", "task_dependencies"))
 
     def _visible(self) -> sa.ColumnElement[bool] | None:
         owned = self._owned_projects()
@@ -263,3 +293,68 @@ class TasksRepository(TaskQueueMixin, Repository[Task]):
                     f"task {waiting} depends on task {key}: cancel it (cascades) before deleting"
                 )
             super().delete(key)
+
+    # --- the queue's verbs (see dualdb.queue.TaskQueue and docs/queue.md) -------------------
+
+    def claim(self, worker_id: str, task_types: Sequence[str] | None = None) -> Task | None:
+        """Atomically take the oldest ready task (``Queued``, every dependency Complete).
+
+        Sets it ``In Progress`` with the worker, claim and heartbeat time, attempts + 1.
+        Returns None when nothing is ready.  Safe under any number of processes/machines.
+        """
+        return self._queue.claim(worker_id, task_types)
+
+    def heartbeat(self, id: uuid.UUID | str, worker_id: str) -> Task:
+        """Record that ``worker_id`` is still working on the task (keeps it from going stale)."""
+        return self._queue.heartbeat(id, worker_id)
+
+    def complete(self, id: uuid.UUID | str, worker_id: str, output_location: str) -> Task:
+        """Mark the task Complete with its output, as the worker that claimed it.
+
+        The database then makes the dependents whose last unmet dependency this was claimable
+        and, when ``params["shot_id"]`` is set, creates the generation.  Repeating the same
+        call after success returns the task unchanged.
+        """
+        return self._queue.complete(id, worker_id, output_location)
+
+    def fail(
+        self,
+        id: uuid.UUID | str,
+        worker_id: str,
+        error: str,
+        *,
+        retry: bool = False,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> Task:
+        """Record a failure, as the worker that claimed the task.
+
+        With ``retry`` and attempts left (``attempts < max_attempts``) the task goes back to
+        Queued; otherwise it is Failed and every dependent, transitively, is Cancelled.
+        """
+        return self._queue.fail(id, worker_id, error, retry=retry, max_attempts=max_attempts)
+
+    def cancel(self, id: uuid.UUID | str, reason: str = "cancelled") -> builtins.list[Task]:
+        """Cancel an unfinished task and every dependent, transitively (the task first)."""
+        return self._queue.cancel(id, reason)
+
+    def release(self, id: uuid.UUID | str) -> Task:
+        """Let a Pending (held) task be claimed: Pending → Queued."""
+        return self._queue.release(id)
+
+    def release_claim(self, id: uuid.UUID | str, worker_id: str) -> Task:
+        """Give a claimed task back (In Progress → Queued) without using up an attempt."""
+        return self._queue.release_claim(id, worker_id)
+
+    def requeue_stale(
+        self, older_than: timedelta, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    ) -> builtins.list[Task]:
+        """Recover tasks whose worker stopped heartbeating for longer than ``older_than``.
+
+        Each goes back to Queued while ``attempts < max_attempts``, else becomes Failed (and
+        its dependents Cancelled).  Returns the tasks changed.
+        """
+        return self._queue.requeue_stale(older_than, max_attempts=max_attempts)
+
+    def counts(self, project_id: uuid.UUID | str | None = None) -> dict[str, int]:
+        """Tasks per status (every status present, zeros included)."""
+        return self._queue.counts(project_id)

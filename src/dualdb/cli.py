@@ -33,6 +33,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Pinned (Typer's default has changed before): help paragraphs keep their line breaks, so
+    # each command's "Examples:" lines show as written (and prose paragraphs are one line).
+    rich_markup_mode="rich",
 )
 # Markup off by default: URLs, revisions and messages can contain "[...]"; only the styled
 # prefixes below opt in, with everything interpolated escaped.
@@ -111,7 +114,12 @@ def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
     url: UrlOption = None,
 ) -> None:
-    """Apply pending migrations (up to REVISION, default head)."""
+    """Apply pending migrations (up to REVISION, default head).
+
+    Examples:
+    $ dualdb migrate
+    $ dualdb migrate 0005 --url sqlite:///scratch.db
+    """
     target = _target(url)
     out.print(f"Migrating {target.backend} database {target.redacted} to {revision}…")
     applied = migrations.upgrade(target, revision, progress=_progress)
@@ -129,7 +137,12 @@ def downgrade(
     revision: Annotated[str, typer.Argument(help="Revision to go down to ('base' for empty).")],
     url: UrlOption = None,
 ) -> None:
-    """Revert migrations down to REVISION."""
+    """Revert migrations down to REVISION ('base' empties the database).
+
+    Examples:
+    $ dualdb downgrade 0005
+    $ dualdb downgrade base --url sqlite:///scratch.db
+    """
     target = _target(url)
     out.print(f"Downgrading {target.backend} database {target.redacted} to {revision}…")
     reverted = migrations.downgrade(target, revision, progress=_progress)
@@ -142,7 +155,14 @@ def status(
     url: UrlOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show the backend, redacted URL, current revision, head and pending migrations."""
+    """Show the backend, redacted URL, current revision, head and pending migrations.
+
+    At the head it also counts the rows of every table.
+
+    Examples:
+    $ dualdb status
+    $ dualdb status --json --url "$SUPABASE_DB_URL"
+    """
     st = migrations.status(_target(url))
     if as_json:
         data = st.as_dict()
@@ -220,8 +240,14 @@ def check(
     ] = False,
     stale_after: StaleAfterOption = None,
 ) -> None:
-    """Compare the live schema with the models (and with --data, audit the rows); exit 1 on
-    any problem."""
+    """Compare the live schema with the models (with --data, audit the rows too).
+
+    Exit 1 on any difference or broken rule, listing each.
+
+    Examples:
+    $ dualdb check
+    $ dualdb check --data --stale-after 300
+    """
     target = _target(url)
     if not data:
         if stale_after is not None:
@@ -268,8 +294,14 @@ def repair(
     ] = False,
     stale_after: StaleAfterOption = None,
 ) -> None:
-    """Recompute dependency edges and counters, cancel tasks that can never run, make missing
-    generations: one transaction.  Exit 1 when rules stay broken."""
+    """Recompute edges and counters, cancel tasks that can never run, make missing generations.
+
+    All in one transaction (--dry-run rolls it back); exit 1 when rules stay broken.
+
+    Examples:
+    $ dualdb repair --dry-run
+    $ dualdb repair --delete-orphans
+    """
     target = _target(url)
     report = integrity.repair(
         target,
@@ -305,7 +337,11 @@ def generate(
     message: Annotated[str, typer.Option("--message", "-m", help="What the migration does.")],
     url: UrlOption = None,
 ) -> None:
-    """Autogenerate a migration from the difference between the models and the database."""
+    """Autogenerate a migration from the difference between the models and the database.
+
+    Example:
+    $ dualdb generate -m "add shots.notes"
+    """
     path = migrations.generate(_target(url), message)
     if path is None:
         out.print("No changes: the models and the database already agree.")
@@ -327,7 +363,12 @@ def sql_(
         Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
     ] = None,
 ) -> None:
-    """Render the Postgres SQL of the migrations offline (for review or `supabase db push`)."""
+    """Render the Postgres SQL of the migrations offline (for review or `supabase db push`).
+
+    Examples:
+    $ dualdb sql -o all.sql
+    $ dualdb sql --url "$SUPABASE_DB_URL" -o pending.sql
+    """
     if from_rev is None and url is not None:
         from_rev = migrations.status(_target(url)).current
     text = migrations.render_sql(from_rev, to_rev)
@@ -346,7 +387,12 @@ def seed(
         bool, typer.Option("--allow-remote", help="Allow seeding a Postgres (web) database.")
     ] = False,
 ) -> None:
-    """Insert idempotent demo data: the dummy user, a project, shots, generations, tasks."""
+    """Insert idempotent demo data: the dummy user, a project, shots, generations, tasks.
+
+    Examples:
+    $ dualdb seed
+    $ dualdb seed --url "$SUPABASE_DB_URL" --allow-remote
+    """
     target = _target(url)
     with connect(url) as db:
         result = seed_database(db, allow_remote=allow_remote)
@@ -394,7 +440,12 @@ def worker(
     ] = False,
     url: UrlOption = None,
 ) -> None:
-    """Claim and run tasks with HANDLER until stopped (SIGTERM/SIGINT finish the current one)."""
+    """Claim and run tasks with --handler until stopped (SIGTERM/SIGINT finish the current one).
+
+    Examples:
+    $ dualdb worker --drain
+    $ dualdb worker --handler mypackage.gpu:render --task-type single_image
+    """
     from dualdb.worker import Worker, load_handler
 
     fn = load_handler(handler)
@@ -446,7 +497,12 @@ def studio(
         ),
     ] = False,
 ) -> None:
-    """Browse and edit the database in a web UI (like Drizzle Studio)."""
+    """Browse and edit the database in a web UI (like Drizzle Studio).
+
+    Examples:
+    $ dualdb studio
+    $ dualdb studio --url "$SUPABASE_DB_URL" --read-write --port 0
+    """
     # Imported here: only this command needs the web stack (sqladmin, Starlette, uvicorn).
     from dualdb.studio import serve
 

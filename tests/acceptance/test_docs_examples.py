@@ -1,7 +1,9 @@
-"""Every ``python`` example in docs/dal.md runs, in order, against a fresh migrated SQLite file.
+"""Every ``python`` example in docs/dal.md and docs/queue.md runs, in order, against a fresh
+migrated SQLite file.
 
-The blocks share one namespace (the page reads like a notebook), and the database comes from the
-environment exactly as a user's would: ``APP_ENV=local`` and ``DUALDB_SQLITE_PATH``.
+``run_page`` runs one page: its blocks share one namespace (the page reads like a notebook), and
+the database comes from the environment exactly as a user's would: ``APP_ENV=local`` and
+``DUALDB_SQLITE_PATH``.  Each page's test then checks that the examples did what the page says.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import inspect
 import re
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,9 @@ import pytest
 
 from dualdb.repositories.base import Repository
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "dal.md"
-README = DOC.parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOC = DOCS / "dal.md"
+README = DOCS.parent / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 #: Task verbs documented in docs/queue.md (and tested by its examples), not here.
 QUEUE_VERBS_MODULE = "dualdb.queue"
@@ -53,12 +58,50 @@ def local_env(sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     return db
 
 
-def test_every_dal_example_runs(local_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    namespace: dict[str, Any] = {"__name__": "docs_dal"}
-    assert run_blocks(DOC, namespace) >= 20
-    printed = capsys.readouterr().out
-    assert "does not exist: run `dualdb migrate --url" in printed
-    assert "nan is not valid JSON" in printed
+@dataclass
+class PageRun:
+    """What running a page's examples left behind."""
+
+    namespace: dict[str, Any]
+    blocks: int
+    printed: str
+
+
+@pytest.fixture
+def run_page(local_env: Path, capsys: pytest.CaptureFixture[str]) -> Callable[[str], PageRun]:
+    """``run_page("queue.md")`` runs the python blocks of docs/queue.md in order, in a fresh
+    namespace, against the fresh migrated SQLite file of ``local_env``."""
+
+    def run(name: str) -> PageRun:
+        path = DOCS / name
+        namespace: dict[str, Any] = {"__name__": f"docs_{path.stem}"}
+        blocks = run_blocks(path, namespace)
+        return PageRun(namespace, blocks, capsys.readouterr().out)
+
+    return run
+
+
+def test_every_dal_example_runs(run_page: Callable[[str], PageRun]) -> None:
+    page = run_page("dal.md")
+    assert page.blocks >= 20
+    assert "does not exist: run `dualdb migrate --url" in page.printed
+    assert "nan is not valid JSON" in page.printed
+
+
+def test_every_queue_example_runs(run_page: Callable[[str], PageRun]) -> None:
+    page = run_page("queue.md")
+    assert page.blocks >= 1
+    ns = page.namespace
+    db, t1, t2 = ns["db"], ns["t1"], ns["t2"]
+    # The claim took t1 (t2 waits for it); completing it released t2 and, as t1's params name
+    # a shot, placed the generation it made on that shot.
+    assert ns["task"].id == t1.id
+    assert db.tasks.get(t1.id).status == "Complete"
+    counts = db.tasks.counts(ns["project_id"])
+    assert (counts["Pending"], counts["Queued"], counts["Complete"]) == (0, 1, 1)
+    assert db.tasks.claim(worker_id="check").id == t2.id
+    [placed] = db.shots.placements(ns["shot_id"])
+    assert db.generations.get(placed.generation_id).tasks == [t1.id]
 
 
 def test_every_repository_operation_is_documented() -> None:

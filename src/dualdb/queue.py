@@ -309,10 +309,7 @@ class TaskQueue:
     ) -> Task:
         """Update the task ``worker`` holds (In Progress, visible); Conflict saying why if not."""
         row = conn.execute(
-            tasks.update()
-            .where(*_held_by(key, worker))
-            .values(**values)
-            .returning(*tasks.c),
+            tasks.update().where(*_held_by(key, worker)).values(**values).returning(*tasks.c),
             self._at(),
         ).first()
         if row is None:

@@ -25,7 +25,7 @@ import uuid_utils.compat as uuid_utils
 from dualdb import validation as v
 from dualdb.errors import InvalidInput, NotFound, PermissionDenied, UnreadableRow
 from dualdb.records import Page, Record
-from dualdb.schema import projects, shots
+from dualdb.repositories.access import owned_projects, require_projects
 from dualdb.scope import Scope
 from dualdb.types import Unreadable, format_timestamp, parse_timestamp
 
@@ -76,6 +76,8 @@ class Repository(Generic[R]):
     entity: ClassVar[str]
     #: The list order; the last column must be unique.
     order_by: ClassVar[tuple[str, ...]] = ("created_at", "id")
+    #: The keys a row of :meth:`create_many` may have.
+    fields: ClassVar[frozenset[str]]
 
     def __init__(self, scope: Scope) -> None:
         self._scope = scope
@@ -94,34 +96,7 @@ class Repository(Generic[R]):
         return out
 
     def _owned_projects(self) -> sa.Select[tuple[uuid.UUID]] | None:
-        uid = self._scope.user_id
-        if uid is None:
-            return None
-        return sa.select(projects.c.id).where(projects.c.user_id == uid)
-
-    def _require_project(self, conn: sa.Connection, field: str, project_id: uuid.UUID) -> None:
-        """Refuse a write under ``project_id`` unless it exists (and is the acting user's)."""
-        row = conn.execute(sa.select(projects.c.user_id).where(projects.c.id == project_id)).first()
-        uid = self._scope.user_id
-        if uid is not None and (row is None or row.user_id != uid):
-            raise PermissionDenied(f"{field}: project {project_id} is not yours")
-        if row is None:
-            raise NotFound(f"project {project_id} not found")
-
-    def _require_shot(self, conn: sa.Connection, field: str, shot_id: uuid.UUID) -> uuid.UUID:
-        """The project of ``shot_id``; refuses an unknown (or someone else's) shot."""
-        row = conn.execute(
-            sa.select(shots.c.project_id, projects.c.user_id)
-            .join(projects, projects.c.id == shots.c.project_id)
-            .where(shots.c.id == shot_id)
-        ).first()
-        uid = self._scope.user_id
-        if uid is not None and (row is None or row.user_id != uid):
-            raise PermissionDenied(f"{field}: shot {shot_id} is not yours")
-        if row is None:
-            raise NotFound(f"shot {shot_id} not found")
-        project_id: uuid.UUID = row.project_id
-        return project_id
+        return owned_projects(self._scope)
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -295,6 +270,34 @@ class Repository(Generic[R]):
         return sa.tuple_(*left) > sa.tuple_(*right)
 
     # --- writes ----------------------------------------------------------------------------
+
+    def create_many(self, rows: Sequence[Mapping[str, Any]]) -> list[R]:
+        """Add many rows in one statement batch (all or none), returned as stored.
+
+        Each row is a dict of :attr:`fields`; an unknown key is refused, not ignored.
+        """
+        values = [self._new_values(row) for row in self._rows(rows, self.fields)]
+        if not values:
+            return []
+        with self._scope.write() as conn:
+            self._check_new(conn, values)
+            made = self._insert(conn, values)
+            self._after_insert(conn, made)
+        return made
+
+    def _new_values(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The validated column values of one new row (no database access)."""
+        raise NotImplementedError
+
+    def _check_new(self, conn: sa.Connection, values: list[dict[str, Any]]) -> None:
+        """Checks against the database before an insert: the parent projects exist (and are
+        the acting user's), in one query.  Subclasses add their own."""
+        if "project_id" in self.table.c:
+            require_projects(conn, self._scope, "project_id", (x["project_id"] for x in values))
+
+    def _after_insert(self, conn: sa.Connection, made: list[R]) -> None:
+        """Work after an insert, in its transaction (nothing by default)."""
+        return None
 
     def _rows(self, rows: object, fields: frozenset[str]) -> list[Mapping[str, Any]]:
         """The rows of a ``create_many``: dicts whose keys are all ``fields`` of this table.

@@ -14,7 +14,7 @@ from dualdb.backends.constructs import array_contains
 from dualdb.errors import InvalidInput
 from dualdb.records import Generation, Page
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
-from dualdb.repositories.shots import ShotsRepository
+from dualdb.repositories.placements import Placements
 from dualdb.schema import generations, shot_generations, tasks
 from dualdb.unset import UNSET, Unset
 
@@ -28,12 +28,13 @@ class GenerationsRepository(Repository[Generation]):
     record = Generation
     entity = "generation"
     filterable = frozenset({"project_id", "type"})
+    fields = frozenset({"id", "project_id", "location", "type", "tasks"})
 
     def _visible(self) -> sa.ColumnElement[bool] | None:
         owned = self._owned_projects()
         return None if owned is None else generations.c.project_id.in_(owned)
 
-    def _values(self, row: Mapping[str, Any]) -> dict[str, Any]:
+    def _new_values(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "id": key_or_new(row.get("id")),
             "project_id": v.uuid_("project_id", row.get("project_id")),
@@ -73,18 +74,10 @@ class GenerationsRepository(Repository[Generation]):
         row = {"id": id, "project_id": project_id, "location": location, "type": type}
         return self.create_many([{**row, "tasks": tasks}])[0]
 
-    def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Generation]:
-        """Add many generations in one statement batch (all or none)."""
-        checked = self._rows(rows, frozenset({"id", "project_id", "location", "type", "tasks"}))
-        values = [self._values(r) for r in checked]
-        if not values:
-            return []
-        with self._scope.write() as conn:
-            for project_id in sorted({x["project_id"] for x in values}, key=str):
-                self._require_project(conn, "project_id", project_id)
-            for x in values:
-                self._require_tasks(conn, x["project_id"], x["tasks"])
-            return self._insert(conn, values)
+    def _check_new(self, conn: sa.Connection, values: builtins.list[dict[str, Any]]) -> None:
+        super()._check_new(conn, values)
+        for x in values:
+            self._require_tasks(conn, x["project_id"], x["tasks"])
 
     def list(
         self,
@@ -149,16 +142,12 @@ class GenerationsRepository(Repository[Generation]):
     def delete(self, id: uuid.UUID | str) -> None:
         """Delete the generation; it leaves every shot it was on, whose positions close up."""
         key = v.uuid_("id", id)
-        placed = ShotsRepository(self._scope)
+        placements = Placements(self._scope)
         with self._scope.write() as conn:
             self._check_writable(conn, key)
             on = conn.execute(
                 sa.select(shot_generations.c.shot_id).where(shot_generations.c.generation_id == key)
             ).scalars()
-            # One lock order, so concurrent edits of the same shots cannot deadlock.
-            shot_ids = sorted(set(on), key=str)
-            for shot_id in shot_ids:
-                placed._lock(conn, shot_id)
+            shot_ids = placements.lock_all(conn, on)
             super().delete(key)
-            for shot_id in shot_ids:
-                placed._write_positions(conn, placed._placements(conn, shot_id))
+            placements.close_up(conn, shot_ids)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any, Never
 
 import sqlalchemy as sa
@@ -24,24 +24,26 @@ class ProjectsRepository(Repository[Project]):
     record = Project
     entity = "project"
     filterable = frozenset({"user_id"})
+    fields = frozenset({"id", "name", "user_id"})
 
     def _visible(self) -> sa.ColumnElement[bool] | None:
         uid = self._scope.user_id
         return None if uid is None else projects.c.user_id == uid
 
-    def _values(self, name: object, user_id: object, id: object = None) -> dict[str, Any]:
-        owner = v.uuid_("user_id", user_id)
+    def _new_values(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        owner = v.uuid_("user_id", row.get("user_id"))
         if self._scope.user_id is not None and owner != self._scope.user_id:
             raise PermissionDenied("user_id: you can only create projects you own")
         return {
-            "id": key_or_new(id),
-            "name": v.name("name", name),
+            "id": key_or_new(row.get("id")),
+            "name": v.name("name", row.get("name")),
             "user_id": owner,
             "created_at": utcnow(),
             "updated_at": None,
         }
 
-    def _require_users(self, conn: sa.Connection, owners: set[uuid.UUID]) -> None:
+    def _check_new(self, conn: sa.Connection, values: builtins.list[dict[str, Any]]) -> None:
+        owners = {x["user_id"] for x in values}
         found = set(conn.execute(sa.select(users.c.id).where(users.c.id.in_(owners))).scalars())
         missing = sorted(owners - found, key=str)
         if missing:
@@ -51,20 +53,7 @@ class ProjectsRepository(Repository[Project]):
         self, name: str, user_id: uuid.UUID | str, *, id: uuid.UUID | str | None = None
     ) -> Project:
         """Add a project owned by ``user_id`` (who must exist); ``id`` defaults to a UUIDv7."""
-        values = self._values(name, user_id, id)
-        with self._scope.write() as conn:
-            self._require_users(conn, {values["user_id"]})
-            return self._insert(conn, [values])[0]
-
-    def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Project]:
-        """Add many projects in one statement batch (all or none)."""
-        checked = self._rows(rows, frozenset({"id", "name", "user_id"}))
-        values = [self._values(r.get("name"), r.get("user_id"), r.get("id")) for r in checked]
-        if not values:
-            return []
-        with self._scope.write() as conn:
-            self._require_users(conn, {x["user_id"] for x in values})
-            return self._insert(conn, values)
+        return self.create_many([{"id": id, "name": name, "user_id": user_id}])[0]
 
     def list(
         self,

@@ -14,16 +14,13 @@ from dualdb import validation as v
 from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from dualdb.queue import DEFAULT_MAX_ATTEMPTS, TaskQueue
 from dualdb.records import Page, Task
+from dualdb.repositories.access import LOOKUP_CHUNK
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
 from dualdb.schema import shots, task_dependencies, tasks
 from dualdb.scope import Scope
 from dualdb.types import INITIAL_STATUSES, TaskStatus
 from dualdb.unset import UNSET, Unset
 
-#: The keys a row of ``create_many`` may have.
-TASK_FIELDS = frozenset({"id", "project_id", "task_type", "params", "status", "depends_on"})
-#: Ids looked up per statement (Postgres binds at most 65,535 parameters per statement).
-LOOKUP_CHUNK = 10_000
 #: Bulk enqueues at least this large refresh the planner's statistics (ANALYZE on Postgres): a
 #: planner that still believes the table is tiny picks bad plans for the following claims.
 ANALYZE_AFTER_ROWS = 1000
@@ -43,16 +40,17 @@ class TasksRepository(Repository[Task]):
     record = Task
     entity = "task"
     filterable = frozenset({"project_id", "status", "task_type", "worker_id"})
+    fields = frozenset({"id", "project_id", "task_type", "params", "status", "depends_on"})
 
     def __init__(self, scope: Scope) -> None:
         super().__init__(scope)
         self._queue = TaskQueue(scope, self._check_writable)
 
     def _validate_shot_params(
-        self, conn: sa.Connection, prepared: Sequence[tuple[dict[str, Any], list[uuid.UUID]]]
+        self, conn: sa.Connection, prepared: Sequence[Mapping[str, Any]]
     ) -> None:
         """A ``shot_id`` in params must be a shot of the task's project (checked at enqueue)."""
-        for values, _ in prepared:
+        for values in prepared:
             raw = values["params"].get("shot_id")
             if raw is None:
                 continue
@@ -63,8 +61,8 @@ class TasksRepository(Repository[Task]):
             if project != values["project_id"]:
                 raise InvalidInput("params.shot_id", f"shot {shot_id} is not in this project")
 
-    def _after_bulk_insert(self, conn: sa.Connection, rows: int) -> None:
-        if rows >= ANALYZE_AFTER_ROWS:
+    def _after_insert(self, conn: sa.Connection, made: builtins.list[Task]) -> None:
+        if len(made) >= ANALYZE_AFTER_ROWS:
             self._scope.backend.refresh_statistics(conn, ("tasks", "task_dependencies"))
 
     def _visible(self) -> sa.ColumnElement[bool] | None:
@@ -78,7 +76,7 @@ class TasksRepository(Repository[Task]):
             return v.text(key, value, max_len=v.MAX_WORKER_ID)
         return super()._filter_value(key, value)
 
-    def _values(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], list[uuid.UUID]]:
+    def _new_values(self, row: Mapping[str, Any]) -> dict[str, Any]:
         status = v.status("status", row.get("status", TaskStatus.QUEUED.value))
         if status not in INITIAL_STATUSES:
             raise InvalidInput("status", "a new task starts as 'Queued' or 'Pending'")
@@ -100,7 +98,7 @@ class TasksRepository(Repository[Task]):
             "heartbeat_at": None,
             "generation_processed_at": None,
         }
-        return values, deps
+        return values
 
     def create(
         self,
@@ -130,40 +128,31 @@ class TasksRepository(Repository[Task]):
 
     enqueue = create
 
-    def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[Task]:
-        """Add many tasks in one statement batch (all or none).
+    def _check_new(self, conn: sa.Connection, values: builtins.list[dict[str, Any]]) -> None:
+        """Projects, shots named in params, and dependencies: tasks of the same project (or
+        earlier in the batch) that can still complete.
 
-        A row's ``depends_on`` may name existing tasks or tasks earlier in the same batch.
+        The database derives the dependency edges and the unmet-dependency counts (triggers
+        of migration 0006), for this insert as for any other writer's.
         """
-        checked = self._rows(rows, TASK_FIELDS)
-        prepared = [self._values(r) for r in checked]
-        if not prepared:
-            return []
-        with self._scope.write() as conn:
-            for project_id in sorted({x["project_id"] for x, _ in prepared}, key=str):
-                self._require_project(conn, "project_id", project_id)
-            self._validate_shot_params(conn, prepared)
-            status_of = self._dependency_statuses(conn, prepared)
-            for values, deps in prepared:
-                for dep in deps:
-                    dep_status = status_of[dep]
-                    if dep_status in (TaskStatus.FAILED.value, TaskStatus.CANCELLED.value):
-                        raise InvalidInput(
-                            "depends_on", f"task {dep} is {dep_status}: it will never complete"
-                        )
-                status_of[values["id"]] = values["status"]
-            # The database derives the dependency edges and the unmet-dependency counts
-            # (triggers of migration 0006), for this insert as for any other writer's.
-            made = self._insert(conn, [values for values, _ in prepared])
-            self._after_bulk_insert(conn, len(prepared))
-        return made
+        super()._check_new(conn, values)
+        self._validate_shot_params(conn, values)
+        status_of = self._dependency_statuses(conn, values)
+        for row in values:
+            for dep in row["dependant_on"]:
+                dep_status = status_of[dep]
+                if dep_status in (TaskStatus.FAILED.value, TaskStatus.CANCELLED.value):
+                    raise InvalidInput(
+                        "depends_on", f"task {dep} is {dep_status}: it will never complete"
+                    )
+            status_of[row["id"]] = row["status"]
 
     def _dependency_statuses(
-        self, conn: sa.Connection, prepared: list[tuple[dict[str, Any], list[uuid.UUID]]]
+        self, conn: sa.Connection, prepared: builtins.list[dict[str, Any]]
     ) -> dict[uuid.UUID, str]:
         """Statuses of every dependency; refuses unknown ones and ones in another project."""
-        wanted = {d for _, deps in prepared for d in deps}
-        batch = {values["id"]: values for values, _ in prepared}
+        wanted = {d for values in prepared for d in values["dependant_on"]}
+        batch = {values["id"]: values for values in prepared}
         outside = wanted - set(batch)
         existing: dict[uuid.UUID, Any] = {}
         # Only visible tasks: someone else's task "does not exist" for a scoped user, on
@@ -180,8 +169,8 @@ class TasksRepository(Repository[Task]):
             existing.update((r.id, r) for r in conn.execute(query, {"ids": chunk}))
         seen: set[uuid.UUID] = set()
         statuses: dict[uuid.UUID, str] = {k: r.status for k, r in existing.items()}
-        for values, deps in prepared:
-            for dep in deps:
+        for values in prepared:
+            for dep in values["dependant_on"]:
                 if dep in existing:
                     dep_project = existing[dep].project_id
                 elif dep in seen:
@@ -266,7 +255,7 @@ class TasksRepository(Repository[Task]):
                 )
             if "params" in values:
                 self._validate_shot_params(
-                    conn, [({"params": values["params"], "project_id": current.project_id}, [])]
+                    conn, [{"params": values["params"], "project_id": current.project_id}]
                 )
             return self._update(key, values)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import builtins
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any, Never
 
 import sqlalchemy as sa
@@ -26,12 +25,14 @@ class UsersRepository(Repository[User]):
     record = User
     entity = "user"
     filterable = frozenset({"email"})
+    fields = frozenset({"id", "email"})
 
     def _visible(self) -> sa.ColumnElement[bool] | None:
         uid = self._scope.user_id
         return None if uid is None else users.c.id == uid
 
-    def _values(self, id: object, email: object) -> dict[str, Any]:
+    def _new_values(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        id, email = row.get("id"), row.get("email")
         key = new_id() if id is None else v.uuid_("id", id)
         if self._scope.user_id is not None and key != self._scope.user_id:
             raise PermissionDenied("id: you can only create your own user row")
@@ -43,18 +44,7 @@ class UsersRepository(Repository[User]):
 
     def create(self, id: uuid.UUID | str | None = None, email: str | None = None) -> User:
         """Add a user (``id`` defaults to a new UUIDv7); :class:`Conflict` if the id exists."""
-        values = self._values(id, email)
-        with self._scope.write() as conn:
-            return self._insert(conn, [values])[0]
-
-    def create_many(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[User]:
-        """Add many users in one statement batch (all or none)."""
-        checked = self._rows(rows, frozenset({"id", "email"}))
-        values = [self._values(r.get("id"), r.get("email")) for r in checked]
-        if not values:
-            return []
-        with self._scope.write() as conn:
-            return self._insert(conn, values)
+        return self.create_many([{"id": id, "email": email}])[0]
 
     def ensure(self, id: uuid.UUID | str, email: str | None = None) -> User:
         """The user with this id, created first if missing (idempotent)."""

@@ -5,14 +5,13 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import timedelta
 from typing import Any, Never
 
 import sqlalchemy as sa
 
 from dualdb import validation as v
 from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from dualdb.queue import DEFAULT_MAX_ATTEMPTS, TaskQueue
+from dualdb.queue import TaskQueue
 from dualdb.records import Page, Task
 from dualdb.repositories.access import LOOKUP_CHUNK
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
@@ -44,7 +43,17 @@ class TasksRepository(Repository[Task]):
 
     def __init__(self, scope: Scope) -> None:
         super().__init__(scope)
-        self._queue = TaskQueue(scope, self._check_writable)
+        queue = TaskQueue(scope, self._check_writable)
+        # The queue's verbs, as the repository's (documented on TaskQueue, one place).
+        self.claim = queue.claim
+        self.heartbeat = queue.heartbeat
+        self.complete = queue.complete
+        self.fail = queue.fail
+        self.cancel = queue.cancel
+        self.release = queue.release
+        self.release_claim = queue.release_claim
+        self.requeue_stale = queue.requeue_stale
+        self.counts = queue.counts
 
     def _validate_shot_params(
         self, conn: sa.Connection, prepared: Sequence[Mapping[str, Any]]
@@ -282,68 +291,3 @@ class TasksRepository(Repository[Task]):
                     f"task {waiting} depends on task {key}: cancel it (cascades) before deleting"
                 )
             super().delete(key)
-
-    # --- the queue's verbs (see dualdb.queue.TaskQueue and docs/queue.md) -------------------
-
-    def claim(self, worker_id: str, task_types: Sequence[str] | None = None) -> Task | None:
-        """Atomically take the oldest ready task (``Queued``, every dependency Complete).
-
-        Sets it ``In Progress`` with the worker, claim and heartbeat time, attempts + 1.
-        Returns None when nothing is ready.  Safe under any number of processes/machines.
-        """
-        return self._queue.claim(worker_id, task_types)
-
-    def heartbeat(self, id: uuid.UUID | str, worker_id: str) -> Task:
-        """Record that ``worker_id`` is still working on the task (keeps it from going stale)."""
-        return self._queue.heartbeat(id, worker_id)
-
-    def complete(self, id: uuid.UUID | str, worker_id: str, output_location: str) -> Task:
-        """Mark the task Complete with its output, as the worker that claimed it.
-
-        The database then makes the dependents whose last unmet dependency this was claimable
-        and, when ``params["shot_id"]`` is set, creates the generation.  Repeating the same
-        call after success returns the task unchanged.
-        """
-        return self._queue.complete(id, worker_id, output_location)
-
-    def fail(
-        self,
-        id: uuid.UUID | str,
-        worker_id: str,
-        error: str,
-        *,
-        retry: bool = False,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    ) -> Task:
-        """Record a failure, as the worker that claimed the task.
-
-        With ``retry`` and attempts left (``attempts < max_attempts``) the task goes back to
-        Queued; otherwise it is Failed and every dependent, transitively, is Cancelled.
-        """
-        return self._queue.fail(id, worker_id, error, retry=retry, max_attempts=max_attempts)
-
-    def cancel(self, id: uuid.UUID | str, reason: str = "cancelled") -> builtins.list[Task]:
-        """Cancel an unfinished task and every dependent, transitively (the task first)."""
-        return self._queue.cancel(id, reason)
-
-    def release(self, id: uuid.UUID | str) -> Task:
-        """Let a Pending (held) task be claimed: Pending → Queued."""
-        return self._queue.release(id)
-
-    def release_claim(self, id: uuid.UUID | str, worker_id: str) -> Task:
-        """Give a claimed task back (In Progress → Queued) without using up an attempt."""
-        return self._queue.release_claim(id, worker_id)
-
-    def requeue_stale(
-        self, older_than: timedelta, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    ) -> builtins.list[Task]:
-        """Recover tasks whose worker stopped heartbeating for longer than ``older_than``.
-
-        Each goes back to Queued while ``attempts < max_attempts``, else becomes Failed (and
-        its dependents Cancelled).  Returns the tasks changed.
-        """
-        return self._queue.requeue_stale(older_than, max_attempts=max_attempts)
-
-    def counts(self, project_id: uuid.UUID | str | None = None) -> dict[str, int]:
-        """Tasks per status (every status present, zeros included)."""
-        return self._queue.counts(project_id)

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 
 from dualdb import migrations
-from dualdb.backends import backend_for
+from dualdb.backends import backend_for, backend_of
 from dualdb.config import Target
 from dualdb.database import Session
 from dualdb.engine import (
@@ -759,7 +759,7 @@ def audit(target: Target, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> Da
     if backend_for(target.backend).file_missing(target):
         return DataReport(target.backend, target.redacted, schema, False, ())
     with translated_errors(), _engine(target) as engine, reading(engine) as conn:
-        e = _ENGINES[conn.dialect.name]
+        e = _ENGINES[backend_of(conn).name]
         conn = conn.execution_options(**e.read_options)
         with conn.begin():
             if migrations.current_revision(conn) != migrations.head_revision():
@@ -972,7 +972,7 @@ def repair(
     if not isinstance(lock_timeout, timedelta) or lock_timeout <= timedelta(0):
         raise InvalidInput("lock_timeout", "must be a positive interval")
     with translated_errors(), _engine(target) as engine, engine.connect() as conn:
-        e = _ENGINES[conn.dialect.name]
+        e = _ENGINES[backend_of(conn).name]
         tx = conn.begin()
         try:
             tables = [

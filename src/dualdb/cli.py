@@ -420,7 +420,12 @@ def worker(
     task_type: Annotated[
         list[str] | None, typer.Option("--task-type", help="Only claim this type (repeatable).")
     ] = None,
-    poll_interval: Annotated[float, typer.Option(help="Seconds between empty polls.")] = 1.0,
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            help="Most seconds between claims while idle (it wakes on change before that)."
+        ),
+    ] = 1.0,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
     stale_after: Annotated[
         float | None,

@@ -14,7 +14,7 @@ from sqlalchemy import exc
 from dualdb import migrations
 from dualdb import validation as v
 from dualdb.auth import Claims, TokenVerifier
-from dualdb.backends import backend_for
+from dualdb.backends import WorkWaiter, backend_for
 from dualdb.config import Target, resolve
 from dualdb.engine import (
     create_engine,
@@ -237,6 +237,17 @@ class Database(_Sessions, Repositories):
         """
         with translated_errors():
             return self._backend.checkpoint(self.engine)
+
+    def work_waiter(self) -> WorkWaiter:
+        """What an idle worker waits on between claims: wakes on change, not on a timer.
+
+        ``LISTEN dualdb_tasks`` on Postgres (migration 0009 notifies whenever a task becomes
+        ready, whoever wrote it; plain polling behind the transaction pooler, which cannot
+        carry ``LISTEN``), a cheap ``PRAGMA data_version`` check every few milliseconds on
+        SQLite.  It holds a connection of its own: close it when done.
+        """
+        with translated_errors():
+            return self._backend.work_waiter(self.target, self.engine)
 
     def close(self) -> None:
         """Release every pooled connection."""

@@ -83,6 +83,12 @@ _SQL_VERBS = {
     "claim": _sql_verb(
         "claim_tasks", _arg("worker"), _arg("types", PG_ARRAY(sa.Text())), sa.literal_column("1")
     ),
+    "claim_many": _sql_verb(
+        "claim_tasks",
+        _arg("worker"),
+        _arg("types", PG_ARRAY(sa.Text())),
+        _arg("max_tasks", sa.Integer()),
+    ),
     "heartbeat": _sql_verb("heartbeat_task", _arg("key"), _arg("worker")),
     "complete": _sql_verb("complete_task", _arg("key"), _arg("worker"), _arg("location")),
     "fail": _sql_verb(
@@ -177,9 +183,9 @@ class TaskQueue:
 
     # --- verbs ---------------------------------------------------------------------------
 
-    def _ready_pick(self, typed: bool) -> sa.Select[Any]:
-        """``SELECT id`` of the oldest ready task, read from the partial ready index (SQLite;
-        Postgres claims with migration 0008's ``claim_tasks``).
+    def _ready_pick(self, typed: bool, limit: int | sa.BindParameter[int] = 1) -> sa.Select[Any]:
+        """``SELECT id`` of the ``limit`` oldest ready tasks, read from the partial ready index
+        (SQLite; Postgres claims with migration 0008's ``claim_tasks``).
 
         The predicate is a literal (not bound parameters) so the planner can match the
         partial index, and the index is named (``INDEXED BY``): without statistics SQLite's
@@ -195,7 +201,7 @@ class TaskQueue:
             .select_from(sa.text(f"tasks INDEXED BY {index}"))
             .where(sa.text(READY_SQL))
             .order_by(col("created_at"), col("id"))
-            .limit(1)
+            .limit(limit)
         )
         if typed:
             pick = pick.where(col("task_type").in_(sa.bindparam("types", expanding=True)))
@@ -227,6 +233,49 @@ class TaskQueue:
                     self._fail_unreadable(conn, row, err)
         return None
 
+    def claim_many(
+        self, worker_id: str, limit: int, task_types: Sequence[str] | None = None
+    ) -> list[Task]:
+        """Atomically take up to ``limit`` (1 to 1,000) of the oldest ready tasks, oldest first.
+
+        Each is set ``In Progress`` as :meth:`claim` sets one; the list is empty when nothing
+        is ready.  One statement: ``dualdb.claim_tasks(…, max_tasks)`` on Postgres, one
+        ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`` inside ``BEGIN IMMEDIATE`` on
+        SQLite.  A row that does not decode is marked Failed and left out (the claim then
+        tries to take another in its place), as :meth:`claim` does.
+        """
+        self._worker_verb("claim")
+        worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
+        count = v.limit("limit", limit)
+        types = v.task_types("task_types", task_types)
+        if self._scope.backend.queue_functions:
+            stmt: sa.Executable = _SQL_VERBS["claim_many"]
+        else:
+            stmt = self._claim_many_typed if types is not None else self._claim_many_any
+        claimed: list[Task] = []
+        with self._scope.write() as conn:
+            unreadable = 0
+            wanted = count
+            while wanted > 0:
+                rows = conn.execute(
+                    stmt, {"worker": worker, "types": types, "max_tasks": wanted, **self._at()}
+                ).all()
+                bad = 0
+                for row in rows:
+                    try:
+                        claimed.append(Task.from_row(row))
+                    except UnreadableRow as err:
+                        # Failed, saying why, and not returned: the others go on.
+                        self._fail_unreadable(conn, row, err)
+                        bad += 1
+                unreadable += bad
+                if len(rows) < wanted or unreadable >= MAX_UNREADABLE_PER_CLAIM:
+                    break  # nothing more is ready (or too many bad rows for one call)
+                wanted = bad  # take others in the places of the unreadable ones
+        # SQLite's RETURNING has no order; Postgres' function returns oldest first.
+        claimed.sort(key=lambda t: (t.created_at, t.id))
+        return claimed
+
     def _fail_unreadable(self, conn: sa.Connection, row: Any, err: UnreadableRow) -> None:
         key = row._mapping["id"]
         # Not even its id decodes (SQLite text another tool wrote): address it as stored.
@@ -256,6 +305,33 @@ class TaskQueue:
     @functools.cached_property
     def _claim_typed(self) -> sa.Update:
         return self._claim_statement(typed=True)
+
+    @functools.cached_property
+    def _claim_many_any(self) -> sa.Update:
+        return self._claim_many_statement(typed=False)
+
+    @functools.cached_property
+    def _claim_many_typed(self) -> sa.Update:
+        return self._claim_many_statement(typed=True)
+
+    def _claim_many_statement(self, typed: bool) -> sa.Update:
+        # UPDATE … WHERE id IN (SELECT id … LIMIT n), inside BEGIN IMMEDIATE; the clock is a
+        # parameter read after the write lock was taken (:meth:`_at`).
+        pick = self._ready_pick(typed, sa.bindparam("max_tasks", type_=sa.Integer()))
+        now = self._clock()
+        return (
+            tasks.update()
+            .where(tasks.c.id.in_(pick.scalar_subquery()))
+            .values(
+                status=RUNNING,
+                worker_id=sa.bindparam("worker"),
+                generation_started_at=now,
+                heartbeat_at=now,
+                updated_at=now,
+                attempts=tasks.c.attempts + 1,
+            )
+            .returning(*tasks.c)
+        )
 
     def _claim_statement(self, typed: bool) -> sa.Update:
         # UPDATE … FROM (SELECT id, <clock> … LIMIT 1) AS pick, inside BEGIN IMMEDIATE: the

@@ -209,9 +209,10 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "projects": ("projects_after_delete",),
 }
 
-#: Postgres only (migration 0007): what Supabase's API roles may write inside their own rows.
+#: Postgres only: what Supabase's API roles may write inside their own rows (migration 0007),
+#: and the notification that wakes workers when a task becomes ready (0009).
 POSTGRES_TRIGGERS: dict[str, tuple[str, ...]] = {
-    "tasks": ("tasks_api_rules",),
+    "tasks": ("tasks_api_rules", "tasks_notify_ready_insert", "tasks_notify_ready_update"),
     "users": ("users_api_times",),
     "projects": ("projects_api_times",),
     "shots": ("shots_api_times",),

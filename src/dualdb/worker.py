@@ -22,6 +22,7 @@ from datetime import timedelta
 from types import FrameType
 
 from dualdb import validation as v
+from dualdb.backends import WorkWaiter
 from dualdb.database import Database
 from dualdb.errors import Conflict, DualdbError, InvalidInput
 from dualdb.queue import DEFAULT_MAX_ATTEMPTS
@@ -154,11 +155,32 @@ class Worker:
     def run(self, *, once: bool = False, drain: bool = False) -> WorkerStats:
         """Process tasks.  ``once``: at most one task.  ``drain``: stop when nothing is ready.
 
+        When nothing is ready the worker waits on :meth:`Database.work_waiter` — it wakes as
+        soon as a task may have become ready (``LISTEN``/``NOTIFY`` on Postgres, ``PRAGMA
+        data_version`` on SQLite), and claims again every ``poll_interval`` regardless (the
+        only wake-up behind Supabase's transaction pooler).
+
         Maintenance runs first and then every ``maintenance_interval``: tasks of workers that
         stopped heartbeating go back to the queue, and SQLite's WAL is checkpointed.  A
         database error (unreachable, busy, restarting) never ends the loop: the worker waits
         with capped, jittered backoff and tries again.
         """
+        if once or drain:  # never waits for work: no connection to listen on
+            return self._loop(WorkWaiter(), once=once, drain=drain)
+        with self._waiter() as waiter:
+            return self._loop(waiter, once=once, drain=drain)
+
+    def _waiter(self) -> WorkWaiter:
+        """Built before the first claim, so a change made after any claim wakes the worker."""
+        try:
+            waiter = self.db.work_waiter()
+        except DualdbError as exc:  # the database is away: poll until it is back
+            self._on_event(f"waking on change unavailable ({exc}); polling")
+            return WorkWaiter()
+        self._on_event(f"waiting for work: {waiter.mode}")
+        return waiter
+
+    def _loop(self, waiter: WorkWaiter, *, once: bool, drain: bool) -> WorkerStats:
         failures = 0
         maintain_at = time.monotonic()
         while not self._stop.is_set():
@@ -179,7 +201,9 @@ class Worker:
             if task is None:
                 if once or drain:
                     break
-                self._stop.wait(self.poll_interval)
+                # Until a change may have made work ready (a NOTIFY, a commit to the file)
+                # or, at the latest, the poll interval.
+                waiter.wait(self.poll_interval, self._stop)
                 continue
             self._process(task)
             if once:

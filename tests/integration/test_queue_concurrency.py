@@ -114,7 +114,9 @@ def _worker(
 ) -> subprocess.Popen[str]:
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        # This checkout's code first, not whatever dualdb the interpreter has installed (an
+        # editable install of another worktree would run that tree's code and migrations).
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
         "DUALDB_TEST_HANDLER_SECONDS": seconds,
         **({"DUALDB_TEST_SIGNAL_LOG": str(signal_log)} if signal_log else {}),
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from dualdb.backends.base import READ_ONLY, Backend, TransactionHook
+from dualdb.backends.base import READ_ONLY, Backend, TransactionHook, WorkWaiter
 from dualdb.backends.postgres import PostgresBackend
 from dualdb.backends.sqlite import SqliteBackend
 
@@ -22,6 +22,7 @@ __all__ = [
     "PostgresBackend",
     "SqliteBackend",
     "TransactionHook",
+    "WorkWaiter",
     "backend_for",
     "backend_of",
 ]

@@ -6,9 +6,11 @@ instead of comparing dialect names.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
@@ -25,6 +27,40 @@ TransactionHook = Callable[[sa.Connection], None]
 
 #: Execution option: this transaction only reads (SQLite then uses a deferred BEGIN).
 READ_ONLY = "dualdb_read_only"
+
+
+class WorkWaiter:
+    """What an idle worker waits on between claims that found nothing.
+
+    :meth:`wait` returns True as soon as the database may hold new work (a task became ready,
+    or — on SQLite — anything was committed), False when ``timeout`` seconds passed or
+    ``stop`` was set.  No change is ever lost between two waits: a change that happens while
+    the worker is busy makes the next :meth:`wait` return at once.  This base class only
+    waits out the timeout (plain polling); backends return one that wakes on change
+    (:meth:`Backend.work_waiter`).  Close it (or use it as a context manager) when done.
+    """
+
+    #: How the waiter learns of new work (shown by ``dualdb worker``).
+    mode = "polling"
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        """Block until new work may be there (True), or ``timeout``/``stop`` (False)."""
+        stop.wait(timeout)
+        return False
+
+    def close(self) -> None:
+        """Release the waiter's connection, if it has one."""
+
+    def __enter__(self) -> WorkWaiter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class Backend(ABC):
@@ -68,6 +104,13 @@ class Backend(ABC):
     def checkpoint(self, engine: Engine) -> bool:
         """Fold a write-ahead log into the database file; True when done (or nothing to do)."""
         return True
+
+    def work_waiter(self, target: Target, engine: Engine) -> WorkWaiter:
+        """What a worker on ``target`` waits on when the queue is empty (by default: polling).
+
+        Built before the worker's first claim, so no change after that claim is missed.
+        """
+        return WorkWaiter()
 
     def refresh_statistics(self, conn: sa.Connection, tables: tuple[str, ...]) -> None:
         """Refresh the planner's statistics of ``tables`` after a bulk write (if it keeps any).

@@ -8,13 +8,16 @@ workers' queue verbs are the database's own SQL functions (migration 0008).
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dualdb.auth import act_as_service, act_as_user
-from dualdb.backends.base import Backend, TransactionHook
+from dualdb.backends.base import Backend, TransactionHook, WorkWaiter
 from dualdb.schema import POSTGRES_FUNCTIONS, POSTGRES_TRIGGERS
 
 if TYPE_CHECKING:
@@ -23,8 +26,73 @@ if TYPE_CHECKING:
 
 #: Connect timeout (seconds), so an unreachable host fails fast.
 PG_CONNECT_TIMEOUT_S = 5
+#: The channel migration 0009's triggers notify when a task becomes ready.
+TASKS_CHANNEL = "dualdb_tasks"
+#: The longest a listening worker blocks in the driver at a time: how soon it sees ``stop``.
+_LISTEN_SLICE_S = 0.25
 #: A user id no real token carries: what the auth.uid() probe sets and expects back.
 _PROBE_SUB = "00000000-0000-4000-8000-00000000a0d1"
+
+
+class ListenWaiter(WorkWaiter):
+    """Wakes on ``NOTIFY dualdb_tasks`` (migration 0009: a task became ready, whoever wrote it).
+
+    ``LISTEN`` runs on a connection of its own, in autocommit, opened before the worker's
+    first claim; notifications that arrive while the worker is busy wait in that connection
+    and wake the next :meth:`wait` at once.  The connection may fail (a server restart): the
+    wait then reconnects and reports a possible change, since notifications sent meanwhile
+    are lost; while it cannot connect it simply waits out the timeout (the worker's claim
+    reports the outage and backs off).
+    """
+
+    mode = f"LISTEN {TASKS_CHANNEL}"
+
+    def __init__(self, connect: dict[str, Any]) -> None:
+        self._connect_args = connect
+        self._conn: psycopg.Connection[Any] | None = None
+        self._listen()
+
+    def _listen(self) -> bool:
+        try:
+            conn = psycopg.connect(**self._connect_args, autocommit=True)
+        except psycopg.Error:
+            return False
+        try:
+            conn.execute(f"LISTEN {TASKS_CHANNEL}")
+        except psycopg.Error:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._conn is None:
+                if self._listen():
+                    return True  # notifications sent while disconnected are lost: look
+                stop.wait(left)
+                return False
+            try:
+                if any(
+                    True
+                    for _ in self._conn.notifies(timeout=min(left, _LISTEN_SLICE_S), stop_after=1)
+                ):
+                    # Fold what else has arrived into this wake-up: one claim for them all.
+                    for _ in self._conn.notifies(timeout=0):
+                        pass
+                    return True
+            except psycopg.Error:
+                self.close()
+        return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
 
 
 class PostgresBackend(Backend):
@@ -50,6 +118,20 @@ class PostgresBackend(Backend):
 
     def autocommit_read_options(self) -> dict[str, Any]:
         return {"isolation_level": "AUTOCOMMIT"}
+
+    def work_waiter(self, target: Target, engine: Engine) -> WorkWaiter:
+        if target.transaction_pooler:
+            # The transaction pooler hands each transaction to any server connection: a
+            # LISTEN would be lost.  Poll.
+            return WorkWaiter()
+        _, params = engine.dialect.create_connect_args(engine.url)
+        return ListenWaiter(
+            {
+                **params,
+                "connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "application_name": "dualdb-listen",
+            }
+        )
 
     def refresh_statistics(self, conn: sa.Connection, tables: tuple[str, ...]) -> None:
         # A planner that still believes a table is tiny picks bad plans for what follows.

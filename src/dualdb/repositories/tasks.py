@@ -46,6 +46,7 @@ class TasksRepository(Repository[Task]):
         queue = TaskQueue(scope, self._check_writable)
         # The queue's verbs, as the repository's (documented on TaskQueue, one place).
         self.claim = queue.claim
+        self.claim_many = queue.claim_many
         self.heartbeat = queue.heartbeat
         self.complete = queue.complete
         self.fail = queue.fail

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from dualdb.backends.base import READ_ONLY, Backend
+from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend
 from dualdb.errors import DatabaseUnavailable, MigrationError
 
 if TYPE_CHECKING:
@@ -30,8 +30,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: keeps the largest size it ever reached (behind a long reader it grows to hundreds of MB) for
 #: as long as any connection is open.
 SQLITE_JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
-#: Execution option: no BEGIN at all — each statement is its own snapshot.
-_AUTOCOMMIT = "dualdb_autocommit"
 
 
 class SqliteBackend(Backend):
@@ -72,7 +70,7 @@ class SqliteBackend(Backend):
         @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
             options = conn.get_execution_options()
-            if options.get(_AUTOCOMMIT):
+            if options.get(AUTOCOMMIT):
                 return
             if options.get(READ_ONLY):
                 conn.exec_driver_sql("BEGIN")
@@ -84,7 +82,7 @@ class SqliteBackend(Backend):
     def autocommit_read_options(self) -> dict[str, Any]:
         # Not SQLAlchemy's AUTOCOMMIT level: resetting it hands transaction control back to
         # the sqlite3 module.
-        return {READ_ONLY: True, _AUTOCOMMIT: True}
+        return {READ_ONLY: True, AUTOCOMMIT: True}
 
     def file_missing(self, target: Target) -> bool:
         path = target.url.database or ""

@@ -1,4 +1,4 @@
-"""The measurements: single-row get, claim→complete throughput, claim cost by table shape.
+"""The measurements: single-row get/create/update, claim→complete throughput, claim cost.
 
 Every function measures dualdb and the raw driver in the same run, interleaved where it can
 be, so noise on a shared machine hits both alike: compare the ratios.
@@ -21,6 +21,7 @@ from multiprocessing.synchronize import Barrier
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import uuid_utils.compat as uuid_utils
 from sqlalchemy import event
 
 import dualdb
@@ -76,6 +77,64 @@ def measure_get(
             theirs.append(raw_round())
             ours.append(dualdb_round())
     return statistics.median(ours), statistics.median(theirs)
+
+
+def measure_writes(
+    db: dualdb.Database,
+    raw: RawDriver,
+    owner: uuid.UUID,
+    ids: list[uuid.UUID],
+    ops: int,
+    rounds: int,
+) -> dict[str, tuple[float, float]]:
+    """µs per single-row ``create`` and ``update`` of a project, for dualdb and raw.
+
+    Each: the median of ``rounds`` alternating rounds.  Creates insert fresh UUIDv7 ids (as
+    dualdb makes them); updates rename the projects of ``ids`` in turn.
+    """
+    per_round = max(1, ops // max(1, rounds))
+    serial = iter(range(10**9))
+
+    def ours_create() -> None:
+        db.projects.create(f"bench c{next(serial)}", owner)
+
+    def raw_create() -> None:
+        raw.create_project(uuid_utils.uuid7(), f"bench c{next(serial)}", owner)
+
+    def ours_update() -> None:
+        n = next(serial)
+        db.projects.update(ids[n % len(ids)], name=f"bench u{n}")
+
+    def raw_update() -> None:
+        n = next(serial)
+        if raw.update_project(ids[n % len(ids)], f"bench u{n}") is None:
+            raise RuntimeError("project not found by the raw driver")
+
+    def timed(op: Callable[[], None]) -> float:
+        start = time.perf_counter_ns()
+        for _ in range(per_round):
+            op()
+        return (time.perf_counter_ns() - start) / per_round / 1000.0
+
+    out: dict[str, tuple[float, float]] = {}
+    for name, mine, theirs in (
+        ("create", ours_create, raw_create),
+        ("update", ours_update, raw_update),
+    ):
+        for _ in range(20):  # warm-up
+            mine()
+            theirs()
+        a: list[float] = []
+        b: list[float] = []
+        for r in range(max(1, rounds)):
+            if r % 2 == 0:
+                a.append(timed(mine))
+                b.append(timed(theirs))
+            else:
+                b.append(timed(theirs))
+                a.append(timed(mine))
+        out[name] = (statistics.median(a), statistics.median(b))
+    return out
 
 
 # --- claim→complete throughput ----------------------------------------------------------------

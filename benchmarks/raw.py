@@ -4,6 +4,8 @@ Each class does what a careful author would write without an ORM, on the schema 
 migrations create:
 
 * ``get_project``: one ``SELECT … WHERE id = ?``;
+* ``create_project`` / ``update_project``: one ``INSERT … RETURNING`` / ``UPDATE … RETURNING``
+  (autocommit: a single statement is atomic on its own);
 * ``claim``: the oldest ready task (``status = 'Queued' AND unmet_dependencies = 0``, read
   from the same partial index), set ``In Progress`` with worker, times and attempts + 1, in one
   ``UPDATE … RETURNING`` — under ``BEGIN IMMEDIATE`` on SQLite, with ``FOR UPDATE SKIP
@@ -30,7 +32,16 @@ TASK_COLUMNS = (
     "generation_processed_at, unmet_dependencies"
 )
 READY = "status = 'Queued' AND unmet_dependencies = 0"
-GET_PROJECT = "SELECT id, name, user_id, created_at, updated_at FROM projects WHERE id = {p}"
+PROJECT_COLUMNS = "id, name, user_id, created_at, updated_at"
+GET_PROJECT = f"SELECT {PROJECT_COLUMNS} FROM projects WHERE id = {{p}}"
+CREATE_PROJECT = (
+    "INSERT INTO projects (id, name, user_id, created_at) VALUES ({p}, {p}, {p}, {p}) "
+    f"RETURNING {PROJECT_COLUMNS}"
+)
+UPDATE_PROJECT = (
+    "UPDATE projects SET name = {p}, updated_at = {p} WHERE id = {p} "
+    f"RETURNING {PROJECT_COLUMNS}"
+)
 
 SQLITE_CLAIM = (
     "UPDATE tasks SET status = 'In Progress', worker_id = ?, generation_started_at = ?, "
@@ -70,6 +81,12 @@ class RawDriver(Protocol):
     def get_project(self, project_id: uuid.UUID) -> tuple[Any, ...] | None:
         """The project row, or None."""
 
+    def create_project(self, key: uuid.UUID, name: str, user_id: uuid.UUID) -> tuple[Any, ...]:
+        """Insert a project; the row as stored."""
+
+    def update_project(self, key: uuid.UUID, name: str) -> tuple[Any, ...] | None:
+        """Rename a project; the row as stored, or None."""
+
     def claim(self, worker: str) -> tuple[Any, ...] | None:
         """Claim the oldest ready task; its row (``row[0]`` is the id) or None."""
 
@@ -96,10 +113,24 @@ class RawSqlite:
         ):
             self.conn.execute(pragma)
         self._get = GET_PROJECT.format(p="?")
+        self._create = CREATE_PROJECT.format(p="?")
+        self._update = UPDATE_PROJECT.format(p="?")
 
     def get_project(self, project_id: uuid.UUID) -> tuple[Any, ...] | None:
         """One ``SELECT`` in autocommit mode."""
         row: tuple[Any, ...] | None = self.conn.execute(self._get, (str(project_id),)).fetchone()
+        return row
+
+    def create_project(self, key: uuid.UUID, name: str, user_id: uuid.UUID) -> tuple[Any, ...]:
+        """One ``INSERT … RETURNING`` in autocommit mode."""
+        params = (str(key), name, str(user_id), sqlite_now())
+        row: tuple[Any, ...] = self.conn.execute(self._create, params).fetchone()
+        return row
+
+    def update_project(self, key: uuid.UUID, name: str) -> tuple[Any, ...] | None:
+        """One ``UPDATE … RETURNING`` in autocommit mode."""
+        params = (name, sqlite_now(), str(key))
+        row: tuple[Any, ...] | None = self.conn.execute(self._update, params).fetchone()
         return row
 
     def claim(self, worker: str) -> tuple[Any, ...] | None:
@@ -148,10 +179,22 @@ class RawPostgres:
     def __init__(self, dsn: str) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
         self._get = GET_PROJECT.format(p="%s")
+        self._create = CREATE_PROJECT.format(p="%s")
+        self._update = UPDATE_PROJECT.format(p="%s")
 
     def get_project(self, project_id: uuid.UUID) -> tuple[Any, ...] | None:
         """One ``SELECT`` (prepared by psycopg after a few runs, as dualdb's are)."""
         return self.conn.execute(self._get, (project_id,)).fetchone()
+
+    def create_project(self, key: uuid.UUID, name: str, user_id: uuid.UUID) -> tuple[Any, ...]:
+        """One autocommit ``INSERT … RETURNING``."""
+        row = self.conn.execute(self._create, (key, name, user_id, datetime.now(UTC))).fetchone()
+        assert row is not None
+        return row
+
+    def update_project(self, key: uuid.UUID, name: str) -> tuple[Any, ...] | None:
+        """One autocommit ``UPDATE … RETURNING``."""
+        return self.conn.execute(self._update, (name, datetime.now(UTC), key)).fetchone()
 
     def claim(self, worker: str) -> tuple[Any, ...] | None:
         """One autocommit ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``."""

@@ -20,7 +20,13 @@ import uuid_utils.compat as uuid_utils
 import dualdb
 from benchmarks.config import BenchConfig
 from benchmarks.data import Loader, blocked_tasks, finished_tasks, ready_tasks
-from benchmarks.measure import WARMUP_CLAIMS, measure_claims, measure_get, measure_throughput
+from benchmarks.measure import (
+    WARMUP_CLAIMS,
+    measure_claims,
+    measure_get,
+    measure_throughput,
+    measure_writes,
+)
 from benchmarks.measure import plan_summary as summarize_plan
 from benchmarks.raw import RawDriver, open_raw
 from benchmarks.targets import (
@@ -248,6 +254,11 @@ def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None)
         random.Random(42).shuffle(ids)
         ours, theirs = measure_get(db, raw, ids, cfg.get_ops, cfg.rounds)
         result.comparisons.append(Comparison("get by id", "µs/op", ours, theirs, False))
+        progress(f"{backend}: create and update")
+        for name, (ours, theirs) in measure_writes(
+            db, raw, owner.id, ids, cfg.get_ops, cfg.rounds
+        ).items():
+            result.comparisons.append(Comparison(name, "µs/op", ours, theirs, False))
 
         for procs in cfg.procs:
             measured: dict[str, float] = {}

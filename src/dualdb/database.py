@@ -68,11 +68,9 @@ class _Sessions:
     def session(self) -> Iterator[Session]:
         """One transaction: commit on success, roll back on any error."""
         scope = self._scope
-        with translated_errors(), scope.engine.connect() as conn, conn.begin():
-            # The actor is set right after BEGIN, before any per-call SAVEPOINT, so a
-            # rolled-back call cannot undo it.
-            if scope.on_begin is not None:
-                scope.on_begin(conn)
+        # The actor is set right after BEGIN, before any per-call SAVEPOINT, so a rolled-back
+        # call cannot undo it.
+        with translated_errors(), scope.transaction() as conn:
             yield Session(conn, scope.bound_to(conn))
 
 

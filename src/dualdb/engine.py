@@ -29,6 +29,7 @@ from dualdb.errors import (
 __all__ = [
     "READ_ONLY",
     "create_engine",
+    "foreign_key_violation",
     "ping",
     "reading",
     "translate",
@@ -147,6 +148,14 @@ def _constraint_message(orig: object, sqlstate: str, message: str) -> str:
     return f"constraint violated: {message}"
 
 
+def foreign_key_violation(err: exc.DBAPIError) -> bool:
+    """Whether ``err`` is a violated foreign key (on either backend)."""
+    orig = err.orig
+    if isinstance(orig, sqlite3.IntegrityError):
+        return getattr(orig, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_FOREIGNKEY"
+    return getattr(orig, "sqlstate", None) == "23503"
+
+
 @contextlib.contextmanager
 def translated_errors() -> Iterator[None]:
     """Re-raise driver exceptions raised inside the block as :mod:`dualdb.errors` exceptions."""
@@ -162,10 +171,20 @@ def translated_errors() -> Iterator[None]:
 def ping(engine: Engine) -> None:
     """Open a connection and run ``SELECT 1``; :class:`DatabaseUnavailable` if that fails."""
     try:
-        with reading(engine) as conn:
-            conn.execute(sa.text("SELECT 1"))
+        try:
+            _select_one(engine)
+        except exc.DBAPIError as err:
+            # A pooled connection the server dropped: replaced, and the read tried once more.
+            if not err.connection_invalidated:
+                raise
+            _select_one(engine)
     except exc.DBAPIError as err:
         mapped = translate(err)
         if isinstance(mapped, DatabaseUnavailable | DatabaseBusy):
             raise mapped from None
         raise DatabaseUnavailable(f"cannot use the database: {type(err.orig).__name__}") from None
+
+
+def _select_one(engine: Engine) -> None:
+    with reading(engine) as conn:
+        conn.execute(sa.text("SELECT 1"))

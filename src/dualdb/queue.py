@@ -645,9 +645,7 @@ class TaskQueue:
         clauses = self._owner_filter()
         if project_id is not None:
             clauses.append(tasks.c.project_id == v.uuid_("project_id", project_id))
-        with self._scope.read(single_statement=True) as conn:
-            rows = conn.execute(
-                sa.select(tasks.c.status, sa.func.count()).where(*clauses).group_by(tasks.c.status)
-            ).all()
+        stmt = sa.select(tasks.c.status, sa.func.count()).where(*clauses).group_by(tasks.c.status)
+        rows = self._scope.fetch(lambda conn: conn.execute(stmt).all())
         found = {status: int(n) for status, n in rows}
         return {s.value: found.get(s.value, 0) for s in TaskStatus}

@@ -27,6 +27,8 @@ def test_quick_benchmark_runs_and_reports(migrated_url: str, backend: str, tmp_p
     metrics = [c.metric for c in result.comparisons]
     assert metrics == [
         "get by id",
+        "create",
+        "update",
         "claim→complete, 1 process",
         "claim→complete, 4 processes",
     ]

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 
+import dualdb
 from dualdb import migrations
 from dualdb.config import Settings, Target, resolve
 from dualdb.engine import create_engine, ping
@@ -131,6 +132,18 @@ def _kill_pooled_connection(engine: sa.Engine, pg_server: PgServer) -> int:
     with engine.connect() as conn:
         pid = int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() or 0)
     assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    _terminate(pg_server, pid)
+    return pid
+
+
+def _kill_pooled_connection_of(conn: sa.Connection, pg_server: PgServer) -> None:
+    """End ``conn``'s server process from outside (as a restart or an admin would)."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    _terminate(pg_server, int(dbapi.info.backend_pid))  # type: ignore[attr-defined]
+
+
+def _terminate(pg_server: PgServer, pid: int) -> None:
     assert pg_server.admin_url is not None
     with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
@@ -141,7 +154,6 @@ def _kill_pooled_connection(engine: sa.Engine, pg_server: PgServer) -> int:
             if gone and gone[0]:
                 break
             admin.execute("SELECT pg_sleep(0.02)")
-    return pid
 
 
 @postgres_only
@@ -149,17 +161,78 @@ def test_a_connection_killed_server_side_is_replaced(db_url: str, pg_server: PgS
     engine = create_engine(resolve(db_url))
     try:
         dead = _kill_pooled_connection(engine, pg_server)
-        with engine.connect() as conn:  # pool_pre_ping notices and reconnects
+        ping(engine)  # the dead connection fails at BEGIN: replaced, and the read done again
+        with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() != dead
-        ping(engine)
     finally:
         engine.dispose()
 
 
 @postgres_only
-def test_without_pre_ping_the_same_kill_surfaces(db_url: str, pg_server: PgServer) -> None:
-    """Control for the test above: the killed connection really was dead."""
-    engine = sa.create_engine(resolve(db_url).url)
+def test_calls_after_the_server_killed_the_pooled_connection_succeed(
+    migrated_url: str, pg_server: PgServer
+) -> None:
+    """Reads (one statement, no BEGIN), writes and sessions: each replaces the dead connection."""
+    with dualdb.connect(migrated_url) as db:
+        user = db.users.create(email="kill@example.invalid")
+        project = db.projects.create("before", user.id)
+
+        _kill_pooled_connection(db.engine, pg_server)
+        assert db.projects.get(project.id).name == "before"  # a one-statement read
+
+        _kill_pooled_connection(db.engine, pg_server)
+        assert db.projects.update(project.id, name="after").name == "after"  # dead at BEGIN
+
+        _kill_pooled_connection(db.engine, pg_server)
+        with db.session() as s:
+            shot = s.shots.create(project.id, "opening")
+
+        _kill_pooled_connection(db.engine, pg_server)
+        with db.scope.read():
+            assert db.shots.get(shot.id).name == "opening"
+        assert db.projects.get(project.id).name == "after"
+
+
+@postgres_only
+def test_a_write_whose_connection_dies_mid_transaction_is_not_retried(
+    migrated_url: str, pg_server: PgServer
+) -> None:
+    """The INSERT ran, then the server ended the connection: DatabaseUnavailable, and the
+    row is not there (the server rolled the transaction back) — never written twice."""
+    with dualdb.connect(migrated_url) as db:
+        user = db.users.create(email="mid@example.invalid")
+        inserts: list[str] = []
+
+        @event.listens_for(db.engine, "after_cursor_execute")
+        def kill_after_insert(conn: sa.Connection, _c: Any, statement: str, *_: Any) -> None:
+            if statement.startswith("INSERT INTO projects"):
+                inserts.append(statement)
+                _kill_pooled_connection_of(conn, pg_server)
+
+        try:
+            with pytest.raises(DatabaseUnavailable):
+                db.projects.create("half", user.id)
+        finally:
+            event.remove(db.engine, "after_cursor_execute", kill_after_insert)
+        assert len(inserts) == 1  # tried once, not again on a fresh connection
+        assert db.projects.count() == 0
+        assert [p.name for p in db.projects.list().items] == []
+
+        # The same inside a session: the session's earlier write goes with it.
+        with pytest.raises(DatabaseUnavailable), db.session() as s:
+            s.users.create(email="first@example.invalid")
+            _kill_pooled_connection_of(s.connection, pg_server)
+            s.projects.create("second", user.id)
+        assert db.users.count() == 1
+        assert db.projects.count() == 0
+        assert db.projects.create("later", user.id).name == "later"
+
+
+@postgres_only
+def test_no_ping_per_checkout(db_url: str, pg_server: PgServer) -> None:
+    """Control for the tests above: the killed connection really was dead, and checking a
+    connection out does not ping it (a bare connection outside dualdb's Scope sees it dead)."""
+    engine = create_engine(resolve(db_url))
     try:
         _kill_pooled_connection(engine, pg_server)
         with pytest.raises(exc.OperationalError), engine.connect() as conn:

@@ -27,6 +27,8 @@ TransactionHook = Callable[[sa.Connection], None]
 
 #: Execution option: this transaction only reads (SQLite then uses a deferred BEGIN).
 READ_ONLY = "dualdb_read_only"
+#: Execution option: no BEGIN at all — each statement is its own transaction.
+AUTOCOMMIT = "dualdb_autocommit"
 
 
 class WorkWaiter:

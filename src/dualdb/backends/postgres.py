@@ -1,6 +1,10 @@
 """Postgres (Supabase or any other) through psycopg 3: row locks, roles and Row Level Security.
 
-Engines use ``pool_pre_ping`` and, behind Supabase's transaction pooler, no prepared
+Connections are in psycopg's autocommit mode and every transaction starts with an explicit
+``BEGIN`` (the round trip psycopg would make anyway), so a connection the server dropped
+shows at ``BEGIN``, before anything was written, where :class:`~dualdb.scope.Scope` replaces
+it and starts again — no ping per checkout.  Old connections are recycled
+(:data:`PG_POOL_RECYCLE_S`); behind Supabase's transaction pooler there are no prepared
 statements.  Scoped sessions switch role per transaction (:mod:`dualdb.auth`), and the
 workers' queue verbs are the database's own SQL functions (migration 0008).
 """
@@ -14,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from dualdb.auth import act_as_service, act_as_user
-from dualdb.backends.base import Backend, TransactionHook, WorkWaiter
+from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, TransactionHook, WorkWaiter
 from dualdb.schema import POSTGRES_FUNCTIONS, POSTGRES_TRIGGERS
 
 if TYPE_CHECKING:
@@ -30,6 +35,9 @@ PG_CONNECT_TIMEOUT_S = 5
 TASKS_CHANNEL = "dualdb_tasks"
 #: The longest a listening worker blocks in the driver at a time: how soon it sees ``stop``.
 _LISTEN_SLICE_S = 0.25
+#: Connections older than this (seconds) are closed and replaced at checkout, before a proxy's
+#: or server's own limit (or a failover) closes them under a call.
+PG_POOL_RECYCLE_S = 1800
 #: A user id no real token carries: what the auth.uid() probe sets and expects back.
 _PROBE_SUB = "00000000-0000-4000-8000-00000000a0d1"
 
@@ -114,10 +122,31 @@ class PostgresBackend(Backend):
         if target.transaction_pooler:
             # PgBouncer/Supavisor in transaction mode cannot keep prepared statements.
             connect_args["prepare_threshold"] = None
-        return sa.create_engine(target.url, pool_pre_ping=True, connect_args=connect_args)
+        # No pool_pre_ping (a round trip per call): a dead connection shows at the explicit
+        # BEGIN below (or at a one-statement read), and Scope retries those once.
+        engine = sa.create_engine(
+            target.url,
+            pool_recycle=PG_POOL_RECYCLE_S,
+            # psycopg sends no BEGIN of its own: the "begin" hook below does, as its own
+            # statement, so a dead connection fails there and not at the first real statement.
+            isolation_level="AUTOCOMMIT",
+            connect_args=connect_args,
+        )
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            options = conn.get_execution_options()
+            if options.get(AUTOCOMMIT):
+                return
+            if options.get("isolation_level", "AUTOCOMMIT") != "AUTOCOMMIT":
+                # An explicit level (REPEATABLE READ): psycopg begins the transaction itself.
+                return
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
 
     def autocommit_read_options(self) -> dict[str, Any]:
-        return {"isolation_level": "AUTOCOMMIT"}
+        return {READ_ONLY: True, AUTOCOMMIT: True}
 
     def work_waiter(self, target: Target, engine: Engine) -> WorkWaiter:
         if target.transaction_pooler:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from dualdb.backends.base import READ_ONLY, Backend, WorkWaiter
+from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, WorkWaiter
 from dualdb.errors import DatabaseUnavailable, MigrationError
 
 if TYPE_CHECKING:
@@ -36,8 +36,6 @@ SQLITE_JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
 #: at most.  Each check costs ~0.1 ms of CPU (the wake-up and a read of the WAL index in
 #: shared memory): about 1% of a core while idle; every 5 ms would cost twice that.
 SQLITE_CHANGE_CHECK_S = 0.01
-#: Execution option: no BEGIN at all — each statement is its own snapshot.
-_AUTOCOMMIT = "dualdb_autocommit"
 
 
 class DataVersionWaiter(WorkWaiter):
@@ -116,7 +114,7 @@ class SqliteBackend(Backend):
         @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
             options = conn.get_execution_options()
-            if options.get(_AUTOCOMMIT):
+            if options.get(AUTOCOMMIT):
                 return
             if options.get(READ_ONLY):
                 conn.exec_driver_sql("BEGIN")
@@ -128,7 +126,7 @@ class SqliteBackend(Backend):
     def autocommit_read_options(self) -> dict[str, Any]:
         # Not SQLAlchemy's AUTOCOMMIT level: resetting it hands transaction control back to
         # the sqlite3 module.
-        return {READ_ONLY: True, _AUTOCOMMIT: True}
+        return {READ_ONLY: True, AUTOCOMMIT: True}
 
     def work_waiter(self, target: Target, engine: Engine) -> WorkWaiter:
         path = target.url.database or ""

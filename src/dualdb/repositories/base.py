@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import uuid_utils.compat as uuid_utils
 
 from dualdb import validation as v
+from dualdb.engine import foreign_key_violation
 from dualdb.errors import InvalidInput, NotFound, PermissionDenied, UnreadableRow
 from dualdb.records import Page, Record
 from dualdb.repositories.access import owned_projects, require_projects
@@ -103,8 +104,7 @@ class Repository(Generic[R]):
     def find(self, id: uuid.UUID | str) -> R | None:
         """The row with this id, or None."""
         key = v.uuid_("id", id)
-        with self._scope.read(single_statement=True) as conn:
-            row = conn.execute(self._select_by_id, {"key": key}).first()
+        row = self._scope.fetch(lambda conn: conn.execute(self._select_by_id, {"key": key}).first())
         return None if row is None else self._record(row)
 
     @functools.cached_property
@@ -123,9 +123,8 @@ class Repository(Generic[R]):
     def count(self, **filters: Any) -> int:
         """How many rows match ``filters`` (the same keywords as :meth:`list`)."""
         clauses = self._filters(filters)
-        with self._scope.read(single_statement=True) as conn:
-            stmt = sa.select(sa.func.count()).select_from(self.table).where(*self._where(*clauses))
-            return int(conn.execute(stmt).scalar_one())
+        stmt = sa.select(sa.func.count()).select_from(self.table).where(*self._where(*clauses))
+        return int(self._scope.fetch(lambda conn: conn.execute(stmt).scalar_one()))
 
     def _list(self, filters: Mapping[str, Any], limit: int, cursor: str | None) -> Page[R]:
         size = v.limit("limit", limit)
@@ -134,8 +133,7 @@ class Repository(Generic[R]):
             clauses.append(self._after(self._decode(cursor)))
         cols = [self.table.c[c] for c in self.order_by]
         stmt = sa.select(self.table).where(*self._where(*clauses)).order_by(*cols).limit(size + 1)
-        with self._scope.read(single_statement=True) as conn:
-            rows = conn.execute(stmt).all()
+        rows = self._scope.fetch(lambda conn: conn.execute(stmt).all())
         items: list[R] = []
         unreadable: list[UnreadableRow] = []
         for row in rows[:size]:
@@ -281,7 +279,13 @@ class Repository(Generic[R]):
             return []
         with self._scope.write() as conn:
             self._check_new(conn, values)
-            made = self._insert(conn, values)
+            try:
+                made = self._insert(conn, values)
+            except sa.exc.IntegrityError as err:
+                missing = self._missing_parent(err, values)
+                if missing is None:
+                    raise
+                raise missing from None
             self._after_insert(conn, made)
         return made
 
@@ -289,11 +293,37 @@ class Repository(Generic[R]):
         """The validated column values of one new row (no database access)."""
         raise NotImplementedError
 
+    #: The new rows' one foreign key (column, entity): when all rows name the same parent,
+    #: its existence is left to the database, whose violation is :meth:`_missing_parent`.
+    parent: ClassVar[tuple[str, str] | None] = None
+
     def _check_new(self, conn: sa.Connection, values: list[dict[str, Any]]) -> None:
         """Checks against the database before an insert: the parent projects exist (and are
         the acting user's), in one query.  Subclasses add their own."""
-        if "project_id" in self.table.c:
+        if "project_id" in self.table.c and not self._parent_left_to_database(values):
             require_projects(conn, self._scope, "project_id", (x["project_id"] for x in values))
+
+    def _parent_left_to_database(self, values: list[dict[str, Any]]) -> bool:
+        """Whether the insert's foreign key alone decides that the parent exists.
+
+        Only with one parent (the error names it, as the check would) and, for projects,
+        unscoped: a signed-in user is refused someone else's project, which no key says.
+        """
+        if self.parent is None:
+            return False
+        column, entity = self.parent
+        if entity == "project" and self._scope.user_id is not None:
+            return False
+        return len({x[column] for x in values}) == 1
+
+    def _missing_parent(
+        self, err: sa.exc.IntegrityError, values: list[dict[str, Any]]
+    ) -> NotFound | None:
+        """The :class:`NotFound` a foreign-key violation of the insert means, if any."""
+        if not self._parent_left_to_database(values) or not foreign_key_violation(err):
+            return None
+        column, entity = self.parent or ("", "")
+        return NotFound(f"{entity} {values[0][column]} not found")
 
     def _after_insert(self, conn: sa.Connection, made: list[R]) -> None:
         """Work after an insert, in its transaction (nothing by default)."""
@@ -320,10 +350,15 @@ class Repository(Generic[R]):
         """Delete the row (children go with it: every foreign key cascades)."""
         key = v.uuid_("id", id)
         with self._scope.write() as conn:
-            self._check_writable(conn, key)
-            result = conn.execute(self.table.delete().where(self.table.c.id == key))
+            result = conn.execute(self.table.delete().where(*self._where(self.table.c.id == key)))
             if result.rowcount == 0:
-                raise NotFound(f"{self.entity} {key} not found")
+                raise self._not_writable(key)
+
+    def _not_writable(self, key: uuid.UUID) -> NotFound | PermissionDenied:
+        """Why a write matched no row: as :meth:`_check_writable` would have said."""
+        if self._scope.user_id is not None:
+            return PermissionDenied(f"{self.entity} {key} is not yours (or does not exist)")
+        return NotFound(f"{self.entity} {key} not found")
 
     def _check_writable(self, conn: sa.Connection, key: uuid.UUID) -> None:
         """Refuse a write to a row the acting user cannot see (PermissionDenied)."""
@@ -333,7 +368,7 @@ class Repository(Generic[R]):
             sa.select(self.table.c.id).where(*self._where(self.table.c.id == key))
         ).first()
         if visible is None:
-            raise PermissionDenied(f"{self.entity} {key} is not yours (or does not exist)")
+            raise self._not_writable(key)
 
     def _insert(self, conn: sa.Connection, values: Sequence[Mapping[str, Any]]) -> list[R]:
         """Insert ``values`` and return the records as the database stored them.
@@ -353,16 +388,19 @@ class Repository(Generic[R]):
         return [self._record(by_key[v[key]]) for v in values]
 
     def _update(self, key: uuid.UUID, values: dict[str, Any]) -> R:
+        """One ``UPDATE … RETURNING`` of a row the acting user may write."""
+        if "updated_at" in self.table.c:
+            values = {**values, "updated_at": utcnow()}
+        stmt = (
+            self.table.update()
+            .where(*self._where(self.table.c.id == key))
+            .values(**values)
+            .returning(*self.table.c)
+        )
         with self._scope.write() as conn:
-            self._check_writable(conn, key)
-            if "updated_at" in self.table.c:
-                values = {**values, "updated_at": utcnow()}
-            result = conn.execute(
-                self.table.update().where(self.table.c.id == key).values(**values)
-            )
-            if result.rowcount == 0:
-                raise NotFound(f"{self.entity} {key} not found")
-            row = conn.execute(sa.select(self.table).where(self.table.c.id == key)).one()
+            row = conn.execute(stmt).first()
+        if row is None:
+            raise self._not_writable(key)
         return self._record(row)
 
     def _record(self, row: Any) -> R:

@@ -29,6 +29,11 @@ class GenerationsRepository(Repository[Generation]):
     entity = "generation"
     filterable = frozenset({"project_id", "type"})
     fields = frozenset({"id", "project_id", "location", "type", "tasks"})
+    parent = ("project_id", "project")
+
+    def _parent_left_to_database(self, values: builtins.list[dict[str, Any]]) -> bool:
+        # The task check below needs the project to exist (its verdict would come first).
+        return not any(x["tasks"] for x in values) and super()._parent_left_to_database(values)
 
     def _visible(self) -> sa.ColumnElement[bool] | None:
         owned = self._owned_projects()
@@ -105,12 +110,12 @@ class GenerationsRepository(Repository[Generation]):
     def for_task(self, task_id: uuid.UUID | str) -> builtins.list[Generation]:
         """The generations a task contributed to (``task_id`` in their ``tasks``), oldest first."""
         tid = v.uuid_("task_id", task_id)
-        with self._scope.read(single_statement=True) as conn:
-            rows = conn.execute(
-                sa.select(generations)
-                .where(*self._where(array_contains(generations.c.tasks, tid)))
-                .order_by(generations.c.created_at, generations.c.id)
-            ).all()
+        stmt = (
+            sa.select(generations)
+            .where(*self._where(array_contains(generations.c.tasks, tid)))
+            .order_by(generations.c.created_at, generations.c.id)
+        )
+        rows = self._scope.fetch(lambda conn: conn.execute(stmt).all())
         return [Generation.from_row(r) for r in rows]
 
     def update(

@@ -42,7 +42,11 @@ class ProjectsRepository(Repository[Project]):
             "updated_at": None,
         }
 
+    parent = ("user_id", "user")
+
     def _check_new(self, conn: sa.Connection, values: builtins.list[dict[str, Any]]) -> None:
+        if self._parent_left_to_database(values):
+            return
         owners = {x["user_id"] for x in values}
         found = set(conn.execute(sa.select(users.c.id).where(users.c.id.in_(owners))).scalars())
         missing = sorted(owners - found, key=str)

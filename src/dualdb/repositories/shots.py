@@ -37,6 +37,7 @@ class ShotsRepository(Repository[Shot]):
     entity = "shot"
     filterable = frozenset({"project_id"})
     fields = frozenset({"id", "project_id", "name"})
+    parent = ("project_id", "project")
 
     def __init__(self, scope: Scope) -> None:
         super().__init__(scope)
@@ -134,20 +135,19 @@ class ShotsRepository(Repository[Shot]):
         """The shot's placements in position order."""
         sid = v.uuid_("shot_id", shot_id)
         self.get(sid)
-        with self._scope.read(single_statement=True) as conn:
-            return self._placements.current(conn, sid)
+        return self._scope.fetch(lambda conn: self._placements.current(conn, sid))
 
     def generations(self, shot_id: uuid.UUID | str) -> builtins.list[Generation]:
         """The generations on the shot, in position order."""
         sid = v.uuid_("shot_id", shot_id)
         self.get(sid)
-        with self._scope.read(single_statement=True) as conn:
-            rows = conn.execute(
-                sa.select(generations)
-                .join(shot_generations, shot_generations.c.generation_id == generations.c.id)
-                .where(shot_generations.c.shot_id == sid)
-                .order_by(shot_generations.c.position, shot_generations.c.id)
-            ).all()
+        stmt = (
+            sa.select(generations)
+            .join(shot_generations, shot_generations.c.generation_id == generations.c.id)
+            .where(shot_generations.c.shot_id == sid)
+            .order_by(shot_generations.c.position, shot_generations.c.id)
+        )
+        rows = self._scope.fetch(lambda conn: conn.execute(stmt).all())
         return [Generation.from_row(r) for r in rows]
 
 

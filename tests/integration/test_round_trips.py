@@ -1,0 +1,84 @@
+"""The statements a single-row call sends, and the verdicts left to the database's keys.
+
+A get is one ``SELECT`` (no ``BEGIN``); an update is one ``UPDATE … RETURNING`` and a
+create one ``INSERT … RETURNING`` inside the write transaction — no ping, no pre-check, no
+read-back.  A missing parent is then the foreign key's violation, reported as the same
+``NotFound`` (same words) the pre-check gave, on both backends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+import dualdb
+from dualdb.errors import NotFound
+
+
+@contextmanager
+def statements(engine: sa.Engine) -> Iterator[list[str]]:
+    """Every statement sent through ``engine`` inside the block (BEGIN included)."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(" ".join(statement.split())[:40])
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def sent(db: dualdb.Database, call: Callable[[], object]) -> list[str]:
+    with statements(db.engine) as seen:
+        call()
+    return [s for s in seen if not s.startswith("BEGIN")]
+
+
+def test_single_row_calls_are_one_statement(db: dualdb.Database) -> None:
+    user = db.users.create(email="rt@example.invalid")
+    project = db.projects.create("one", user.id)
+    with statements(db.engine) as seen:
+        db.projects.get(project.id)
+    assert len(seen) == 1 and seen[0].startswith("SELECT"), seen  # no BEGIN either
+    update = sent(db, lambda: db.projects.update(project.id, name="two"))
+    assert len(update) == 1 and update[0].startswith("UPDATE projects"), update
+    create = sent(db, lambda: db.projects.create("three", user.id))
+    assert len(create) == 1 and create[0].startswith("INSERT INTO projects"), create
+    shot = sent(db, lambda: db.shots.create(project.id, "s"))
+    assert len(shot) == 1 and shot[0].startswith("INSERT INTO shots"), shot
+    assert db.projects.get(project.id).name == "two"
+
+
+def test_a_missing_parent_reads_as_before(db: dualdb.Database) -> None:
+    user = db.users.create()
+    project = db.projects.create("p", user.id)
+    nobody, nothing = uuid.uuid4(), uuid.uuid4()
+    cases: list[tuple[Callable[[], object], str]] = [
+        (lambda: db.projects.create("p", nobody), f"user {nobody} not found"),
+        (lambda: db.shots.create(nothing, "s"), f"project {nothing} not found"),
+        (lambda: db.generations.create(nothing), f"project {nothing} not found"),
+    ]
+    # Several parents: still checked in one query, the first missing one (in id order) named.
+    a, b = sorted([uuid.uuid4(), uuid.uuid4()], key=str)
+    rows = [{"project_id": b, "name": "x"}, {"project_id": a, "name": "y"}]
+    cases.append((lambda: db.shots.create_many(rows), f"project {a} not found"))
+    for call, message in cases:
+        with pytest.raises(NotFound) as err:
+            call()
+        assert str(err.value) == message
+    assert db.shots.count() == 0 and db.projects.count() == 1
+
+    # In a session the failed call leaves nothing and the session goes on.
+    with db.session() as s:
+        with pytest.raises(NotFound, match=f"project {nothing} not found"):
+            s.shots.create(nothing, "s")
+        s.shots.create(project.id, "kept")
+    assert [x.name for x in db.shots.list().items] == ["kept"]

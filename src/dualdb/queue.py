@@ -80,9 +80,6 @@ def _arg(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.ColumnE
 
 #: The workers' verbs on Postgres: one function call, one round trip each.
 _SQL_VERBS = {
-    "claim": _sql_verb(
-        "claim_tasks", _arg("worker"), _arg("types", PG_ARRAY(sa.Text())), sa.literal_column("1")
-    ),
     "claim_many": _sql_verb(
         "claim_tasks",
         _arg("worker"),
@@ -183,7 +180,7 @@ class TaskQueue:
 
     # --- verbs ---------------------------------------------------------------------------
 
-    def _ready_pick(self, typed: bool, limit: int | sa.BindParameter[int] = 1) -> sa.Select[Any]:
+    def _ready_pick(self, typed: bool, limit: sa.BindParameter[int]) -> sa.Select[Any]:
         """``SELECT id`` of the ``limit`` oldest ready tasks, read from the partial ready index
         (SQLite; Postgres claims with migration 0008's ``claim_tasks``).
 
@@ -212,26 +209,10 @@ class TaskQueue:
 
         Sets it ``In Progress`` with the worker, claim and heartbeat time, attempts + 1.
         Returns None when nothing is ready.  Safe under any number of processes/machines.
+        (:meth:`claim_many` with a limit of one.)
         """
-        self._worker_verb("claim")
-        worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
-        types = v.task_types("task_types", task_types)
-        if self._scope.backend.queue_functions:
-            stmt: sa.Executable = _SQL_VERBS["claim"]
-        else:
-            stmt = self._claim_typed if types is not None else self._claim_any
-        with self._scope.write() as conn:
-            for _ in range(MAX_UNREADABLE_PER_CLAIM):
-                row = conn.execute(stmt, {"worker": worker, "types": types, **self._at()}).first()
-                if row is None:
-                    return None
-                try:
-                    return Task.from_row(row)
-                except UnreadableRow as err:
-                    # One bad row (written by a tool that bypassed the rules) must not stop the
-                    # queue for everyone: it fails, saying why, and the claim moves on.
-                    self._fail_unreadable(conn, row, err)
-        return None
+        claimed = self.claim_many(worker_id, 1, task_types)
+        return claimed[0] if claimed else None
 
     def claim_many(
         self, worker_id: str, limit: int, task_types: Sequence[str] | None = None
@@ -299,14 +280,6 @@ class TaskQueue:
     # them (SQLAlchemy's construction and cache-key work, measured in docs/benchmarks.md).
 
     @functools.cached_property
-    def _claim_any(self) -> sa.Update:
-        return self._claim_statement(typed=False)
-
-    @functools.cached_property
-    def _claim_typed(self) -> sa.Update:
-        return self._claim_statement(typed=True)
-
-    @functools.cached_property
     def _claim_many_any(self) -> sa.Update:
         return self._claim_many_statement(typed=False)
 
@@ -322,25 +295,6 @@ class TaskQueue:
         return (
             tasks.update()
             .where(tasks.c.id.in_(pick.scalar_subquery()))
-            .values(
-                status=RUNNING,
-                worker_id=sa.bindparam("worker"),
-                generation_started_at=now,
-                heartbeat_at=now,
-                updated_at=now,
-                attempts=tasks.c.attempts + 1,
-            )
-            .returning(*tasks.c)
-        )
-
-    def _claim_statement(self, typed: bool) -> sa.Update:
-        # UPDATE … FROM (SELECT id, <clock> … LIMIT 1) AS pick, inside BEGIN IMMEDIATE: the
-        # clock is read once, after the write lock is taken.
-        pick = self._ready_pick(typed).add_columns(self._clock().label("now")).subquery("pick")
-        now = pick.c.now
-        return (
-            tasks.update()
-            .where(tasks.c.id == pick.c.id)
             .values(
                 status=RUNNING,
                 worker_id=sa.bindparam("worker"),

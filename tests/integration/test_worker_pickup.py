@@ -202,10 +202,25 @@ def test_an_idle_worker_wakes_for_a_task_made_ready_by_another_writer(
     assert str(done[-1].id) == new_id
 
 
-def _notifications(listener: psycopg.Connection[tuple[object, ...]]) -> int:
-    """Notifications on ``dualdb_tasks`` delivered so far (commits deliver them at once)."""
-    listener.execute("SELECT 1")  # a round trip: whatever was sent before is in
-    return sum(1 for n in listener.notifies(timeout=0) if n.channel == "dualdb_tasks")
+class Listener:
+    """A ``LISTEN dualdb_tasks`` connection counting what it receives.
+
+    Counted by a notify handler, which every psycopg we support calls for a notification
+    read during any statement (``notifies()`` keeps those for later only from psycopg 3.3).
+    """
+
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        self._conn = conn
+        self._seen: list[str] = []
+        conn.add_notify_handler(lambda n: self._seen.append(n.channel))
+        conn.execute("LISTEN dualdb_tasks")
+
+    def count(self) -> int:
+        """Notifications on ``dualdb_tasks`` since the last count (commits deliver them at
+        once; a round trip reads whatever was sent before it)."""
+        self._conn.execute("SELECT 1")
+        seen, self._seen = self._seen, []
+        return sum(1 for channel in seen if channel == "dualdb_tasks")
 
 
 @pytest.mark.postgres_only
@@ -214,27 +229,27 @@ def test_the_database_notifies_when_a_task_becomes_ready(
 ) -> None:
     """Migration 0009: one NOTIFY per transaction that makes a task ready, and none for
     writes that make nothing ready (claims, heartbeats, a completion nobody waits for)."""
-    with psycopg.connect(migrated_url, autocommit=True) as listener:
-        listener.execute("LISTEN dualdb_tasks")
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        listener = Listener(conn)
         first = db.tasks.enqueue(world.project.id, "t", {})
-        assert _notifications(listener) == 1
+        assert listener.count() == 1
         rows = [{"project_id": world.project.id, "task_type": "t", "params": {}}] * 50
         db.tasks.create_many(rows)
-        assert _notifications(listener) == 1  # one transaction: folded into one
+        assert listener.count() == 1  # one transaction: folded into one
         blocked = db.tasks.enqueue(world.project.id, "t", {}, depends_on=[first.id])
         held = db.tasks.enqueue(world.project.id, "t", {}, status="Pending")
-        assert _notifications(listener) == 0  # neither is ready
+        assert listener.count() == 0  # neither is ready
         claimed = db.tasks.claim_many("w", 1000)
         db.tasks.heartbeat(claimed[0].id, "w")
         db.tasks.complete(world.task.id, "w", "files/x.png")  # nobody waits for it
-        assert _notifications(listener) == 0
+        assert listener.count() == 0
         db.tasks.complete(first.id, "w", "files/first.png")  # `blocked` becomes ready
-        assert _notifications(listener) == 1
+        assert listener.count() == 1
         db.tasks.release(held.id)
-        assert _notifications(listener) == 1
+        assert listener.count() == 1
         assert db.tasks.get(blocked.id).status == "Queued"
         db.tasks.fail(claimed[-1].id, "w", "again", retry=True)  # back to Queued
-        assert _notifications(listener) == 1
+        assert listener.count() == 1
 
 
 @pytest.mark.postgres_only

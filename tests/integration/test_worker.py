@@ -63,6 +63,9 @@ def test_worker_survives_the_database_going_away(
 
     def handler(task: Task) -> str:
         handled.set()
+        # Finish this task, then stop: the world holds a second ready task, which a worker
+        # still running after this one would claim before the test could stop it.
+        worker.stop()
         return f"files/{task.id}.png"
 
     worker = Worker(db, handler, worker_id="survivor", poll_interval=0.05, on_event=on_event)

@@ -405,7 +405,7 @@ class TaskQueue:
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         message = v.text("error", error, max_len=v.MAX_ERROR, strip=False)
-        limit = v.non_negative_int("max_attempts", max_attempts)
+        limit = v.non_negative_int("max_attempts", max_attempts, maximum=v.MAX_ATTEMPTS)
         with self._scope.write() as conn:
             if self._scope.backend.queue_functions:
                 return self._call(
@@ -545,7 +545,7 @@ class TaskQueue:
         if older_than > MAX_STALE_AGE:
             # Past this, "now - older_than" leaves the range of SQLite's and Python's dates.
             raise InvalidInput("older_than", f"must be at most {MAX_STALE_AGE.days} days")
-        limit = v.non_negative_int("max_attempts", max_attempts)
+        limit = v.non_negative_int("max_attempts", max_attempts, maximum=v.MAX_ATTEMPTS)
         with self._scope.write() as conn:
             if self._scope.backend.queue_functions:
                 rows = conn.execute(

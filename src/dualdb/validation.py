@@ -31,6 +31,9 @@ MAX_PARAMS_BYTES = 1_000_000
 MAX_DEPENDENCIES = 1_000
 #: Largest page a list may return.
 MAX_LIMIT = 1_000
+#: The most attempts a task may be given: the ``integer`` range of Postgres' queue functions
+#: (migration 0008), so "retry forever" gets the same verdict on both backends.
+MAX_ATTEMPTS = 2**31 - 1
 
 _TASK_TYPE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
 

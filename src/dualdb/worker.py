@@ -126,7 +126,7 @@ class Worker:
         self.task_types = v.task_types("task_types", task_types)
         self.poll_interval = poll_interval
         self.heartbeat = heartbeat
-        self.max_attempts = max_attempts
+        self.max_attempts = v.non_negative_int("max_attempts", max_attempts, maximum=v.MAX_ATTEMPTS)
         #: Tasks whose heartbeat is older than this are requeued by maintenance.
         self.stale_after = stale_after or heartbeat * STALE_AFTER_HEARTBEATS
         self.maintenance_interval = maintenance_interval

@@ -157,6 +157,25 @@ def _terminate(pg_server: PgServer, pid: int) -> None:
 
 
 @postgres_only
+def test_an_explicit_isolation_level_gets_no_begin_of_ours(migrated_url: str) -> None:
+    """Only the engine's default gets dualdb's explicit BEGIN: a caller's AUTOCOMMIT stays
+    outside any transaction (VACUUM, CREATE INDEX CONCURRENTLY), and REPEATABLE READ is begun
+    by psycopg at that level."""
+    engine = create_engine(resolve(migrated_url))
+    try:
+        with engine.connect() as conn:
+            auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+            auto.exec_driver_sql("VACUUM tasks")  # refused inside a transaction block
+        with engine.connect() as conn:
+            rr = conn.execution_options(isolation_level="REPEATABLE READ")
+            with rr.begin():
+                level = rr.exec_driver_sql("SHOW transaction_isolation").scalar()
+            assert level == "repeatable read"
+    finally:
+        engine.dispose()
+
+
+@postgres_only
 def test_a_connection_killed_server_side_is_replaced(db_url: str, pg_server: PgServer) -> None:
     engine = create_engine(resolve(db_url))
     try:

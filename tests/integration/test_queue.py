@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 import dualdb
+import dualdb.worker
 from dualdb import Conflict, InvalidInput, NotFound
 from dualdb.database import Database
 from dualdb.records import Project
@@ -379,3 +380,21 @@ def test_updating_params_checks_the_shot_like_enqueue(db: Database, project: Pro
             db.tasks.update(t.id, params=bad)
         assert info.value.field == "params.shot_id"
     assert db.tasks.get(t.id).params == {}
+
+
+def test_max_attempts_has_the_same_bound_on_both_backends(db: Database, project: Project) -> None:
+    """Postgres' queue functions take ``integer`` attempts: a larger limit is refused on both
+    backends alike (InvalidInput, nothing changed), and the largest allowed one works."""
+    db.tasks.enqueue(project.id, "t", {})
+    task = db.tasks.claim("w")
+    assert task is not None
+    too_many = 2**31
+    with pytest.raises(InvalidInput, match=r"^max_attempts: must be at most 2147483647$"):
+        db.tasks.fail(task.id, "w", "boom", retry=True, max_attempts=too_many)
+    with pytest.raises(InvalidInput, match=r"^max_attempts: must be at most 2147483647$"):
+        db.tasks.requeue_stale(timedelta(0), max_attempts=too_many)
+    with pytest.raises(InvalidInput, match=r"^max_attempts: must be at most 2147483647$"):
+        dualdb.worker.Worker(db, lambda t: "x", max_attempts=too_many)
+    assert db.tasks.get(task.id).status == "In Progress"
+    again = db.tasks.fail(task.id, "w", "boom", retry=True, max_attempts=too_many - 1)
+    assert (again.status, again.attempts) == ("Queued", 1)

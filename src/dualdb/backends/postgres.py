@@ -138,8 +138,9 @@ class PostgresBackend(Backend):
             options = conn.get_execution_options()
             if options.get(AUTOCOMMIT):
                 return
-            if options.get("isolation_level", "AUTOCOMMIT") != "AUTOCOMMIT":
-                # An explicit level (REPEATABLE READ): psycopg begins the transaction itself.
+            if "isolation_level" in options:
+                # An explicit level: psycopg begins the transaction itself (REPEATABLE READ),
+                # or the caller wants none at all (AUTOCOMMIT, e.g. VACUUM).
                 return
             conn.exec_driver_sql("BEGIN")
 

@@ -51,7 +51,8 @@ MAX_LOCATION = 2048
 MAX_ERROR = 10_000
 MAX_TASKS = 1_000
 MAX_STALE_DAYS = 36_500
-#: The whitespace Python's ``str.strip()`` removes from ASCII text.
+#: The ASCII whitespace Python's ``str.strip()`` removes (it also strips ``\x1c``-``\x1f``,
+#: which this does not: dualdb strips before it calls, so only other callers may differ).
 _SPACE = r"E' \t\n\r\f\x0b'"
 
 _HEADER = "LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public"
@@ -60,8 +61,9 @@ _HEADER = "LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catal
 def _claim(type_filter: str) -> str:
     """The claim of up to ``max_tasks`` oldest ready tasks (of the types ``type_filter`` keeps).
 
-    The clock is read per picked row, after its lock is taken, so a task never appears to
-    start before the dependency it waited for completed.
+    The clock is read per picked row, in the statement's own scan (``clock_timestamp()``, not
+    the transaction's start), so a task never appears to start before the dependency it
+    waited for completed.
     """
     return f"""
         RETURN QUERY

@@ -16,10 +16,11 @@ Supabase's own API does, and returns typed :class:`Claims`:
 Every failure is :class:`~dualdb.errors.PermissionDenied` with a short reason.  Messages and
 ``repr()`` never contain the token, the JWT secret or key material.
 
-:func:`act_as_user` and :func:`act_as_service` put an open Postgres transaction into the state
-PostgREST uses (``request.jwt.claims`` and ``SET LOCAL ROLE``), so the Row Level Security
-policies of migration 0004 apply.  Both are transaction-scoped, hence safe behind Supabase's
-transaction pooler.
+:func:`act_as_user` and :func:`act_as_service` (re-exported from
+:mod:`dualdb.backends.postgres`, which owns the Postgres session) put an open Postgres
+transaction into the state PostgREST uses (``request.jwt.claims`` and ``SET LOCAL ROLE``), so
+the Row Level Security policies of migration 0004 apply.  Both are transaction-scoped, hence
+safe behind Supabase's transaction pooler.
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ from types import MappingProxyType
 from typing import Any
 
 import jwt
-import sqlalchemy as sa
 from pydantic import SecretStr
 
+from dualdb.backends.postgres import (
+    AUTHENTICATED_ROLE,
+    SERVICE_ROLE,
+    act_as_service,
+    act_as_user,
+)
 from dualdb.config import Settings, load_settings
 from dualdb.errors import ConfigError, PermissionDenied
 
@@ -63,10 +69,6 @@ ALGORITHMS: tuple[str, ...] = ("HS256", "ES256", "RS256")
 _ASYMMETRIC = frozenset({"ES256", "RS256"})
 #: The audience Supabase Auth puts in user access tokens.
 AUDIENCE = "authenticated"
-#: The Postgres role a verified user acts as (PostgREST's, and the RLS policies').
-AUTHENTICATED_ROLE = "authenticated"
-#: The Postgres role trusted server code (workers) acts as; it bypasses RLS.
-SERVICE_ROLE = "service_role"
 #: Seconds of clock skew tolerated on ``exp``/``iat``/``nbf``.
 DEFAULT_LEEWAY_S = 10.0
 #: Longer inputs are refused before any parsing.
@@ -485,64 +487,3 @@ def _claims(payload: dict[str, Any]) -> Claims:
         expires_at=expires_at,
         raw=MappingProxyType(dict(payload)),
     )
-
-
-_SET_CLAIMS = sa.text(
-    "SELECT set_config('request.jwt.claims', :claims, true), "
-    "set_config('request.jwt.claim.sub', :sub, true), "
-    "set_config('request.jwt.claim.role', :role, true)"
-)
-
-
-#: The role's own timeouts (``ALTER ROLE authenticated SET statement_timeout = …``), applied
-#: for the transaction as PostgREST applies them after its ``SET ROLE``; a database-specific
-#: setting wins over a cluster-wide one.
-_ROLE_TIMEOUTS = sa.text(
-    "SELECT set_config(split_part(c, '=', 1), substr(c, strpos(c, '=') + 1), true) "
-    "FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS c "
-    "WHERE s.setrole = to_regrole(:role) "
-    "AND s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database "
-    "WHERE datname = current_database())) "
-    "AND split_part(c, '=', 1) IN "
-    "('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout') "
-    "ORDER BY s.setdatabase"
-)
-
-
-def _act_as(conn: sa.Connection, role: str) -> None:
-    conn.exec_driver_sql(f"SET LOCAL ROLE {role}")
-    conn.execute(_ROLE_TIMEOUTS, {"role": role})
-
-
-def act_as_user(conn: sa.Connection, claims: Claims) -> None:
-    """Run the rest of the open Postgres transaction as ``claims``' user, under RLS.
-
-    Sets ``request.jwt.claims`` (read by ``auth.uid()``/``auth.jwt()``; the older per-claim
-    settings too, so any version of Supabase's functions agrees), ``SET LOCAL ROLE
-    authenticated`` and that role's timeouts (``statement_timeout`` …), as PostgREST does.
-    Everything is ``LOCAL``: it ends with the transaction, so a pooled
-    connection never carries one user's identity into another's transaction.  Call it right
-    after ``BEGIN``: rolling back a SAVEPOINT taken *before* it would undo it.
-    """
-    _require_transaction(conn)
-    conn.execute(
-        _SET_CLAIMS,
-        {"claims": claims.to_json(), "sub": str(claims.user_id), "role": AUTHENTICATED_ROLE},
-    )
-    _act_as(conn, AUTHENTICATED_ROLE)
-
-
-def act_as_service(conn: sa.Connection) -> None:
-    """Run the rest of the open Postgres transaction as ``service_role`` (bypasses RLS)."""
-    _require_transaction(conn)
-    conn.execute(
-        _SET_CLAIMS,
-        {"claims": json.dumps({"role": SERVICE_ROLE}), "sub": "", "role": SERVICE_ROLE},
-    )
-    _act_as(conn, SERVICE_ROLE)
-
-
-def _require_transaction(conn: sa.Connection) -> None:
-    if not conn.in_transaction():
-        # SET LOCAL outside a transaction is a no-op with a warning: never silently unscoped.
-        raise ValueError("act_as_user/act_as_service need an open transaction")

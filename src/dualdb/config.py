@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from dualdb.backends import Backend, backend_for_scheme, file_backend
 from dualdb.errors import ConfigError
 
-Backend = Literal["sqlite", "postgresql"]
+#: The name of a backend (its SQLAlchemy dialect).
+BackendName = Literal["sqlite", "postgresql"]
 
-#: Transaction-pooler port of Supabase (PgBouncer/Supavisor in transaction mode).
-TRANSACTION_POOLER_PORT = 6543
 #: libpq connection parameters that are secrets when given in the URL's query string.
 _SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
 
@@ -73,7 +73,7 @@ def load_settings() -> Settings:
 class Target:
     """A resolved database: which backend, the SQLAlchemy URL, and how to show it."""
 
-    backend: Backend
+    backend: BackendName
     url: URL = field(repr=False)
     transaction_pooler: bool = False
     app_env: str = "local"
@@ -98,41 +98,34 @@ class Target:
         return f"Target(backend={self.backend!r}, url={self.redacted!r})"
 
 
-def _parse(raw: str) -> URL:
+def _parse(raw: str) -> tuple[Backend, URL]:
     text = raw.strip()
     if not text:
         raise ConfigError("the database URL is empty")
     if "://" not in text:
-        # A plain file path means a SQLite file.
-        return URL.create("sqlite+pysqlite", database=text)
-    scheme = text.split("://", 1)[0].lower()
-    if scheme in ("postgres", "postgresql"):
-        text = "postgresql+psycopg://" + text.split("://", 1)[1]
-    elif scheme.startswith("postgresql+") and scheme != "postgresql+psycopg":
+        # A plain file path means a local database file.
+        backend = file_backend()
+        return backend, URL.create(backend.driver, database=text)
+    scheme, rest = text.split("://", 1)
+    found = backend_for_scheme(scheme)
+    if found is None:
+        family = backend_for_scheme(scheme.split("+", 1)[0])
+        if family is not None:
+            raise ConfigError(
+                f"unsupported driver {scheme.lower()!r}: use {family.schemes[-1]}:// "
+                f"(dualdb drives {family.library})"
+            )
         raise ConfigError(
-            f"unsupported Postgres driver {scheme!r}: use postgresql:// (dualdb drives psycopg 3)"
-        )
-    elif scheme == "sqlite":
-        text = "sqlite+pysqlite://" + text.split("://", 1)[1]
-    elif scheme not in ("sqlite+pysqlite", "postgresql+psycopg"):
-        raise ConfigError(
-            f"unsupported database URL scheme {scheme!r}: use sqlite:///PATH or postgresql://…"
+            f"unsupported database URL scheme {scheme.lower()!r}: "
+            "use sqlite:///PATH or postgresql://…"
         )
     try:
-        url = make_url(text)
+        url = make_url(f"{found.driver}://{rest}")
         url.port  # noqa: B018 - a non-numeric port only fails when read
     except (ArgumentError, ValueError):
         raise ConfigError("the database URL could not be parsed") from None
-    if url.get_backend_name() == "sqlite" and not url.database:
-        raise ConfigError("a SQLite URL needs a file path: sqlite:///path/to/file.db")
-    return url
-
-
-def _is_transaction_pooler(url: URL, explicit: bool | None) -> bool:
-    if explicit is not None:
-        return explicit
-    flag = str(url.query.get("pgbouncer", "")).lower()
-    return url.port == TRANSACTION_POOLER_PORT or flag in ("1", "true", "yes")
+    found.check_url(url)
+    return found, url
 
 
 def resolve(url: str | None = None, settings: Settings | None = None) -> Target:
@@ -146,19 +139,19 @@ def resolve(url: str | None = None, settings: Settings | None = None) -> Target:
     if env not in ("local", "web"):
         raise ConfigError(f"APP_ENV must be 'local' or 'web', not {s.app_env!r}")
     if url is not None:
-        parsed = _parse(url)
+        backend, parsed = _parse(url)
     elif env == "web":
         if s.supabase_db_url is None or not s.supabase_db_url.get_secret_value().strip():
             raise ConfigError(
                 "APP_ENV=web needs SUPABASE_DB_URL (or DATABASE_URL): "
                 "the Postgres connection string of your Supabase project"
             )
-        parsed = _parse(s.supabase_db_url.get_secret_value())
+        backend, parsed = _parse(s.supabase_db_url.get_secret_value())
     else:
-        parsed = _parse(str(Path(s.sqlite_path)))
-    backend: Backend = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
-    pooler = backend == "postgresql" and _is_transaction_pooler(parsed, s.transaction_pooler)
-    if "pgbouncer" in parsed.query:
-        # Not a libpq option: psycopg would reject it.
-        parsed = parsed.difference_update_query(["pgbouncer"])
-    return Target(backend=backend, url=parsed, transaction_pooler=pooler, app_env=env)
+        backend, parsed = _parse(str(Path(s.sqlite_path)))
+    return Target(
+        backend=cast(BackendName, backend.name),
+        url=backend.driver_url(parsed),
+        transaction_pooler=backend.transaction_pooler(parsed, s.transaction_pooler),
+        app_env=env,
+    )

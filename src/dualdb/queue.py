@@ -33,12 +33,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
 
 from dualdb import validation as v
+from dualdb.access import owned_projects
 from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied, UnreadableRow
 from dualdb.records import Task
 from dualdb.schema import (
     READY_SQL,
     RUNNING_SQL,
-    projects,
     task_dependencies,
     tasks,
 )
@@ -139,11 +139,8 @@ class TaskQueue:
     def _owner_filter(
         self, project_id: sa.ColumnElement[Any] = tasks.c.project_id
     ) -> list[sa.ColumnElement[bool]]:
-        uid = self._scope.user_id
-        if uid is None:
-            return []
-        owned = sa.select(projects.c.id).where(projects.c.user_id == uid)
-        return [project_id.in_(owned)]
+        owned = owned_projects(self._scope)
+        return [] if owned is None else [project_id.in_(owned)]
 
     def _clock(self, minus: timedelta | None = None) -> sa.ColumnElement[datetime]:
         """The queue's clock, read inside the transaction (so after any lock wait).

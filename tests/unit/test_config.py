@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,23 @@ def test_url_forms(url: str, backend: str, database: str) -> None:
 )
 def test_unsupported_urls_are_refused(url: str) -> None:
     with pytest.raises(ConfigError):
+        resolve(url, settings=settings())
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (
+            "postgresql+asyncpg://u@h/db",
+            "unsupported driver 'postgresql+asyncpg': use postgresql://",
+        ),
+        ("sqlite+aiosqlite:///x.db", "unsupported driver 'sqlite+aiosqlite': use sqlite://"),
+        ("MySQL://u@h/db", "unsupported database URL scheme 'mysql'"),
+        ("sqlite://", "a SQLite URL needs a file path"),
+    ],
+)
+def test_a_refused_url_says_what_to_write(url: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
         resolve(url, settings=settings())
 
 

@@ -24,7 +24,9 @@ __all__ = [
     "TransactionHook",
     "WorkWaiter",
     "backend_for",
+    "backend_for_scheme",
     "backend_of",
+    "file_backend",
 ]
 
 _BY_NAME: dict[str, Backend] = {b.name: b for b in (SqliteBackend(), PostgresBackend())}
@@ -36,6 +38,20 @@ def backend_for(name: str) -> Backend:
         return _BY_NAME[name]
     except KeyError:
         raise ValueError(f"unsupported database backend {name!r}") from None
+
+
+def backend_for_scheme(scheme: str) -> Backend | None:
+    """The backend of a URL scheme (``sqlite``, ``postgres``, ``postgresql+psycopg`` …), if any."""
+    scheme = scheme.lower()
+    for backend in _BY_NAME.values():
+        if scheme == backend.driver or scheme in backend.schemes:
+            return backend
+    return None
+
+
+def file_backend() -> Backend:
+    """The backend of a plain file path (a local database file)."""
+    return _BY_NAME[SqliteBackend.name]
 
 
 def backend_of(bind: sa.Engine | sa.Connection) -> Backend:

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 from dualdb.schema import TRIGGERS
 
@@ -86,6 +86,25 @@ class Backend(ABC):
     remote: ClassVar[bool]
     #: Postgres-only triggers and functions the migrations create (``dualdb check``).
     extra_triggers: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: The SQLAlchemy driver dualdb uses (``sqlite+pysqlite``, ``postgresql+psycopg``).
+    driver: ClassVar[str]
+    #: The Python driver behind :attr:`driver`, as users know it.
+    library: ClassVar[str]
+    #: The URL schemes users write for this backend, besides :attr:`driver`.
+    schemes: ClassVar[tuple[str, ...]]
+
+    def check_url(self, url: URL) -> None:
+        """Raise :class:`~dualdb.errors.ConfigError` when ``url`` cannot name a database."""
+        return None
+
+    def transaction_pooler(self, url: URL, explicit: bool | None) -> bool:
+        """Whether ``url`` reaches the database through a transaction pooler (``explicit``
+        is ``DUALDB_TRANSACTION_POOLER``, when set)."""
+        return False
+
+    def driver_url(self, url: URL) -> URL:
+        """``url`` without the options that are dualdb's and not the driver's."""
+        return url
 
     @abstractmethod
     def create_engine(self, target: Target) -> Engine:

@@ -5,7 +5,8 @@ Connections are in psycopg's autocommit mode and every transaction starts with a
 shows at ``BEGIN``, before anything was written, where :class:`~dualdb.scope.Scope` replaces
 it and starts again — no ping per checkout.  Old connections are recycled
 (:data:`PG_POOL_RECYCLE_S`); behind Supabase's transaction pooler there are no prepared
-statements.  Scoped sessions switch role per transaction (:mod:`dualdb.auth`), and the
+statements.  Scoped sessions switch role per transaction (:func:`act_as_user`,
+:func:`act_as_service`, as PostgREST does), and the
 workers' queue verbs are the database's own SQL functions (migration 0008).
 """
 
@@ -19,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
-from dualdb.auth import act_as_service, act_as_user
 from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, TransactionHook, WorkWaiter
 from dualdb.schema import POSTGRES_FUNCTIONS, POSTGRES_TRIGGERS
 
@@ -38,8 +38,75 @@ _LISTEN_SLICE_S = 0.25
 #: Connections older than this (seconds) are closed and replaced at checkout, before a proxy's
 #: or server's own limit (or a failover) closes them under a call.
 PG_POOL_RECYCLE_S = 1800
+#: The Postgres role a verified user acts as (PostgREST's, and the RLS policies').
+AUTHENTICATED_ROLE = "authenticated"
+#: The Postgres role trusted server code (workers) acts as; it bypasses RLS.
+SERVICE_ROLE = "service_role"
+#: Transaction-pooler port of Supabase (PgBouncer/Supavisor in transaction mode).
+TRANSACTION_POOLER_PORT = 6543
 #: A user id no real token carries: what the auth.uid() probe sets and expects back.
 _PROBE_SUB = "00000000-0000-4000-8000-00000000a0d1"
+
+
+_SET_CLAIMS = sa.text(
+    "SELECT set_config('request.jwt.claims', :claims, true), "
+    "set_config('request.jwt.claim.sub', :sub, true), "
+    "set_config('request.jwt.claim.role', :role, true)"
+)
+
+
+#: The role's own timeouts (``ALTER ROLE authenticated SET statement_timeout = …``), applied
+#: for the transaction as PostgREST applies them after its ``SET ROLE``; a database-specific
+#: setting wins over a cluster-wide one.
+_ROLE_TIMEOUTS = sa.text(
+    "SELECT set_config(split_part(c, '=', 1), substr(c, strpos(c, '=') + 1), true) "
+    "FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS c "
+    "WHERE s.setrole = to_regrole(:role) "
+    "AND s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database "
+    "WHERE datname = current_database())) "
+    "AND split_part(c, '=', 1) IN "
+    "('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout') "
+    "ORDER BY s.setdatabase"
+)
+
+
+def _act_as(conn: sa.Connection, role: str) -> None:
+    conn.exec_driver_sql(f"SET LOCAL ROLE {role}")
+    conn.execute(_ROLE_TIMEOUTS, {"role": role})
+
+
+def act_as_user(conn: sa.Connection, claims: Claims) -> None:
+    """Run the rest of the open Postgres transaction as ``claims``' user, under RLS.
+
+    Sets ``request.jwt.claims`` (read by ``auth.uid()``/``auth.jwt()``; the older per-claim
+    settings too, so any version of Supabase's functions agrees), ``SET LOCAL ROLE
+    authenticated`` and that role's timeouts (``statement_timeout`` …), as PostgREST does.
+    Everything is ``LOCAL``: it ends with the transaction, so a pooled
+    connection never carries one user's identity into another's transaction.  Call it right
+    after ``BEGIN``: rolling back a SAVEPOINT taken *before* it would undo it.
+    """
+    _require_transaction(conn)
+    conn.execute(
+        _SET_CLAIMS,
+        {"claims": claims.to_json(), "sub": str(claims.user_id), "role": AUTHENTICATED_ROLE},
+    )
+    _act_as(conn, AUTHENTICATED_ROLE)
+
+
+def act_as_service(conn: sa.Connection) -> None:
+    """Run the rest of the open Postgres transaction as ``service_role`` (bypasses RLS)."""
+    _require_transaction(conn)
+    conn.execute(
+        _SET_CLAIMS,
+        {"claims": json.dumps({"role": SERVICE_ROLE}), "sub": "", "role": SERVICE_ROLE},
+    )
+    _act_as(conn, SERVICE_ROLE)
+
+
+def _require_transaction(conn: sa.Connection) -> None:
+    if not conn.in_transaction():
+        # SET LOCAL outside a transaction is a no-op with a warning: never silently unscoped.
+        raise ValueError("act_as_user/act_as_service need an open transaction")
 
 
 class ListenWaiter(WorkWaiter):
@@ -113,6 +180,19 @@ class PostgresBackend(Backend):
     text_storage = False
     remote = True
     extra_triggers = POSTGRES_TRIGGERS
+    driver = "postgresql+psycopg"
+    library = "psycopg 3"
+    schemes = ("postgres", "postgresql")
+
+    def transaction_pooler(self, url: URL, explicit: bool | None) -> bool:
+        if explicit is not None:
+            return explicit
+        flag = str(url.query.get("pgbouncer", "")).lower()
+        return url.port == TRANSACTION_POOLER_PORT or flag in ("1", "true", "yes")
+
+    def driver_url(self, url: URL) -> URL:
+        # ``?pgbouncer=true`` (Prisma's spelling) is not a libpq option: psycopg would reject it.
+        return url.difference_update_query(["pgbouncer"]) if "pgbouncer" in url.query else url
 
     def create_engine(self, target: Target) -> Engine:
         connect_args: dict[str, Any] = {

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, WorkWaiter
-from dualdb.errors import DatabaseUnavailable, MigrationError
+from dualdb.errors import ConfigError, DatabaseUnavailable, MigrationError
 
 if TYPE_CHECKING:
     from dualdb.config import Target
@@ -85,6 +85,13 @@ class SqliteBackend(Backend):
     queue_functions = False
     text_storage = True
     remote = False
+    driver = "sqlite+pysqlite"
+    library = "the standard library's sqlite3"
+    schemes = ("sqlite",)
+
+    def check_url(self, url: URL) -> None:
+        if not url.database:
+            raise ConfigError("a SQLite URL needs a file path: sqlite:///path/to/file.db")
 
     def create_engine(self, target: Target) -> Engine:
         db = target.url.database or ""

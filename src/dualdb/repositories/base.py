@@ -23,10 +23,10 @@ import sqlalchemy as sa
 import uuid_utils.compat as uuid_utils
 
 from dualdb import validation as v
+from dualdb.access import owned_projects, require_projects
 from dualdb.engine import foreign_key_violation
 from dualdb.errors import InvalidInput, NotFound, PermissionDenied, UnreadableRow
 from dualdb.records import Page, Record
-from dualdb.repositories.access import owned_projects, require_projects
 from dualdb.scope import Scope
 from dualdb.types import Unreadable, format_timestamp, parse_timestamp
 

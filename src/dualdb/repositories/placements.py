@@ -16,9 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from dualdb.access import owned_projects, require_shot
 from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from dualdb.records import ShotGeneration
-from dualdb.repositories.access import owned_projects, require_shot
 from dualdb.repositories.base import new_id
 from dualdb.schema import generations, shot_generations, shots
 from dualdb.scope import Scope

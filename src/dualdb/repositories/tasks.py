@@ -10,10 +10,10 @@ from typing import Any, Never
 import sqlalchemy as sa
 
 from dualdb import validation as v
+from dualdb.access import LOOKUP_CHUNK
 from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from dualdb.queue import TaskQueue
 from dualdb.records import Page, Task
-from dualdb.repositories.access import LOOKUP_CHUNK
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
 from dualdb.schema import shots, task_dependencies, tasks
 from dualdb.scope import Scope

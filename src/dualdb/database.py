@@ -33,7 +33,7 @@ from dualdb.repositories import (
     UsersRepository,
 )
 from dualdb.schema import DUMMY_USER_ID, TABLES
-from dualdb.scope import Scope
+from dualdb.scope import Scope, release_pinned
 
 
 class Repositories:
@@ -248,7 +248,8 @@ class Database(_Sessions, Repositories):
             return self._backend.work_waiter(self.target, self.engine)
 
     def close(self) -> None:
-        """Release every pooled connection."""
+        """Release every pooled connection (and every thread's pinned one)."""
+        release_pinned(self.engine)
         self.engine.dispose()
 
     def __enter__(self) -> Database:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Generic, Self, TypeVar
@@ -23,14 +24,33 @@ class Record:
         :class:`~dualdb.errors.UnreadableRow` if a stored value could not be decoded.
         """
         mapping = row._mapping
-        values = {f.name: mapping[f.name] for f in fields(cls)}
-        for name, value in values.items():
+        return cls.from_values([mapping[name] for name in cls.field_names()])
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The record's fields, in order: the columns :meth:`from_values` takes."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> Self:
+        """Build the record from its fields' values, in :meth:`field_names` order.
+
+        :class:`~dualdb.errors.UnreadableRow` if a stored value could not be decoded.
+        """
+        for value in values:
+            if type(value) is Unreadable:
+                cls._unreadable(values)
+        return cls(*values)
+
+    @classmethod
+    def _unreadable(cls, values: Sequence[Any]) -> None:
+        named = dict(zip(cls.field_names(), values, strict=True))
+        for name, value in named.items():
             if isinstance(value, Unreadable):
                 entity = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
-                key = values.get("id")
+                key = named.get("id")
                 shown = key.raw if isinstance(key, Unreadable) else key
                 raise UnreadableRow(entity, shown, name, value.reason)
-        return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         """The record's fields as a plain dict."""

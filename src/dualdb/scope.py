@@ -12,25 +12,100 @@ leaves no partial write and the session stays usable — identically on SQLite a
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc
+from sqlalchemy.pool import PoolProxiedConnection
 
 from dualdb.backends import READ_ONLY, Backend, TransactionHook, backend_of
 from dualdb.engine import translated_errors
+from dualdb.hotpath import Statement
 
-__all__ = ["Scope", "TransactionHook"]
+__all__ = ["Scope", "TransactionHook", "release_pinned"]
 
 T = TypeVar("T")
 
 #: Tries at the start of a transaction (or of a one-statement read) when the connection
 #: turns out dead: the first, and one on a fresh connection.
 _ATTEMPTS = 2
+
+
+class _Pin:
+    """One thread's pooled connection, kept checked out between calls (see :class:`_Pins`)."""
+
+    def __init__(self, connection: PoolProxiedConnection) -> None:
+        self.connection: PoolProxiedConnection | None = connection
+        self.pid = os.getpid()
+
+    def release(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None and self.pid == os.getpid():
+            connection.close()
+
+    def __del__(self) -> None:
+        # The thread ended (its locals go): the connection goes back to the pool.
+        self.release()
+
+
+class _Pins:
+    """Per engine: each thread's pinned connection, for backends that pin (SQLite).
+
+    Checking a connection out of the pool and back in costs more than a whole SQLite lookup;
+    a thread therefore keeps one for its one-statement calls.  SQLite's pool has no size limit
+    (:mod:`dualdb.backends.sqlite`), so pinned connections never starve anyone.  A forked
+    child never uses its parent's connection.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        self._all: weakref.WeakSet[_Pin] = weakref.WeakSet()
+
+    def get(self) -> PoolProxiedConnection:
+        pin: _Pin | None = getattr(self._local, "pin", None)
+        if pin is not None and pin.connection is not None and pin.pid == os.getpid():
+            return pin.connection
+        pin = _Pin(self._engine.raw_connection())
+        self._local.pin = pin
+        self._all.add(pin)
+        assert pin.connection is not None
+        return pin.connection
+
+    def discard(self) -> None:
+        """Forget this thread's connection (it was invalidated)."""
+        pin: _Pin | None = getattr(self._local, "pin", None)
+        if pin is not None:
+            pin.release()
+
+    def release_all(self) -> None:
+        for pin in list(self._all):
+            pin.release()
+
+
+_PINS: weakref.WeakKeyDictionary[sa.Engine, _Pins] = weakref.WeakKeyDictionary()
+_PINS_LOCK = threading.Lock()
+
+
+def _pins_of(engine: sa.Engine) -> _Pins:
+    with _PINS_LOCK:
+        pins = _PINS.get(engine)
+        if pins is None:
+            pins = _PINS[engine] = _Pins(engine)
+        return pins
+
+
+def release_pinned(engine: sa.Engine) -> None:
+    """Give every thread's pinned connection of ``engine`` back to its pool (before dispose)."""
+    pins = _PINS.get(engine)
+    if pins is not None:
+        pins.release_all()
 
 
 class Scope:
@@ -52,6 +127,7 @@ class Scope:
         #: Run at the start of every transaction this scope opens (not inside a session).
         self.on_begin = on_begin
         self._local = threading.local()
+        self._pins = _pins_of(engine) if self.backend.pin_connections else None
 
     def bound_to(self, connection: sa.Connection) -> Scope:
         """The same actor, inside ``connection``'s transaction (a session)."""
@@ -119,6 +195,45 @@ class Scope:
                     if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
                         raise
             raise AssertionError("unreachable")
+
+    def rows(self, statement: Statement, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run ``statement`` (compiled once, :mod:`dualdb.hotpath`): one ``SELECT``, no
+        transaction of its own; its converted rows.
+
+        The same connection rules as :meth:`fetch` — inside a session or another call it runs
+        there; a scope that sets its actor per transaction opens one — but without
+        SQLAlchemy's execution machinery, on the driver's connection.
+        """
+        with translated_errors():
+            if (current := self._connection or self._current()) is not None:
+                return statement.rows(current.connection.dbapi_connection, values)
+            if self.on_begin is not None:
+                with self._transaction({READ_ONLY: True}) as conn:
+                    return statement.rows(conn.connection.dbapi_connection, values)
+            for attempt in range(_ATTEMPTS):
+                leased = self._lease()
+                try:
+                    return statement.rows(leased.dbapi_connection, values)
+                except exc.DBAPIError as err:
+                    if err.connection_invalidated:
+                        self._invalidate(leased)
+                    if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
+                        raise
+                finally:
+                    if self._pins is None:
+                        leased.close()
+            raise AssertionError("unreachable")
+
+    def _lease(self) -> PoolProxiedConnection:
+        """A pooled connection in autocommit: this thread's pinned one, or one checked out."""
+        if self._pins is not None:
+            return self._pins.get()
+        return self.engine.raw_connection()
+
+    def _invalidate(self, leased: PoolProxiedConnection) -> None:
+        leased.invalidate()
+        if self._pins is not None:
+            self._pins.discard()
 
     @contextmanager
     def transaction(self, **options: Any) -> Iterator[sa.Connection]:

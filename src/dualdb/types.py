@@ -23,6 +23,7 @@ import json
 import math
 import re
 import uuid as _uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -137,6 +138,11 @@ class Unreadable:
 _DECODE_ERRORS = (ValueError, TypeError, RecursionError, OverflowError)
 
 
+#: How :class:`UUID` is stored on SQLite (lowercase, hyphenated), as a regular expression.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+#: A value converter (None: the value as the driver gives it).
+Converter = Callable[[Any], Any] | None
+
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 )
@@ -199,6 +205,27 @@ class UUID(sa.types.TypeDecorator[_uuid.UUID]):
             return to_uuid(value)
         except _DECODE_ERRORS as err:
             return Unreadable.of(value, err)  # type: ignore[return-value]
+
+    def hot_result_processor(self, dialect: Dialect, fallback: Converter) -> Converter:
+        """The result converter of :mod:`dualdb.hotpath`: the stored canonical form at once,
+        anything else through ``fallback`` (SQLAlchemy's own processor: the same verdict)."""
+        uuid_class, match = _uuid.UUID, _CANONICAL_UUID.match
+
+        if dialect.name == "postgresql":
+
+            def native(value: Any) -> Any:
+                if value.__class__ is uuid_class:
+                    return value
+                return value if value is None or fallback is None else fallback(value)
+
+            return native
+
+        def text(value: Any) -> Any:
+            if value.__class__ is str and match(value):
+                return uuid_class(value)
+            return value if value is None or fallback is None else fallback(value)
+
+        return text
 
 
 class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
@@ -442,6 +469,32 @@ class Timestamp(sa.types.TypeDecorator[datetime]):
             return parse_timestamp(str(value))
         except _DECODE_ERRORS as err:
             return Unreadable.of(value, err)  # type: ignore[return-value]
+
+    def hot_result_processor(self, dialect: Dialect, fallback: Converter) -> Converter:
+        """The result converter of :mod:`dualdb.hotpath`: the stored canonical form at once,
+        anything else through ``fallback`` (SQLAlchemy's own processor: the same verdict)."""
+        parse = datetime.fromisoformat
+
+        if dialect.name == "postgresql":
+
+            def native(value: Any) -> Any:
+                if value.__class__ is datetime and value.tzinfo is not None:
+                    return value.astimezone(UTC)
+                return value if value is None or fallback is None else fallback(value)
+
+            return native
+
+        def text(value: Any) -> Any:
+            # YYYY-MM-DDTHH:MM:SS.ffffffZ, which Python reads as it is (an aware UTC instant).
+            canonical = value.__class__ is str and len(value) == 27
+            if canonical and value[10] == "T" and value[26] == "Z":
+                try:
+                    return parse(value)
+                except ValueError:
+                    pass
+            return value if value is None or fallback is None else fallback(value)
+
+        return text
 
 
 # --- server-side defaults, compiled per dialect ------------------------------------------

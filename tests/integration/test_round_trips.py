@@ -9,45 +9,28 @@ read-back.  A missing parent is then the foreign key's violation, reported as th
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy import event
 
 import dualdb
 from dualdb.errors import NotFound
-
-
-@contextmanager
-def statements(engine: sa.Engine) -> Iterator[list[str]]:
-    """Every statement sent through ``engine`` inside the block (BEGIN included)."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(" ".join(statement.split())[:40])
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+from tests.integration.driver_trace import driver_statements
 
 
 def sent(db: dualdb.Database, call: Callable[[], object]) -> list[str]:
-    with statements(db.engine) as seen:
+    """The statements ``call`` sends, as the driver sees them, ``BEGIN``/``COMMIT`` left out."""
+    with driver_statements(db) as seen:
         call()
-    return [s for s in seen if not s.startswith("BEGIN")]
+    return [s for s in seen if s.split(" ", 1)[0] not in ("BEGIN", "COMMIT")]
 
 
 def test_single_row_calls_are_one_statement(db: dualdb.Database) -> None:
     user = db.users.create(email="rt@example.invalid")
     project = db.projects.create("one", user.id)
-    with statements(db.engine) as seen:
+    with driver_statements(db) as seen:
         db.projects.get(project.id)
-    assert len(seen) == 1 and seen[0].startswith("SELECT"), seen  # no BEGIN either
+    assert len(seen) == 1 and seen[0].startswith("SELECT"), seen  # no BEGIN or COMMIT either
     update = sent(db, lambda: db.projects.update(project.id, name="two"))
     assert len(update) == 1 and update[0].startswith("UPDATE projects"), update
     create = sent(db, lambda: db.projects.create("three", user.id))

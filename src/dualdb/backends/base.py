@@ -84,6 +84,9 @@ class Backend(ABC):
     text_storage: ClassVar[bool]
     #: A database server on the network (the ``web`` side), not a local file.
     remote: ClassVar[bool]
+    #: Each thread keeps one pooled connection for its one-statement calls: checking one out
+    #: costs more than the statement (a local file); the pool then has no size limit.
+    pin_connections: ClassVar[bool] = False
     #: Postgres-only triggers and functions the migrations create (``dualdb check``).
     extra_triggers: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: The SQLAlchemy driver dualdb uses (``sqlite+pysqlite``, ``postgresql+psycopg``).

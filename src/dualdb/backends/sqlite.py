@@ -85,6 +85,7 @@ class SqliteBackend(Backend):
     queue_functions = False
     text_storage = True
     remote = False
+    pin_connections = True
     driver = "sqlite+pysqlite"
     library = "the standard library's sqlite3"
     schemes = ("sqlite",)
@@ -101,9 +102,13 @@ class SqliteBackend(Backend):
                 raise DatabaseUnavailable(
                     f"cannot open SQLite file {db!r}: folder {parent} does not exist"
                 )
+        memory = db in ("", ":memory:") or "mode=memory" in db
         engine = sa.create_engine(
             target.url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            # No size limit: each thread keeps a connection pinned (pin_connections), and a
+            # file's connections cost a file handle, not a server's slot.
+            **({} if memory else {"pool_size": 0}),
         )
 
         @event.listens_for(engine, "connect")

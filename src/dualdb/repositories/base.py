@@ -26,6 +26,7 @@ from dualdb import validation as v
 from dualdb.access import owned_projects, require_projects
 from dualdb.engine import foreign_key_violation
 from dualdb.errors import InvalidInput, NotFound, PermissionDenied, UnreadableRow
+from dualdb.hotpath import Statement
 from dualdb.records import Page, Record
 from dualdb.scope import Scope
 from dualdb.types import Unreadable, format_timestamp, parse_timestamp
@@ -104,14 +105,20 @@ class Repository(Generic[R]):
     def find(self, id: uuid.UUID | str) -> R | None:
         """The row with this id, or None."""
         key = v.uuid_("id", id)
-        row = self._scope.fetch(lambda conn: conn.execute(self._select_by_id, {"key": key}).first())
-        return None if row is None else self._record(row)
+        rows = self._scope.rows(self._select_by_id, {"key": key})
+        return self._from_values(rows[0]) if rows else None
 
     @functools.cached_property
-    def _select_by_id(self) -> sa.Select[Any]:
-        """Built once per repository: rebuilding it on every call cost more than running it."""
+    def _select_by_id(self) -> Statement:
+        """Compiled once per repository (:mod:`dualdb.hotpath`): the record's columns, by id."""
         key = sa.bindparam("key", type_=self.table.c.id.type)
-        return sa.select(self.table).where(*self._where(self.table.c.id == key))
+        stmt = sa.select(*self._record_columns).where(*self._where(self.table.c.id == key))
+        return Statement(stmt, self._scope.engine.dialect)
+
+    @functools.cached_property
+    def _record_columns(self) -> list[sa.Column[Any]]:
+        """The columns of :attr:`record`'s fields, in its order."""
+        return [self.table.c[name] for name in self.record.field_names()]
 
     def get(self, id: uuid.UUID | str) -> R:
         """The row with this id; :class:`NotFound` if there is none (or it is not visible)."""
@@ -402,6 +409,10 @@ class Repository(Generic[R]):
         if row is None:
             raise self._not_writable(key)
         return self._record(row)
+
+    def _from_values(self, values: Sequence[Any]) -> R:
+        record: R = self.record.from_values(values)  # type: ignore[assignment]
+        return record
 
     def _record(self, row: Any) -> R:
         record: R = self.record.from_row(row)  # type: ignore[assignment]

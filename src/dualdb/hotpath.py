@@ -62,7 +62,7 @@ class Statement:
         if selected is None:
             selected = [c for c in getattr(stmt, "_returning", ())]
         self._types = [c.type for c in selected]
-        self._converters: list[Converter] | None = None
+        self._converters: list[tuple[int, Callable[[Any], Any]]] | None = None
 
     def _bound(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         out: list[Any] = []
@@ -73,20 +73,23 @@ class Statement:
             return out
         return {name: value for (name, _, _), value in zip(self._params, out, strict=True)}
 
-    def _convert_with(self, description: Sequence[Any]) -> list[Converter]:
-        """The columns' result converters (built at the first run, from the driver's types)."""
+    def _convert_with(self, description: Sequence[Any]) -> list[tuple[int, Callable[[Any], Any]]]:
+        """The columns' result converters, by position (built at the first run, from the
+        driver's types); columns the driver already gives as they are have none."""
         if self._converters is None:
-            converters: list[Converter] = []
-            for type_, column in zip(self._types, description, strict=True):
+            converters: list[tuple[int, Callable[[Any], Any]]] = []
+            for i, (type_, column) in enumerate(zip(self._types, description, strict=True)):
                 generic = type_.dialect_impl(self._dialect).result_processor(
                     self._dialect, column[1]
                 )
                 hot = getattr(type_, "hot_result_processor", None)
-                converters.append(generic if hot is None else hot(self._dialect, generic))
+                convert = generic if hot is None else hot(self._dialect, generic)
+                if convert is not None:
+                    converters.append((i, convert))
             self._converters = converters
         return self._converters
 
-    def rows(self, dbapi_conn: Any, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def rows(self, dbapi_conn: Any, values: Mapping[str, Any]) -> list[Sequence[Any]]:
         """Run the statement with ``values``; its rows, converted (none for a plain write).
 
         A driver error is raised as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError`, as
@@ -111,12 +114,12 @@ class Statement:
             ) from err
         finally:
             cursor.close()
-        if not any(converters):
-            return [tuple(row) for row in fetched]
-        return [
-            tuple(
-                value if convert is None else convert(value)
-                for convert, value in zip(converters, row, strict=True)
-            )
-            for row in fetched
-        ]
+        if not converters:
+            return list(fetched)
+        out: list[Sequence[Any]] = []
+        for row in fetched:
+            converted = list(row)
+            for i, convert in converters:
+                converted[i] = convert(converted[i])
+            out.append(converted)
+        return out

@@ -37,9 +37,8 @@ class Record:
 
         :class:`~dualdb.errors.UnreadableRow` if a stored value could not be decoded.
         """
-        for value in values:
-            if type(value) is Unreadable:
-                cls._unreadable(values)
+        if Unreadable in map(type, values):
+            cls._unreadable(values)
         return cls(*values)
 
     @classmethod

@@ -16,7 +16,7 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -196,7 +196,7 @@ class Scope:
                         raise
             raise AssertionError("unreachable")
 
-    def rows(self, statement: Statement, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def rows(self, statement: Statement, values: Mapping[str, Any]) -> list[Sequence[Any]]:
         """Run ``statement`` (compiled once, :mod:`dualdb.hotpath`): one ``SELECT``, no
         transaction of its own; its converted rows.
 

@@ -52,6 +52,8 @@ def _as_stored(value: datetime | uuid.UUID) -> str:
 DEFAULT_LIMIT = 50
 #: Rows fetched per round trip by ``iter``.
 DEFAULT_BATCH = 500
+#: Compiled page statements a repository keeps (shapes and limits in use); more start over.
+_MAX_PAGE_STATEMENTS = 64
 
 
 def new_id() -> uuid.UUID:
@@ -135,22 +137,61 @@ class Repository(Generic[R]):
 
     def _list(self, filters: Mapping[str, Any], limit: int, cursor: str | None) -> Page[R]:
         size = v.limit("limit", limit)
-        clauses = self._filters(filters)
-        if cursor is not None:
-            clauses.append(self._after(self._decode(cursor)))
-        cols = [self.table.c[c] for c in self.order_by]
-        stmt = sa.select(self.table).where(*self._where(*clauses)).order_by(*cols).limit(size + 1)
-        rows = self._scope.fetch(lambda conn: conn.execute(stmt).all())
+        clauses = self._filters(filters)  # validates every filter first
+        after = self._decode(cursor) if cursor is not None else None
+        if after is not None and any(isinstance(k, _Stored) for k in after):
+            # After an unreadable sort key (rare): compared as stored, on SQLAlchemy's path.
+            clauses.append(self._after(after))
+            cols = [self.table.c[c] for c in self.order_by]
+            stmt = sa.select(*self._record_columns).where(*self._where(*clauses))
+            stmt = stmt.order_by(*cols).limit(size + 1)
+            rows: list[Sequence[Any]] = list(
+                self._scope.fetch(lambda conn: conn.execute(stmt).all())
+            )
+        else:
+            given = {k: self._filter_value(k, x) for k, x in filters.items() if x is not None}
+            values: dict[str, Any] = {f"f_{k}": x for k, x in given.items()}
+            if after is not None:
+                values.update((f"k_{i}", k) for i, k in enumerate(after))
+            statement = self._page_statement(tuple(sorted(given)), after is not None, size + 1)
+            rows = list(self._scope.rows(statement, values))
         items: list[R] = []
         unreadable: list[UnreadableRow] = []
         for row in rows[:size]:
             try:
-                items.append(self._record(row))
+                items.append(self._from_values(row))
             except UnreadableRow as err:
                 unreadable.append(err)
         more = len(rows) > size
-        cursor = self._encode(rows[size - 1]._mapping) if more else None
+        names = self.record.field_names()
+        cursor = self._encode(dict(zip(names, rows[size - 1], strict=True))) if more else None
         return Page(items=items, next_cursor=cursor, unreadable=unreadable)
+
+    def _page_statement(self, filtered: tuple[str, ...], after: bool, limit: int) -> Statement:
+        """A page's statement, compiled once per shape: which filters, whether after a key,
+        and the limit (written into the SQL: a prepared ``LIMIT $1`` gets Postgres' generic
+        plan, which may sort the whole table instead of reading the index in order)."""
+        key = (filtered, after, limit)
+        statement = self._pages.get(key)
+        if statement is None:
+            if len(self._pages) >= _MAX_PAGE_STATEMENTS:
+                self._pages.clear()
+            clauses = [
+                self.table.c[k] == sa.bindparam(f"f_{k}", type_=self.table.c[k].type)
+                for k in filtered
+            ]
+            cols = [self.table.c[c] for c in self.order_by]
+            if after:
+                keys = [sa.bindparam(f"k_{i}", type_=c.type) for i, c in enumerate(cols)]
+                clauses.append(sa.tuple_(*cols) > sa.tuple_(*keys))
+            stmt = sa.select(*self._record_columns).where(*self._where(*clauses))
+            stmt = stmt.order_by(*cols).limit(sa.literal_column(str(int(limit))))
+            statement = self._pages[key] = Statement(stmt, self._scope.engine.dialect)
+        return statement
+
+    @functools.cached_property
+    def _pages(self) -> dict[tuple[tuple[str, ...], bool, int], Statement]:
+        return {}
 
     def _iter(self, filters: Mapping[str, Any], batch_size: int) -> Iterator[R]:
         # Validate now, so bad arguments fail at the call and not at the first next().

@@ -224,6 +224,69 @@ class Scope:
                         leased.close()
             raise AssertionError("unreachable")
 
+    def write_rows(self, statement: Statement, values: Mapping[str, Any]) -> list[Sequence[Any]]:
+        """Run ``statement``, one write, in a transaction: its converted rows (``RETURNING``).
+
+        :meth:`write` for a call that is one statement, on the driver's connection:
+        ``BEGIN`` (``BEGIN IMMEDIATE`` on SQLite), the statement, ``COMMIT``.  Inside a
+        session, another call, or a scope that sets its actor per transaction, it runs
+        through :meth:`write` instead (savepoint, joined transaction, actor hook).
+        """
+        joined = self._connection is not None or self._current() is not None
+        if joined or self.on_begin is not None:
+            with self.write() as conn:
+                return statement.rows(conn.connection.dbapi_connection, values)
+        with translated_errors():
+            for attempt in range(_ATTEMPTS):
+                leased = self._lease()
+                driver = leased.dbapi_connection
+                assert driver is not None
+                try:
+                    try:
+                        self._send(driver, self.backend.begin_write)
+                    except exc.DBAPIError as err:
+                        if err.connection_invalidated:
+                            self._invalidate(leased)
+                        if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
+                            raise
+                        continue  # nothing was written: start again on a fresh connection
+                    try:
+                        rows = statement.rows(driver, values)
+                        self._send(driver, "COMMIT")
+                    except BaseException:
+                        self._roll_back(leased, driver)
+                        raise
+                    return rows
+                finally:
+                    if self._pins is None:
+                        leased.close()
+            raise AssertionError("unreachable")
+
+    def _send(self, driver: Any, sql: str) -> None:
+        """One statement without parameters, a driver error raised as SQLAlchemy's."""
+        dialect = self.engine.dialect
+        cursor = driver.cursor()
+        try:
+            cursor.execute(sql)
+        except dialect.loaded_dbapi.Error as err:
+            raise exc.DBAPIError.instance(
+                sql,
+                None,
+                err,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=dialect.is_disconnect(err, driver, cursor),
+                dialect=dialect,
+            ) from err
+        finally:
+            cursor.close()
+
+    def _roll_back(self, leased: PoolProxiedConnection, driver: Any) -> None:
+        """End a failed hot-path write; a connection that cannot even roll back is dropped."""
+        try:
+            driver.rollback()
+        except self.engine.dialect.loaded_dbapi.Error:
+            self._invalidate(leased)
+
     def _lease(self) -> PoolProxiedConnection:
         """A pooled connection in autocommit: this thread's pinned one, or one checked out."""
         if self._pins is not None:

@@ -86,6 +86,7 @@ class SqliteBackend(Backend):
     text_storage = True
     remote = False
     pin_connections = True
+    begin_write = "BEGIN IMMEDIATE"
     driver = "sqlite+pysqlite"
     library = "the standard library's sqlite3"
     schemes = ("sqlite",)
@@ -131,7 +132,7 @@ class SqliteBackend(Backend):
             if options.get(READ_ONLY):
                 conn.exec_driver_sql("BEGIN")
             else:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                conn.exec_driver_sql(self.begin_write)
 
         return engine
 

@@ -397,10 +397,14 @@ class Repository(Generic[R]):
     def delete(self, id: uuid.UUID | str) -> None:
         """Delete the row (children go with it: every foreign key cascades)."""
         key = v.uuid_("id", id)
-        with self._scope.write() as conn:
-            result = conn.execute(self.table.delete().where(*self._where(self.table.c.id == key)))
-            if result.rowcount == 0:
-                raise self._not_writable(key)
+        if not self._scope.write_rows(self._delete_by_id, {"key": key}):
+            raise self._not_writable(key)
+
+    @functools.cached_property
+    def _delete_by_id(self) -> Statement:
+        key = sa.bindparam("key", type_=self.table.c.id.type)
+        stmt = self.table.delete().where(*self._where(self.table.c.id == key))
+        return Statement(stmt.returning(self.table.c.id), self._scope.engine.dialect)
 
     def _not_writable(self, key: uuid.UUID) -> NotFound | PermissionDenied:
         """Why a write matched no row: as :meth:`_check_writable` would have said."""
@@ -439,17 +443,31 @@ class Repository(Generic[R]):
         """One ``UPDATE … RETURNING`` of a row the acting user may write."""
         if "updated_at" in self.table.c:
             values = {**values, "updated_at": utcnow()}
-        stmt = (
-            self.table.update()
-            .where(*self._where(self.table.c.id == key))
-            .values(**values)
-            .returning(*self.table.c)
+        rows = self._scope.write_rows(
+            self._update_statement(tuple(sorted(values))),
+            {"key": key, **{f"v_{name}": value for name, value in values.items()}},
         )
-        with self._scope.write() as conn:
-            row = conn.execute(stmt).first()
-        if row is None:
+        if not rows:
             raise self._not_writable(key)
-        return self._record(row)
+        return self._from_values(rows[0])
+
+    def _update_statement(self, columns: tuple[str, ...]) -> Statement:
+        """``UPDATE … RETURNING`` of ``columns``, compiled once per set of columns."""
+        statement = self._updates.get(columns)
+        if statement is None:
+            key = sa.bindparam("key", type_=self.table.c.id.type)
+            stmt = (
+                self.table.update()
+                .where(*self._where(self.table.c.id == key))
+                .values({c: sa.bindparam(f"v_{c}", type_=self.table.c[c].type) for c in columns})
+                .returning(*self._record_columns)
+            )
+            statement = self._updates[columns] = Statement(stmt, self._scope.engine.dialect)
+        return statement
+
+    @functools.cached_property
+    def _updates(self) -> dict[tuple[str, ...], Statement]:
+        return {}
 
     def _from_values(self, values: Sequence[Any]) -> R:
         record: R = self.record.from_values(values)  # type: ignore[assignment]

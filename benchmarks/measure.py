@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 import uuid_utils.compat as uuid_utils
 from sqlalchemy import event
 
 import dualdb
 from benchmarks.raw import RawDriver, open_raw
+from dualdb.records import Task
+from dualdb.scope import release_pinned
 
 T = TypeVar("T")
 
@@ -294,23 +295,30 @@ def measure_throughput(impl: str, url: str, procs: int) -> Throughput:
 
 
 @contextmanager
-def captured_statements(engine: sa.Engine) -> Iterator[list[tuple[str, Any]]]:
-    """Record the ``(SQL, parameters)`` dualdb sends while the block runs."""
-    seen: list[tuple[str, Any]] = []
+def sqlite_statements(db: dualdb.Database) -> Iterator[list[str]]:
+    """The statements SQLite runs for ``db`` while the block runs, parameters filled in.
 
-    def record(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        seen.append((statement, parameters))
+    Traced at the driver (``sqlite3``'s trace callback), below SQLAlchemy: dualdb's hot path
+    runs its statements on the driver's connection.  The connections are reopened around the
+    block, so every one the block uses is traced.
+    """
+    seen: list[str] = []
 
-    event.listen(engine, "before_cursor_execute", record)
+    def trace(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.set_trace_callback(seen.append)
+
+    release_pinned(db.engine)
+    db.engine.dispose()
+    event.listen(db.engine, "connect", trace)
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        event.remove(db.engine, "connect", trace)
+        release_pinned(db.engine)
+        db.engine.dispose()
 
 
-def explain(db: dualdb.Database, statement: str, parameters: Any) -> list[str]:
+def explain(db: dualdb.Database, statement: str, parameters: Any = None) -> list[str]:
     """The plan of ``statement`` (``EXPLAIN QUERY PLAN`` / ``EXPLAIN``), without running it."""
     prefix = "EXPLAIN QUERY PLAN " if db.backend == "sqlite" else "EXPLAIN "
     with db.engine.connect() as conn:
@@ -321,20 +329,22 @@ def explain(db: dualdb.Database, statement: str, parameters: Any) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def claim_plan(db: dualdb.Database, claim: Callable[[], T]) -> tuple[T, list[str]]:
-    """Run ``claim()`` (a dualdb claim), and return its result and the plan of its claim.
+def claim_plan(
+    db: dualdb.Database, worker_id: str, task_types: list[str] | None = None
+) -> tuple[Task | None, list[str]]:
+    """Claim with ``db.tasks.claim(worker_id, task_types)``; the task, and its claim's plan.
 
-    SQLite: ``EXPLAIN QUERY PLAN`` of the ``UPDATE`` dualdb sent.  Postgres: dualdb calls
-    migration 0008's ``dualdb.claim_tasks``, whose statements ``EXPLAIN`` cannot see, so the
-    call is replayed in a transaction that is rolled back, with ``auto_explain`` reporting the
-    plan of the ``UPDATE`` inside the function.
+    SQLite: ``EXPLAIN QUERY PLAN`` of the ``UPDATE`` dualdb ran (traced at the driver).
+    Postgres: dualdb calls migration 0008's ``dualdb.claim_tasks``, whose statements
+    ``EXPLAIN`` cannot see, so the same call is replayed in a transaction that is rolled
+    back, with ``auto_explain`` reporting the plan of the ``UPDATE`` inside the function.
     """
-    with captured_statements(db.engine) as seen:
-        result = claim()
     if db.backend == "sqlite":
-        statement, parameters = next(s for s in seen if s[0].lstrip().upper().startswith("UPDATE"))
-        return result, explain(db, statement, parameters)
-    statement, parameters = next(s for s in seen if "dualdb.claim_tasks(" in s[0])
+        with sqlite_statements(db) as seen:
+            task = db.tasks.claim(worker_id, task_types=task_types)
+        statement = next(s for s in seen if s.lstrip().upper().startswith("UPDATE"))
+        return task, explain(db, statement)
+    task = db.tasks.claim(worker_id, task_types=task_types)
     notices: list[str] = []
     with db.engine.connect() as conn:
         raw = conn.connection.dbapi_connection
@@ -347,12 +357,15 @@ def claim_plan(db: dualdb.Database, claim: Callable[[], T]) -> tuple[T, list[str
             "SET LOCAL auto_explain.log_level = notice",
         ):
             conn.exec_driver_sql(setting)
-        conn.exec_driver_sql(statement, parameters).all()
+        conn.exec_driver_sql(
+            "SELECT * FROM dualdb.claim_tasks(%(worker)s, %(types)s::text[], 1)",
+            {"worker": worker_id, "types": task_types},
+        ).all()
         conn.rollback()
     plans = [line for n in notices if "Update on tasks" in n for line in n.splitlines()]
     if not plans:
         raise RuntimeError(f"auto_explain reported no plan of the claim's UPDATE: {notices}")
-    return result, plans
+    return task, plans
 
 
 def plan_summary(plan: list[str]) -> str:
@@ -386,7 +399,7 @@ def measure_claims(db: dualdb.Database, raw: RawDriver, claims: int) -> ClaimLat
 
     Needs ``2 * (claims + WARMUP_CLAIMS)`` ready tasks.
     """
-    first, plan = claim_plan(db, lambda: db.tasks.claim("bench-warmup"))
+    first, plan = claim_plan(db, "bench-warmup")
     if first is None:
         raise RuntimeError("no ready task to claim")
     for _ in range(WARMUP_CLAIMS - 1):

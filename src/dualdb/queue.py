@@ -35,6 +35,7 @@ from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
 from dualdb import validation as v
 from dualdb.access import owned_projects
 from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied, UnreadableRow
+from dualdb.hotpath import Statement
 from dualdb.records import Task
 from dualdb.schema import (
     READY_SQL,
@@ -71,7 +72,7 @@ def _sql_verb(function: str, *args: sa.ColumnElement[Any]) -> sa.Select[Any]:
     a marker instead of failing in the driver)."""
     call = getattr(sa.func.dualdb, function)(*args)
     rows = call.table_valued(*(sa.column(c.name, c.type) for c in tasks.c), name="verb")
-    return sa.select(*rows.c)
+    return sa.select(*(rows.c[name] for name in Task.field_names()))
 
 
 def _arg(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.ColumnElement[Any]:
@@ -101,6 +102,15 @@ _SQL_VERBS = {
         "requeue_stale", _arg("older_than"), _arg("max_attempts", sa.Integer())
     ),
 }
+
+
+#: The columns of a :class:`~dualdb.records.Task`, in its fields' order.
+_TASK_COLUMNS = tuple(tasks.c[name] for name in Task.field_names())
+
+
+class _FullPath(Exception):
+    """The hot path met what only the full path handles: its transaction is rolled back
+    (nothing was written) and the verb runs again through SQLAlchemy."""
 
 
 def _held_by(key: Any, worker: Any) -> tuple[sa.ColumnElement[bool], ...]:
@@ -175,6 +185,36 @@ class TaskQueue:
                 "(workers act as the service)"
             )
 
+    # --- the hot path (:mod:`dualdb.hotpath`) ------------------------------------------------
+
+    @functools.cached_property
+    def _compiled(self) -> dict[str, Statement]:
+        return {}
+
+    def _statement(self, name: str) -> Statement:
+        """The statement ``name`` compiled once: a function of migration 0008 on Postgres,
+        dualdb's own claim/complete/read-back on SQLite."""
+        statement = self._compiled.get(name)
+        if statement is None:
+            if self._scope.backend.queue_functions:
+                source: sa.ClauseElement = _SQL_VERBS[name]
+            elif name == "claim":
+                source = self._claim_many_any
+            elif name == "complete":
+                source = self._complete_statement
+            else:  # "task": one task by id
+                source = sa.select(*_TASK_COLUMNS).where(tasks.c.id == sa.bindparam("key"))
+            statement = self._compiled[name] = Statement(source, self._scope.engine.dialect)
+        return statement
+
+    def _function(self, verb: str, **params: Any) -> list[Task] | None:
+        """Postgres: the database's function for ``verb`` in a transaction of its own on the
+        driver's connection — None where the scope does not drive (session, RLS actor)."""
+        if not (self._scope.backend.queue_functions and self._scope.drives):
+            return None
+        with self._scope.driver_write() as driver:
+            return [Task.from_values(r) for r in self._statement(verb).rows(driver, params)]
+
     # --- verbs ---------------------------------------------------------------------------
 
     def _ready_pick(self, typed: bool, limit: sa.BindParameter[int]) -> sa.Select[Any]:
@@ -226,6 +266,12 @@ class TaskQueue:
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         count = v.limit("limit", limit)
         types = v.task_types("task_types", task_types)
+        try:
+            fast = self._claim_fast(worker, count, types)
+        except _FullPath:
+            fast = None  # an unreadable row: the full path fails it and claims another
+        if fast is not None:
+            return sorted(fast, key=lambda t: (t.created_at, t.id))
         if self._scope.backend.queue_functions:
             stmt: sa.Executable = _SQL_VERBS["claim_many"]
         else:
@@ -253,6 +299,21 @@ class TaskQueue:
         # SQLite's RETURNING has no order; Postgres' function returns oldest first.
         claimed.sort(key=lambda t: (t.created_at, t.id))
         return claimed
+
+    def _claim_fast(self, worker: str, count: int, types: list[str] | None) -> list[Task] | None:
+        """The claim on the hot path, or None where it does not apply (a session, an RLS
+        actor, a type filter on SQLite); :class:`_FullPath` if a claimed row is unreadable."""
+        try:
+            if self._scope.backend.queue_functions:
+                return self._function("claim_many", worker=worker, types=types, max_tasks=count)
+            if types is not None or not self._scope.drives:
+                return None
+            with self._scope.driver_write() as driver:
+                params = {"worker": worker, "max_tasks": count, **self._at()}
+                rows = self._statement("claim").rows(driver, params)
+                return [Task.from_values(r) for r in rows]
+        except UnreadableRow:
+            raise _FullPath from None
 
     def _fail_unreadable(self, conn: sa.Connection, row: Any, err: UnreadableRow) -> None:
         key = row._mapping["id"]
@@ -300,7 +361,7 @@ class TaskQueue:
                 updated_at=now,
                 attempts=tasks.c.attempts + 1,
             )
-            .returning(*tasks.c)
+            .returning(*_TASK_COLUMNS)
         )
 
     @functools.cached_property
@@ -314,7 +375,7 @@ class TaskQueue:
                 updated_at=self._clock(),
                 error=None,
             )
-            .returning(*tasks.c)
+            .returning(*_TASK_COLUMNS)
         )
 
     def heartbeat(self, id: uuid.UUID | str, worker_id: str) -> Task:
@@ -322,6 +383,8 @@ class TaskQueue:
         self._worker_verb("heartbeat")
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
+        if (done := self._function("heartbeat", key=key, worker=worker)) is not None:
+            return done[0]
         with self._scope.write() as conn:
             if self._scope.backend.queue_functions:
                 return self._call(conn, "heartbeat", key=key, worker=worker)
@@ -365,6 +428,12 @@ class TaskQueue:
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         location = v.text("output_location", output_location, max_len=v.MAX_LOCATION)
+        try:
+            done = self._complete_fast(key, worker, location)
+        except _FullPath:
+            done = None  # refused or repeated: the full path says which
+        if done is not None:
+            return done
         with self._scope.write() as conn:
             if self._scope.backend.queue_functions:
                 return self._call(conn, "complete", key=key, worker=worker, location=location)
@@ -382,6 +451,21 @@ class TaskQueue:
             # The database's triggers did the rest in the same statement: dependents whose
             # last unmet dependency this was are ready, and a shot task has its generation.
             return self._task(conn, key)
+
+    def _complete_fast(self, key: uuid.UUID, worker: str, location: str) -> Task | None:
+        """Complete on the hot path, or None where it does not apply; :class:`_FullPath`
+        when the task is not held by ``worker`` (nothing was written)."""
+        if self._scope.backend.queue_functions:
+            done = self._function("complete", key=key, worker=worker, location=location)
+            return None if done is None else done[0]
+        if not self._scope.drives:
+            return None
+        with self._scope.driver_write() as driver:
+            params = {"key": key, "worker": worker, "location": location, **self._at()}
+            if not self._statement("complete").rows(driver, params):
+                raise _FullPath
+            # Read back: the triggers may have written the row after the update returned it.
+            return Task.from_values(self._statement("task").rows(driver, {"key": key})[0])
 
     def fail(
         self,
@@ -403,6 +487,11 @@ class TaskQueue:
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         message = v.text("error", error, max_len=v.MAX_ERROR, strip=False)
         limit = v.non_negative_int("max_attempts", max_attempts, maximum=v.MAX_ATTEMPTS)
+        done = self._function(
+            "fail", key=key, worker=worker, error=message, retry=bool(retry), max_attempts=limit
+        )
+        if done is not None:
+            return done[0]
         with self._scope.write() as conn:
             if self._scope.backend.queue_functions:
                 return self._call(
@@ -513,6 +602,8 @@ class TaskQueue:
         self._worker_verb("release_claim")
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
+        if (done := self._function("release_claim", key=key, worker=worker)) is not None:
+            return done[0]
         with self._scope.write() as conn:
             if self._scope.backend.queue_functions:
                 return self._call(conn, "release_claim", key=key, worker=worker)

@@ -227,40 +227,59 @@ class Scope:
     def write_rows(self, statement: Statement, values: Mapping[str, Any]) -> list[Sequence[Any]]:
         """Run ``statement``, one write, in a transaction: its converted rows (``RETURNING``).
 
-        :meth:`write` for a call that is one statement, on the driver's connection:
-        ``BEGIN`` (``BEGIN IMMEDIATE`` on SQLite), the statement, ``COMMIT``.  Inside a
-        session, another call, or a scope that sets its actor per transaction, it runs
-        through :meth:`write` instead (savepoint, joined transaction, actor hook).
+        :meth:`write` for a call that is one statement, on the driver's connection
+        (:meth:`driver_write`).  Inside a session, another call, or a scope that sets its
+        actor per transaction, it runs through :meth:`write` instead (savepoint, joined
+        transaction, actor hook).
         """
-        joined = self._connection is not None or self._current() is not None
-        if joined or self.on_begin is not None:
+        if not self.drives:
             with self.write() as conn:
                 return statement.rows(conn.connection.dbapi_connection, values)
+        with self.driver_write() as driver:
+            return statement.rows(driver, values)
+
+    @property
+    def drives(self) -> bool:
+        """Whether a call may run its own transaction on the driver (:meth:`driver_write`):
+        not inside a session or another call, and no actor to set per transaction."""
+        return self._connection is None and self.on_begin is None and self._current() is None
+
+    @contextmanager
+    def driver_write(self) -> Iterator[Any]:
+        """The driver's connection in a write transaction of its own: ``BEGIN`` (``BEGIN
+        IMMEDIATE`` on SQLite), the block, ``COMMIT`` (``ROLLBACK`` if the block raises).
+
+        Only where :attr:`drives`; the block runs :mod:`dualdb.hotpath` statements on the
+        connection it is given and calls nothing that opens a transaction of its own.  As in
+        :meth:`write`, a connection found dead at ``BEGIN`` is replaced once.
+        """
         with translated_errors():
             for attempt in range(_ATTEMPTS):
                 leased = self._lease()
                 driver = leased.dbapi_connection
-                assert driver is not None
                 try:
-                    try:
-                        self._send(driver, self.backend.begin_write)
-                    except exc.DBAPIError as err:
-                        if err.connection_invalidated:
-                            self._invalidate(leased)
-                        if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
-                            raise
-                        continue  # nothing was written: start again on a fresh connection
-                    try:
-                        rows = statement.rows(driver, values)
-                        self._send(driver, "COMMIT")
-                    except BaseException:
-                        self._roll_back(leased, driver)
-                        raise
-                    return rows
-                finally:
+                    self._send(driver, self.backend.begin_write)
+                except exc.DBAPIError as err:
+                    if err.connection_invalidated:
+                        self._invalidate(leased)
                     if self._pins is None:
                         leased.close()
-            raise AssertionError("unreachable")
+                    if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
+                        raise
+                    continue  # nothing was written: start again on a fresh connection
+                break
+            else:
+                raise AssertionError("unreachable")
+            try:
+                try:
+                    yield driver
+                    self._send(driver, "COMMIT")
+                except BaseException:
+                    self._roll_back(leased, driver)
+                    raise
+            finally:
+                if self._pins is None:
+                    leased.close()
 
     def _send(self, driver: Any, sql: str) -> None:
         """One statement without parameters, a driver error raised as SQLAlchemy's."""

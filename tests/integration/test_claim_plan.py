@@ -58,7 +58,7 @@ def test_claim_reads_the_ready_index_behind_blocked_tasks(
         db.tasks.create_many(rows)
         ready = db.tasks.enqueue(project_id=project.id, task_type="render", params={})
 
-        task, plan = claim_plan(db, lambda: db.tasks.claim("plan-test", task_types=task_types))
+        task, plan = claim_plan(db, "plan-test", task_types)
 
     assert task is not None and task.id == ready.id
     text = "\n".join(plan)

@@ -9,9 +9,13 @@ the database file.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import dualdb
 
@@ -76,3 +80,26 @@ def test_close_then_use_again(db: dualdb.Database) -> None:
     db.close()
     assert _open_handles(db) == 0
     assert db.users.get(user.id) == user  # it reconnects when used again
+
+
+def _read_in_child(db: dualdb.Database, key: str, out: Any) -> None:
+    inherited = _open_handles(db)
+    name = db.users.get(key).email
+    out.put((inherited, _open_handles(db), name))
+
+
+@pytest.mark.sqlite_only
+def test_a_forked_child_opens_a_connection_of_its_own(db: dualdb.Database) -> None:
+    user = db.users.create(email="fork@example.invalid")
+    assert db.users.get(user.id) == user  # this thread now keeps a connection
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(db, str(user.id), out))
+    child.start()
+    inherited, after, email = out.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and email == "fork@example.invalid"
+    # The child read through a connection it opened, not through its parent's (which it
+    # inherited as an open file, and which two processes must never share).
+    assert after > inherited
+    assert db.users.get(user.id) == user  # the parent's connection still works

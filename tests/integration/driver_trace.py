@@ -31,6 +31,16 @@ def _fresh(db: dualdb.Database) -> None:
     db.engine.dispose()
 
 
+def _pg_round_trips(trace: str) -> int:
+    """How many times a libpq trace shows the client waiting for the server: each simple
+    ``Query`` and each ``Sync`` (which ends a batch of extended-protocol messages)."""
+    return sum(
+        1
+        for message in _MESSAGE.split(trace)
+        if message.startswith("F\t") and message.split("\t", 3)[2].strip() in ("Query", "Sync")
+    )
+
+
 def _pg_statements(trace: str) -> list[str]:
     """The statements a libpq protocol trace shows the client sending, in order."""
     parsed: dict[str, str] = {}
@@ -40,7 +50,7 @@ def _pg_statements(trace: str) -> list[str]:
         parts = message.split("\t", 3)
         if len(parts) < 3 or parts[0] != "F":
             continue
-        kind, rest = parts[2], (parts[3].strip() if len(parts) > 3 else "")
+        kind, rest = parts[2].strip(), (parts[3].strip() if len(parts) > 3 else "")
         if kind == "Query":
             out.append(rest[1:-1])
         elif kind == "Parse" and (m := re.match(r'"(.*?)" "(.*)" \d+', rest, re.S)):
@@ -53,6 +63,17 @@ def _pg_statements(trace: str) -> list[str]:
 
 
 @contextmanager
+def pg_round_trips(db: dualdb.Database) -> Iterator[list[int]]:
+    """Postgres: the round trips the block makes, as one number in the list (filled at the
+    end); the block's statements are traced as by :func:`driver_statements`."""
+    counted: list[int] = []
+    traces: list[str] = []
+    with _traced(db, [], traces):
+        yield counted
+    counted.append(sum(_pg_round_trips(t) for t in traces))
+
+
+@contextmanager
 def driver_statements(db: dualdb.Database) -> Iterator[list[str]]:
     """Every statement the driver sends inside the block, whitespace folded, 40 characters.
 
@@ -60,6 +81,18 @@ def driver_statements(db: dualdb.Database) -> Iterator[list[str]]:
     every one the block uses is traced, and none stays traced after it).
     """
     seen: list[str] = []
+    traces: list[str] = []
+    with _traced(db, seen, traces):
+        yield seen
+    for trace in traces:
+        seen.extend(_pg_statements(trace))
+    seen[:] = [" ".join(s.split())[:40] for s in seen]
+
+
+@contextmanager
+def _traced(db: dualdb.Database, seen: list[str], traces: list[str]) -> Iterator[None]:
+    """Trace every connection the block opens: SQLite's statements into ``seen``, each
+    Postgres connection's protocol trace into ``traces`` (filled when the block ends)."""
     files: list[IO[bytes]] = []
 
     with ExitStack() as stack:
@@ -76,11 +109,10 @@ def driver_statements(db: dualdb.Database) -> Iterator[list[str]]:
         _fresh(db)
         event.listen(db.engine, "connect", trace)
         try:
-            yield seen
+            yield
         finally:
             event.remove(db.engine, "connect", trace)
             _fresh(db)
             for file in files:
                 file.seek(0)
-                seen.extend(_pg_statements(file.read().decode("utf-8", "replace")))
-            seen[:] = [" ".join(s.split())[:40] for s in seen]
+                traces.append(file.read().decode("utf-8", "replace"))

@@ -15,7 +15,7 @@ import pytest
 
 import dualdb
 from dualdb.errors import NotFound
-from tests.integration.driver_trace import driver_statements
+from tests.integration.driver_trace import driver_statements, pg_round_trips
 
 
 def sent(db: dualdb.Database, call: Callable[[], object]) -> list[str]:
@@ -65,3 +65,29 @@ def test_a_missing_parent_reads_as_before(db: dualdb.Database) -> None:
             s.shots.create(nothing, "s")
         s.shots.create(project.id, "kept")
     assert [x.name for x in db.shots.list().items] == ["kept"]
+
+
+@pytest.mark.postgres_only
+def test_a_users_call_sets_its_actor_in_one_round_trip(db: dualdb.Database) -> None:
+    """Under RLS a call sets the claims, the role and the role's timeouts after ``BEGIN``:
+    three statements, sent together (psycopg's pipeline mode)."""
+    user = db.users.create()
+    project = db.projects.create("mine", user.id)
+    mine = db.as_user(user.id)
+    with driver_statements(db) as seen:
+        assert mine.projects.get(project.id).name == "mine"
+    assert [s.split(" ", 1)[0] for s in seen] == [
+        "BEGIN",
+        "SELECT",
+        "SET",
+        "SELECT",
+        "SELECT",
+        "COMMIT",
+    ], seen
+    assert (
+        "set_config('request.jwt.claims'" in seen[1] and seen[2] == "SET LOCAL ROLE authenticated"
+    )
+    with pg_round_trips(db) as trips:
+        mine.projects.get(project.id)
+    # BEGIN; claims + role + timeouts; the SELECT; COMMIT.
+    assert trips == [4]

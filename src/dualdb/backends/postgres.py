@@ -12,14 +12,15 @@ workers' queue verbs are the database's own SQL functions (migration 0008).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Engine
 
 from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, TransactionHook, WorkWaiter
@@ -48,20 +49,20 @@ TRANSACTION_POOLER_PORT = 6543
 _PROBE_SUB = "00000000-0000-4000-8000-00000000a0d1"
 
 
-_SET_CLAIMS = sa.text(
-    "SELECT set_config('request.jwt.claims', :claims, true), "
-    "set_config('request.jwt.claim.sub', :sub, true), "
-    "set_config('request.jwt.claim.role', :role, true)"
+_SET_CLAIMS = (
+    "SELECT set_config('request.jwt.claims', %(claims)s, true), "
+    "set_config('request.jwt.claim.sub', %(sub)s, true), "
+    "set_config('request.jwt.claim.role', %(role)s, true)"
 )
 
 
 #: The role's own timeouts (``ALTER ROLE authenticated SET statement_timeout = …``), applied
 #: for the transaction as PostgREST applies them after its ``SET ROLE``; a database-specific
 #: setting wins over a cluster-wide one.
-_ROLE_TIMEOUTS = sa.text(
+_ROLE_TIMEOUTS = (
     "SELECT set_config(split_part(c, '=', 1), substr(c, strpos(c, '=') + 1), true) "
     "FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS c "
-    "WHERE s.setrole = to_regrole(:role) "
+    "WHERE s.setrole = to_regrole(%(role)s) "
     "AND s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database "
     "WHERE datname = current_database())) "
     "AND split_part(c, '=', 1) IN "
@@ -70,9 +71,27 @@ _ROLE_TIMEOUTS = sa.text(
 )
 
 
-def _act_as(conn: sa.Connection, role: str) -> None:
-    conn.exec_driver_sql(f"SET LOCAL ROLE {role}")
-    conn.execute(_ROLE_TIMEOUTS, {"role": role})
+def _act_as(conn: sa.Connection, claims: str, sub: str, role: str) -> None:
+    """The claims, the role and its timeouts: three statements, sent in one round trip
+    (psycopg's pipeline mode) where libpq supports it."""
+    _require_transaction(conn)
+    driver = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+    batch = driver.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext()
+    try:
+        with batch:
+            driver.execute(_SET_CLAIMS, {"claims": claims, "sub": sub, "role": role})
+            driver.execute(f"SET LOCAL ROLE {role}")
+            driver.execute(_ROLE_TIMEOUTS, {"role": role})
+    except psycopg.Error as err:
+        # As SQLAlchemy would have raised it: Scope retries a connection found dead here.
+        raise exc.DBAPIError.instance(
+            _SET_CLAIMS,
+            None,
+            err,
+            psycopg.Error,
+            connection_invalidated=conn.dialect.is_disconnect(err, driver, None),  # type: ignore[arg-type]
+            dialect=conn.dialect,
+        ) from err
 
 
 def act_as_user(conn: sa.Connection, claims: Claims) -> None:
@@ -85,22 +104,12 @@ def act_as_user(conn: sa.Connection, claims: Claims) -> None:
     connection never carries one user's identity into another's transaction.  Call it right
     after ``BEGIN``: rolling back a SAVEPOINT taken *before* it would undo it.
     """
-    _require_transaction(conn)
-    conn.execute(
-        _SET_CLAIMS,
-        {"claims": claims.to_json(), "sub": str(claims.user_id), "role": AUTHENTICATED_ROLE},
-    )
-    _act_as(conn, AUTHENTICATED_ROLE)
+    _act_as(conn, claims.to_json(), str(claims.user_id), AUTHENTICATED_ROLE)
 
 
 def act_as_service(conn: sa.Connection) -> None:
     """Run the rest of the open Postgres transaction as ``service_role`` (bypasses RLS)."""
-    _require_transaction(conn)
-    conn.execute(
-        _SET_CLAIMS,
-        {"claims": json.dumps({"role": SERVICE_ROLE}), "sub": "", "role": SERVICE_ROLE},
-    )
-    _act_as(conn, SERVICE_ROLE)
+    _act_as(conn, json.dumps({"role": SERVICE_ROLE}), "", SERVICE_ROLE)
 
 
 def _require_transaction(conn: sa.Connection) -> None:

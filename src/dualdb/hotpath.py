@@ -53,7 +53,7 @@ class Statement:
         self._params: list[tuple[str, Converter, Any]] = [
             (
                 name,
-                binds[name].type.dialect_impl(dialect).bind_processor(dialect),
+                _bind_converter(binds[name].type, dialect),
                 None if binds[name].required else binds[name].effective_value,
             )
             for name in names
@@ -62,6 +62,8 @@ class Statement:
         if selected is None:
             selected = [c for c in getattr(stmt, "_returning", ())]
         self._types = [c.type for c in selected]
+        #: Whether the statement returns rows (a SELECT, or a write with RETURNING).
+        self._returns_rows = bool(self._types)
         self._converters: list[tuple[int, Callable[[Any], Any]]] | None = None
 
     def _bound(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
@@ -96,24 +98,24 @@ class Statement:
         SQLAlchemy's own path would (so :func:`dualdb.engine.translate` maps it the same way).
         """
         params = self._bound(values)
-        cursor = dbapi_conn.cursor()
         try:
-            cursor.execute(self.sql, params)
-            if cursor.description is None:
+            # Both drivers (sqlite3, psycopg) have Connection.execute: a cursor per call.
+            cursor = dbapi_conn.execute(self.sql, params)
+            if not self._returns_rows:
                 return []
             fetched = cursor.fetchall()
-            converters = self._convert_with(cursor.description)
+            converters = self._converters
+            if converters is None:
+                converters = self._convert_with(cursor.description)
         except self._dialect.loaded_dbapi.Error as err:
             raise exc.DBAPIError.instance(
                 self.sql,
                 params,
                 err,
                 self._dialect.loaded_dbapi.Error,
-                connection_invalidated=self._dialect.is_disconnect(err, dbapi_conn, cursor),
+                connection_invalidated=self._dialect.is_disconnect(err, dbapi_conn, None),
                 dialect=self._dialect,
             ) from err
-        finally:
-            cursor.close()
         if not converters:
             return list(fetched)
         out: list[Sequence[Any]] = []
@@ -123,3 +125,10 @@ class Statement:
                 converted[i] = convert(converted[i])
             out.append(converted)
         return out
+
+
+def _bind_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Converter:
+    """A parameter's converter: the type's own, behind its fast path where it has one."""
+    generic = type_.dialect_impl(dialect).bind_processor(dialect)
+    hot = getattr(type_, "hot_bind_processor", None)
+    return generic if hot is None else hot(dialect, generic)

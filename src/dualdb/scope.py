@@ -25,7 +25,7 @@ from sqlalchemy import exc
 from sqlalchemy.pool import PoolProxiedConnection
 
 from dualdb.backends import READ_ONLY, Backend, TransactionHook, backend_of
-from dualdb.engine import translated_errors
+from dualdb.engine import translate, translated_errors
 from dualdb.hotpath import Statement
 
 __all__ = ["Scope", "TransactionHook", "release_pinned"]
@@ -37,12 +37,26 @@ T = TypeVar("T")
 _ATTEMPTS = 2
 
 
+#: How many forks made this process (0 in the first): a pinned connection is only ever used
+#: by the process that opened it (cheaper to compare than a getpid() per call).
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class _Pin:
     """One thread's pooled connection, kept checked out between calls (see :class:`_Pins`)."""
 
     def __init__(self, connection: PoolProxiedConnection) -> None:
         self.connection: PoolProxiedConnection | None = connection
         self.pid = os.getpid()
+        self.forks = _forks
 
     def release(self) -> None:
         connection, self.connection = self.connection, None
@@ -70,7 +84,7 @@ class _Pins:
 
     def get(self) -> PoolProxiedConnection:
         pin: _Pin | None = getattr(self._local, "pin", None)
-        if pin is not None and pin.connection is not None and pin.pid == os.getpid():
+        if pin is not None and pin.connection is not None and pin.forks == _forks:
             return pin.connection
         pin = _Pin(self._engine.raw_connection())
         self._local.pin = pin
@@ -197,32 +211,42 @@ class Scope:
             raise AssertionError("unreachable")
 
     def rows(self, statement: Statement, values: Mapping[str, Any]) -> list[Sequence[Any]]:
-        """Run ``statement`` (compiled once, :mod:`dualdb.hotpath`): one ``SELECT``, no
+        """Run ``statement`` (compiled once, :mod:`dualdb.hotpath`): one ``SELECT`` (or, on a
+        backend with :attr:`~dualdb.backends.Backend.autocommit_writes`, one write), no
         transaction of its own; its converted rows.
 
         The same connection rules as :meth:`fetch` — inside a session or another call it runs
         there; a scope that sets its actor per transaction opens one — but without
         SQLAlchemy's execution machinery, on the driver's connection.
         """
-        with translated_errors():
-            if (current := self._connection or self._current()) is not None:
-                return statement.rows(current.connection.dbapi_connection, values)
-            if self.on_begin is not None:
-                with self._transaction({READ_ONLY: True}) as conn:
-                    return statement.rows(conn.connection.dbapi_connection, values)
-            for attempt in range(_ATTEMPTS):
-                leased = self._lease()
-                try:
-                    return statement.rows(leased.dbapi_connection, values)
-                except exc.DBAPIError as err:
-                    if err.connection_invalidated:
-                        self._invalidate(leased)
-                    if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
-                        raise
-                finally:
-                    if self._pins is None:
-                        leased.close()
-            raise AssertionError("unreachable")
+        try:
+            return self._rows(statement, values)
+        except (exc.DBAPIError, exc.StatementError) as err:
+            # As translated_errors() does (a context manager costs more than this lookup).
+            mapped = translate(err)
+            if mapped is None:
+                raise
+            raise mapped from None
+
+    def _rows(self, statement: Statement, values: Mapping[str, Any]) -> list[Sequence[Any]]:
+        if (current := self._connection or self._current()) is not None:
+            return statement.rows(current.connection.dbapi_connection, values)
+        if self.on_begin is not None:
+            with self._transaction({READ_ONLY: True}) as conn:
+                return statement.rows(conn.connection.dbapi_connection, values)
+        for attempt in range(_ATTEMPTS):
+            leased = self._lease()
+            try:
+                return statement.rows(leased.dbapi_connection, values)
+            except exc.DBAPIError as err:
+                if err.connection_invalidated:
+                    self._invalidate(leased)
+                if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
+                    raise
+            finally:
+                if self._pins is None:
+                    leased.close()
+        raise AssertionError("unreachable")
 
     def write_rows(self, statement: Statement, values: Mapping[str, Any]) -> list[Sequence[Any]]:
         """Run ``statement``, one write, in a transaction: its converted rows (``RETURNING``).
@@ -235,6 +259,8 @@ class Scope:
         if not self.drives:
             with self.write() as conn:
                 return statement.rows(conn.connection.dbapi_connection, values)
+        if self.backend.autocommit_writes:
+            return self.rows(statement, values)  # one statement: its own transaction
         with self.driver_write() as driver:
             return statement.rows(driver, values)
 

@@ -206,6 +206,19 @@ class UUID(sa.types.TypeDecorator[_uuid.UUID]):
         except _DECODE_ERRORS as err:
             return Unreadable.of(value, err)  # type: ignore[return-value]
 
+    def hot_bind_processor(self, dialect: Dialect, fallback: Converter) -> Converter:
+        """The parameter converter of :mod:`dualdb.hotpath`: a :class:`uuid.UUID` at once,
+        anything else through ``fallback`` (SQLAlchemy's own processor: the same checks)."""
+        uuid_class = _uuid.UUID
+        native = dialect.name == "postgresql"
+
+        def convert(value: Any) -> Any:
+            if value.__class__ is uuid_class:
+                return value if native else str(value)
+            return value if fallback is None else fallback(value)
+
+        return convert
+
     def hot_result_processor(self, dialect: Dialect, fallback: Converter) -> Converter:
         """The result converter of :mod:`dualdb.hotpath`: the stored canonical form at once,
         anything else through ``fallback`` (SQLAlchemy's own processor: the same verdict)."""

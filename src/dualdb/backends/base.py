@@ -89,6 +89,11 @@ class Backend(ABC):
     pin_connections: ClassVar[bool] = False
     #: How a transaction that writes begins (the hot path sends it itself).
     begin_write: ClassVar[str] = "BEGIN"
+    #: A write of one statement runs as its own transaction, without BEGIN/COMMIT: it is
+    #: atomic either way, and no connection can die under it (a local file).  Where one can
+    #: (a server), the explicit BEGIN is what shows a dead connection before anything was
+    #: written, so that it can be replaced.
+    autocommit_writes: ClassVar[bool] = False
     #: Postgres-only triggers and functions the migrations create (``dualdb check``).
     extra_triggers: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: The SQLAlchemy driver dualdb uses (``sqlite+pysqlite``, ``postgresql+psycopg``).

@@ -87,6 +87,9 @@ class SqliteBackend(Backend):
     remote = False
     pin_connections = True
     begin_write = "BEGIN IMMEDIATE"
+    # An autocommit write statement takes the write lock before it reads (waiting up to the
+    # busy timeout), exactly as BEGIN IMMEDIATE would.
+    autocommit_writes = True
     driver = "sqlite+pysqlite"
     library = "the standard library's sqlite3"
     schemes = ("sqlite",)

@@ -380,15 +380,24 @@ class TaskQueue:
 
     def heartbeat(self, id: uuid.UUID | str, worker_id: str) -> Task:
         """Record that ``worker_id`` is still working on the task (keeps it from going stale)."""
-        self._worker_verb("heartbeat")
+        return self._held_verb(
+            "heartbeat", "heartbeat", id, worker_id, {"heartbeat_at": self._clock()}
+        )
+
+    def _held_verb(
+        self, verb: str, said: str, id: uuid.UUID | str, worker_id: str, values: dict[str, Any]
+    ) -> Task:
+        """A worker's one-row verb on the task it holds: the database's function ``verb`` on
+        Postgres, an update of ``values`` on SQLite; refusals say "cannot ``said``"."""
+        self._worker_verb(verb)
         key = v.uuid_("id", id)
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
-        if (done := self._function("heartbeat", key=key, worker=worker)) is not None:
+        if (done := self._function(verb, key=key, worker=worker)) is not None:
             return done[0]
         with self._scope.write() as conn:
             if self._scope.backend.queue_functions:
-                return self._call(conn, "heartbeat", key=key, worker=worker)
-            return self._update_held(conn, key, worker, "heartbeat", heartbeat_at=self._clock())
+                return self._call(conn, verb, key=key, worker=worker)
+            return self._update_held(conn, key, worker, said, **values)
 
     def _call(self, conn: sa.Connection, verb: str, **params: Any) -> Task:
         """Run the database's function for ``verb`` (Postgres), which returns one task."""
@@ -599,25 +608,19 @@ class TaskQueue:
 
     def release_claim(self, id: uuid.UUID | str, worker_id: str) -> Task:
         """Give a claimed task back (In Progress → Queued) without using up an attempt."""
-        self._worker_verb("release_claim")
-        key = v.uuid_("id", id)
-        worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
-        if (done := self._function("release_claim", key=key, worker=worker)) is not None:
-            return done[0]
-        with self._scope.write() as conn:
-            if self._scope.backend.queue_functions:
-                return self._call(conn, "release_claim", key=key, worker=worker)
-            return self._update_held(
-                conn,
-                key,
-                worker,
-                "release",
-                status=QUEUED,
-                worker_id=None,
-                heartbeat_at=None,
-                attempts=tasks.c.attempts - 1,
-                updated_at=self._clock(),
-            )
+        return self._held_verb(
+            "release_claim",
+            "release",
+            id,
+            worker_id,
+            {
+                "status": QUEUED,
+                "worker_id": None,
+                "heartbeat_at": None,
+                "attempts": tasks.c.attempts - 1,
+                "updated_at": self._clock(),
+            },
+        )
 
     def requeue_stale(
         self, older_than: timedelta, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS

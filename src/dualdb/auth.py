@@ -32,7 +32,6 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -41,12 +40,8 @@ from typing import Any
 import jwt
 from pydantic import SecretStr
 
-from dualdb.backends.postgres import (
-    AUTHENTICATED_ROLE,
-    SERVICE_ROLE,
-    act_as_service,
-    act_as_user,
-)
+from dualdb.backends.postgres import act_as_service, act_as_user
+from dualdb.claims import AUDIENCE, AUTHENTICATED_ROLE, SERVICE_ROLE, Claims
 from dualdb.config import Settings, load_settings
 from dualdb.errors import ConfigError, PermissionDenied
 
@@ -67,8 +62,6 @@ __all__ = [
 #: The only algorithms ever used to verify a token (HS256 only when a JWT secret is set).
 ALGORITHMS: tuple[str, ...] = ("HS256", "ES256", "RS256")
 _ASYMMETRIC = frozenset({"ES256", "RS256"})
-#: The audience Supabase Auth puts in user access tokens.
-AUDIENCE = "authenticated"
 #: Seconds of clock skew tolerated on ``exp``/``iat``/``nbf``.
 DEFAULT_LEEWAY_S = 10.0
 #: Longer inputs are refused before any parsing.
@@ -89,44 +82,6 @@ def _shown(value: object) -> str:
     """A short, printable rendering of an attacker-controlled header value."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-@dataclass(frozen=True)
-class Claims:
-    """The verified claims of an access token.
-
-    ``user_id`` is ``sub`` as a UUID; ``raw`` is every claim, read-only, as Supabase issued it
-    (what :func:`act_as_user` hands to Postgres as ``request.jwt.claims``).
-    """
-
-    user_id: uuid.UUID
-    role: str
-    email: str | None
-    expires_at: datetime | None
-    raw: Mapping[str, Any] = field(repr=False, compare=False, hash=False)
-
-    @classmethod
-    def for_user_id(cls, user_id: uuid.UUID | str, *, email: str | None = None) -> Claims:
-        """Claims for trusted server code acting for ``user_id`` without a token.
-
-        They carry what the RLS policies read (``sub``, ``role``, ``aud``); nothing is verified,
-        so never build them from client input.
-        """
-        uid = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
-        raw: dict[str, Any] = {"sub": str(uid), "role": AUTHENTICATED_ROLE, "aud": AUDIENCE}
-        if email is not None:
-            raw["email"] = email
-        return cls(
-            user_id=uid,
-            role=AUTHENTICATED_ROLE,
-            email=email,
-            expires_at=None,
-            raw=MappingProxyType(raw),
-        )
-
-    def to_json(self) -> str:
-        """The claims as the JSON text PostgREST puts in ``request.jwt.claims``."""
-        return json.dumps(dict(self.raw), sort_keys=True, separators=(",", ":"), default=str)
 
 
 class _Client(jwt.PyJWKClient):

@@ -22,10 +22,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from dualdb import integrity, migrations
-from dualdb.config import Target, resolve
+from dualdb.config import resolve
 from dualdb.database import connect
 from dualdb.errors import DualdbError, InvalidInput
 from dualdb.seed import seed as seed_database
+from dualdb.target import Target
 
 app = typer.Typer(
     name="dualdb",

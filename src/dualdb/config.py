@@ -8,9 +8,8 @@ Secrets are held as :class:`pydantic.SecretStr` and URLs are only ever shown red
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, cast
+from typing import cast
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,12 +18,9 @@ from sqlalchemy.exc import ArgumentError
 
 from dualdb.backends import Backend, backend_for_scheme, file_backend
 from dualdb.errors import ConfigError
+from dualdb.target import BackendName, Target
 
-#: The name of a backend (its SQLAlchemy dialect).
-BackendName = Literal["sqlite", "postgresql"]
-
-#: libpq connection parameters that are secrets when given in the URL's query string.
-_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+__all__ = ["BackendName", "Settings", "Target", "load_settings", "resolve"]
 
 
 class Settings(BaseSettings):
@@ -67,35 +63,6 @@ def load_settings() -> Settings:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]) or "settings"
         raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
-
-
-@dataclass(frozen=True)
-class Target:
-    """A resolved database: which backend, the SQLAlchemy URL, and how to show it."""
-
-    backend: BackendName
-    url: URL = field(repr=False)
-    transaction_pooler: bool = False
-    app_env: str = "local"
-
-    @property
-    def redacted(self) -> str:
-        """The URL as users write it (``sqlite:///…``, ``postgresql://…``), password hidden.
-
-        libpq also takes secrets as query parameters (``?password=…``): those are hidden too.
-        """
-        url = self.url
-        hidden = [k for k in url.query if k.lower() in _SECRET_QUERY_KEYS]
-        if hidden:
-            url = url.update_query_dict(dict.fromkeys(hidden, "***"))
-        text = url.render_as_string(hide_password=True)
-        text = text.replace("=%2A%2A%2A", "=***")
-        return text.replace("sqlite+pysqlite://", "sqlite://", 1).replace(
-            "postgresql+psycopg://", "postgresql://", 1
-        )
-
-    def __repr__(self) -> str:
-        return f"Target(backend={self.backend!r}, url={self.redacted!r})"
 
 
 def _parse(raw: str) -> tuple[Backend, URL]:

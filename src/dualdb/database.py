@@ -15,7 +15,7 @@ from dualdb import migrations
 from dualdb import validation as v
 from dualdb.auth import Claims, TokenVerifier
 from dualdb.backends import WorkWaiter, backend_for
-from dualdb.config import Target, resolve
+from dualdb.config import resolve
 from dualdb.engine import (
     create_engine,
     ping,
@@ -34,6 +34,7 @@ from dualdb.repositories import (
 )
 from dualdb.schema import DUMMY_USER_ID, TABLES
 from dualdb.scope import Scope, release_pinned
+from dualdb.target import Target
 
 
 class Repositories:

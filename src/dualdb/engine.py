@@ -15,7 +15,6 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Engine
 
 from dualdb.backends import READ_ONLY, backend_for
-from dualdb.config import Target
 from dualdb.errors import (
     Conflict,
     DatabaseBusy,
@@ -25,6 +24,7 @@ from dualdb.errors import (
     NotFound,
     PermissionDenied,
 )
+from dualdb.target import Target
 
 __all__ = [
     "READ_ONLY",

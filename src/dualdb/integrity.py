@@ -44,7 +44,6 @@ import sqlalchemy as sa
 
 from dualdb import migrations
 from dualdb.backends import backend_for, backend_of
-from dualdb.config import Target
 from dualdb.database import Session
 from dualdb.engine import (
     create_engine,
@@ -55,6 +54,7 @@ from dualdb.engine import (
 from dualdb.errors import DualdbError, InvalidInput, SchemaOutOfDate
 from dualdb.schema import TABLES, shots, task_dependencies, tasks
 from dualdb.scope import Scope
+from dualdb.target import Target
 from dualdb.types import (
     INITIAL_STATUSES,
     MAX_JSON_DEPTH,

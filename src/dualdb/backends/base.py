@@ -19,8 +19,8 @@ from sqlalchemy.engine import URL, Engine
 from dualdb.schema import TRIGGERS
 
 if TYPE_CHECKING:
-    from dualdb.auth import Claims
-    from dualdb.config import Target
+    from dualdb.claims import Claims
+    from dualdb.target import Target
 
 #: Called with the connection at the start of each transaction (e.g. to set the RLS role).
 TransactionHook = Callable[[sa.Connection], None]

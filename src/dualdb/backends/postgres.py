@@ -24,11 +24,11 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Engine
 
 from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, TransactionHook, WorkWaiter
+from dualdb.claims import AUTHENTICATED_ROLE, SERVICE_ROLE, Claims
 from dualdb.schema import POSTGRES_FUNCTIONS, POSTGRES_TRIGGERS
 
 if TYPE_CHECKING:
-    from dualdb.auth import Claims
-    from dualdb.config import Target
+    from dualdb.target import Target
 
 #: Connect timeout (seconds), so an unreachable host fails fast.
 PG_CONNECT_TIMEOUT_S = 5
@@ -39,10 +39,6 @@ _LISTEN_SLICE_S = 0.25
 #: Connections older than this (seconds) are closed and replaced at checkout, before a proxy's
 #: or server's own limit (or a failover) closes them under a call.
 PG_POOL_RECYCLE_S = 1800
-#: The Postgres role a verified user acts as (PostgREST's, and the RLS policies').
-AUTHENTICATED_ROLE = "authenticated"
-#: The Postgres role trusted server code (workers) acts as; it bypasses RLS.
-SERVICE_ROLE = "service_role"
 #: Transaction-pooler port of Supabase (PgBouncer/Supavisor in transaction mode).
 TRANSACTION_POOLER_PORT = 6543
 #: A user id no real token carries: what the auth.uid() probe sets and expects back.

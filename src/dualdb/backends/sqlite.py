@@ -24,7 +24,7 @@ from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, WorkWaiter
 from dualdb.errors import ConfigError, DatabaseUnavailable, MigrationError
 
 if TYPE_CHECKING:
-    from dualdb.config import Target
+    from dualdb.target import Target
 
 #: Busy timeout (milliseconds): how long a writer waits for the lock.
 SQLITE_BUSY_TIMEOUT_MS = 30_000

@@ -26,11 +26,11 @@ from alembic.util.exc import CommandError
 from sqlalchemy import exc
 
 from dualdb.backends import backend_for, backend_of
-from dualdb.config import Target
 from dualdb.engine import create_engine, ping, reading, translate
 from dualdb.errors import DatabaseUnavailable, DualdbError, MigrationError
 from dualdb.migrations.autogen import compare_type, include_object_for
 from dualdb.schema import metadata
+from dualdb.target import Target
 
 __all__ = [
     "MIGRATIONS_DIR",

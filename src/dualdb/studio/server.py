@@ -13,10 +13,10 @@ from contextlib import contextmanager
 import uvicorn
 
 from dualdb.backends import backend_for
-from dualdb.config import Target
 from dualdb.database import Database
 from dualdb.errors import ConfigError
 from dualdb.studio.app import LOOPBACK_NAMES, create_app
+from dualdb.target import Target
 
 #: The port Drizzle Studio uses too (``local.drizzle.studio`` talks to 4983).
 DEFAULT_PORT = 4983

@@ -26,11 +26,16 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from dualdb.backends import READ_ONLY, Backend, TransactionHook, backend_of
 from dualdb.engine import translate, translated_errors
+from dualdb.errors import DualdbError
 from dualdb.hotpath import Statement
 
 __all__ = ["Scope", "TransactionHook", "release_pinned"]
 
 T = TypeVar("T")
+
+#: A call's own reading of a driver error (e.g. a foreign-key violation as ``NotFound``),
+#: or None to leave it to :func:`dualdb.engine.translate`.
+Refine = Callable[[exc.DBAPIError], DualdbError | None]
 
 #: Tries at the start of a transaction (or of a one-statement read) when the connection
 #: turns out dead: the first, and one on a fresh connection.
@@ -210,7 +215,9 @@ class Scope:
                         raise
             raise AssertionError("unreachable")
 
-    def rows(self, statement: Statement, values: Mapping[str, Any]) -> list[Sequence[Any]]:
+    def rows(
+        self, statement: Statement, values: Mapping[str, Any], refine: Refine | None = None
+    ) -> list[Sequence[Any]]:
         """Run ``statement`` (compiled once, :mod:`dualdb.hotpath`): one ``SELECT`` (or, on a
         backend with :attr:`~dualdb.backends.Backend.autocommit_writes`, one write), no
         transaction of its own; its converted rows.
@@ -223,7 +230,8 @@ class Scope:
             return self._rows(statement, values)
         except (exc.DBAPIError, exc.StatementError) as err:
             # As translated_errors() does (a context manager costs more than this lookup).
-            mapped = translate(err)
+            refined = refine(err) if refine and isinstance(err, exc.DBAPIError) else None
+            mapped = refined or translate(err)
             if mapped is None:
                 raise
             raise mapped from None
@@ -248,7 +256,9 @@ class Scope:
                     leased.close()
         raise AssertionError("unreachable")
 
-    def write_rows(self, statement: Statement, values: Mapping[str, Any]) -> list[Sequence[Any]]:
+    def write_rows(
+        self, statement: Statement, values: Mapping[str, Any], refine: Refine | None = None
+    ) -> list[Sequence[Any]]:
         """Run ``statement``, one write, in a transaction: its converted rows (``RETURNING``).
 
         :meth:`write` for a call that is one statement, on the driver's connection
@@ -256,13 +266,23 @@ class Scope:
         actor per transaction, it runs through :meth:`write` instead (savepoint, joined
         transaction, actor hook).
         """
-        if not self.drives:
-            with self.write() as conn:
-                return statement.rows(conn.connection.dbapi_connection, values)
-        if self.backend.autocommit_writes:
-            return self.rows(statement, values)  # one statement: its own transaction
-        with self.driver_write() as driver:
-            return statement.rows(driver, values)
+        if self.drives and self.backend.autocommit_writes:
+            return self.rows(statement, values, refine)  # one statement: its own transaction
+        write = self.driver_write() if self.drives else self._write_driver()
+        with write as driver:
+            try:
+                return statement.rows(driver, values)
+            except exc.DBAPIError as err:
+                refined = refine(err) if refine is not None else None
+                if refined is None:
+                    raise
+                raise refined from None
+
+    @contextmanager
+    def _write_driver(self) -> Iterator[Any]:
+        """:meth:`write`, giving the driver's connection."""
+        with self.write() as conn:
+            yield conn.connection.dbapi_connection
 
     @property
     def drives(self) -> bool:

@@ -325,6 +325,8 @@ class Repository(Generic[R]):
         values = [self._new_values(row) for row in self._rows(rows, self.fields)]
         if not values:
             return []
+        if len(values) == 1 and self._one_statement(values):
+            return [self._create_one(values)]
         with self._scope.write() as conn:
             self._check_new(conn, values)
             try:
@@ -336,6 +338,45 @@ class Repository(Generic[R]):
                 raise missing from None
             self._after_insert(conn, made)
         return made
+
+    #: ``create`` of one row is its validation and one ``INSERT``: no checks of its own beyond
+    #: the parent (:attr:`parent`), nothing after the insert.
+    plain_create: ClassVar[bool] = False
+
+    def _one_statement(self, values: list[dict[str, Any]]) -> bool:
+        """Whether creating ``values`` is one ``INSERT`` (the hot path: :meth:`_create_one`)."""
+        return self.plain_create and (self.parent is None or self._parent_left_to_database(values))
+
+    def _create_one(self, values: list[dict[str, Any]]) -> R:
+        """One row, one compiled ``INSERT … RETURNING``; a missing parent is ``NotFound``."""
+        row = values[0]
+
+        def missing_parent(err: sa.exc.DBAPIError) -> NotFound | None:
+            if not isinstance(err, sa.exc.IntegrityError):
+                return None
+            return self._missing_parent(err, values)
+
+        statement = self._insert_statement(tuple(row))
+        stored = self._scope.write_rows(
+            statement, {f"v_{name}": value for name, value in row.items()}, missing_parent
+        )
+        return self._from_values(stored[0])
+
+    def _insert_statement(self, columns: tuple[str, ...]) -> Statement:
+        """``INSERT … RETURNING`` of ``columns``, compiled once per set of columns."""
+        statement = self._inserts.get(columns)
+        if statement is None:
+            stmt = (
+                self.table.insert()
+                .values({c: sa.bindparam(f"v_{c}", type_=self.table.c[c].type) for c in columns})
+                .returning(*self._record_columns)
+            )
+            statement = self._inserts[columns] = Statement(stmt, self._scope.engine.dialect)
+        return statement
+
+    @functools.cached_property
+    def _inserts(self) -> dict[tuple[str, ...], Statement]:
+        return {}
 
     def _new_values(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The validated column values of one new row (no database access)."""

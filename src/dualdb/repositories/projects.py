@@ -25,6 +25,7 @@ class ProjectsRepository(Repository[Project]):
     entity = "project"
     filterable = frozenset({"user_id"})
     fields = frozenset({"id", "name", "user_id"})
+    plain_create = True
 
     def _visible(self) -> sa.ColumnElement[bool] | None:
         uid = self._scope.user_id

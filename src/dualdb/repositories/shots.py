@@ -37,6 +37,7 @@ class ShotsRepository(Repository[Shot]):
     entity = "shot"
     filterable = frozenset({"project_id"})
     fields = frozenset({"id", "project_id", "name"})
+    plain_create = True
     parent = ("project_id", "project")
 
     def __init__(self, scope: Scope) -> None:

@@ -26,6 +26,7 @@ class UsersRepository(Repository[User]):
     entity = "user"
     filterable = frozenset({"email"})
     fields = frozenset({"id", "email"})
+    plain_create = True
 
     def _visible(self) -> sa.ColumnElement[bool] | None:
         uid = self._scope.user_id

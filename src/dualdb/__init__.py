@@ -14,6 +14,7 @@ from dualdb.errors import (
     SchemaOutOfDate,
     UnreadableRow,
 )
+from dualdb.transfer import VerificationFailed, copy, dump, load
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,10 @@ __all__ = [
     "ScopedDatabase",
     "Session",
     "UnreadableRow",
+    "VerificationFailed",
     "__version__",
     "connect",
+    "copy",
+    "dump",
+    "load",
 ]

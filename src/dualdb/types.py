@@ -45,6 +45,7 @@ __all__ = [
     "UNFINISHED_STATUSES",
     "UUID",
     "JSONNull",
+    "JSONText",
     "TaskStatus",
     "Timestamp",
     "UUIDArray",
@@ -409,6 +410,24 @@ class JSONB(sa.types.TypeDecorator[Any]):
         except _DECODE_ERRORS as err:
             return Unreadable.of(value, err)
         return JSON_NULL if parsed is None else parsed
+
+
+class JSONText(sa.types.TypeDecorator[str]):
+    """A :class:`JSONB` column read and written as its JSON text, untouched.
+
+    For moving documents between databases (``dualdb copy``/``dump``/``load``): parsing to
+    Python would turn ``1.10`` into ``1.1`` and lose integers past the float range's
+    exactness, so the text goes through as it is (``CAST(… AS JSONB)`` on Postgres).
+    """
+
+    impl = _JSONStorage
+    cache_ok = True
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return _OnPostgres(bindvalue, "CAST({} AS JSONB)")
+
+    def column_expression(self, column: Any) -> Any:
+        return _OnPostgres(column, "({})::text")
 
 
 class Timestamp(sa.types.TypeDecorator[datetime]):

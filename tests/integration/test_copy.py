@@ -212,9 +212,11 @@ def test_refusals_write_nothing(target: str, fresh: MakeDb) -> None:
             assert snapshot(dst) == before
         # An older target: one migration behind.
         migrations.downgrade(resolve(dst_url), migrations.revisions()[-2])
-        with dualdb.connect(dst_url, check_schema=False) as old:
-            with pytest.raises(SchemaOutOfDate, match="target database .*`dualdb migrate --url"):
-                dualdb.copy(src, old, allow_remote=True)
+        with (
+            dualdb.connect(dst_url, check_schema=False) as old,
+            pytest.raises(SchemaOutOfDate, match=r"target database .*`dualdb migrate --url"),
+        ):
+            dualdb.copy(src, old, allow_remote=True)
         # An unmigrated one.
         migrations.downgrade(resolve(dst_url), "base")
         with dualdb.connect(dst_url, check_schema=False) as empty:

@@ -24,6 +24,7 @@ from tests.integration.transfer_support import (
     content,
     fresh,
     populate,
+    rename_project,
 )
 
 __all__ = ["fresh"]  # the fixture, imported for the tests below
@@ -95,13 +96,6 @@ def test_round_trip_sqlite_postgres_sqlite(
         assert content(b) == content(a)
 
 
-def _rename_project(db: dualdb.Database, project: uuid.UUID, name: str) -> None:
-    with db.engine.begin() as conn:
-        conn.execute(
-            sa.update(schema.projects).where(schema.projects.c.id == project).values(name=name)
-        )
-
-
 def _project_name(db: dualdb.Database, project: uuid.UUID) -> str:
     return db.projects.get(project).name
 
@@ -111,7 +105,7 @@ def test_conflicts_fail_skip_overwrite(target: str, fresh: MakeDb) -> None:
     with dualdb.connect(fresh("sqlite")) as src, dualdb.connect(fresh(target)) as dst:
         populate(src)
         dualdb.copy(src, dst, allow_remote=True)
-        _rename_project(dst, SEED_PROJECT, "Renamed in the target")
+        rename_project(dst, SEED_PROJECT, "Renamed in the target")
         new_shot = src.shots.create(SEED_PROJECT, "Added in the source")
 
         before = snapshot(dst)

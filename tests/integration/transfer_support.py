@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 import dualdb
+from dualdb import schema
 from dualdb.schema import DUMMY_USER_ID
 from dualdb.seed import seed, seed_id
 from dualdb.types import JSON_NULL
@@ -124,3 +126,11 @@ def populate(db: dualdb.Database) -> uuid.UUID:
 
 SEED_PROJECT = seed_id("project")
 SEED_USER = uuid.UUID(DUMMY_USER_ID)
+
+
+def rename_project(db: dualdb.Database, project: uuid.UUID, name: str) -> None:
+    """Rename ``project`` straight in the database (as another writer would)."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.update(schema.projects).where(schema.projects.c.id == project).values(name=name)
+        )

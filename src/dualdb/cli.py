@@ -454,7 +454,7 @@ def _on_conflict(value: str) -> OnConflict:
     return value  # type: ignore[return-value]
 
 
-def _open(url: str, role: str) -> Database:
+def _open(url: str | None, role: str) -> Database:
     """``connect(url)``, its refusal saying which side of a copy it is about."""
     _target(url)
     try:
@@ -510,7 +510,15 @@ def copy_command(
     from_url: Annotated[
         str, typer.Option("--from", help="Source database URL.", show_default=False)
     ],
-    to_url: Annotated[str, typer.Option("--to", help="Target database URL.", show_default=False)],
+    to_url: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            "--url",
+            help="Target database URL. Default: the environment's (APP_ENV …).",
+            show_default=False,
+        ),
+    ] = None,
     project: ProjectOption = None,
     on_conflict: OnConflictOption = "fail",
     requeue_running: RequeueOption = False,
@@ -520,8 +528,9 @@ def copy_command(
 ) -> None:
     """Copy projects (or everything) between any two databases, then verify the copy.
 
-    Both must be at the migration head. Rows already in the target unchanged are left alone,
-    so rerunning an interrupted copy finishes it. A Postgres target needs --allow-remote.
+    Both must be at the migration head; a Postgres target needs --allow-remote.
+
+    Rows already in the target unchanged are left alone: rerun an interrupted copy to finish it.
 
     Examples:
     $ dualdb copy --from sqlite:///local.db --to "$SUPABASE_DB_URL" --allow-remote

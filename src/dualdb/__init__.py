@@ -13,8 +13,9 @@ from dualdb.errors import (
     PermissionDenied,
     SchemaOutOfDate,
     UnreadableRow,
+    VerificationFailed,
 )
-from dualdb.transfer import VerificationFailed, copy, dump, load
+from dualdb.transfer import copy, dump, load
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 import dualdb
 from dualdb import migrations, schema
 from dualdb.config import resolve
-from dualdb.errors import ConfigError, Conflict, InvalidInput, NotFound, SchemaOutOfDate
+from dualdb.errors import (
+    ConfigError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    SchemaOutOfDate,
+    VerificationFailed,
+)
 from tests.integration.dal_support import snapshot
 from tests.integration.transfer_support import (
     DIRECTIONS,
@@ -218,3 +225,30 @@ def test_refusals_write_nothing(target: str, fresh: MakeDb) -> None:
                 dualdb.copy(src, empty, allow_remote=True)
             with empty.engine.connect() as conn:
                 assert "projects" not in sa.inspect(conn).get_table_names()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_target_that_changes_rows_fails_verification_naming_the_table(
+    target: str, fresh: MakeDb
+) -> None:
+    with dualdb.connect(fresh("sqlite")) as src, dualdb.connect(fresh(target)) as dst:
+        populate(src)
+        # Another program's trigger in the target rewrites every shot name it is given.
+        with dst.engine.begin() as conn:
+            if target == "sqlite":
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER meddle AFTER INSERT ON shots BEGIN "
+                    "UPDATE shots SET name = name || '!' WHERE id = NEW.id; END"
+                )
+            else:
+                conn.exec_driver_sql(
+                    "CREATE FUNCTION meddle() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN NEW.name := NEW.name || '!'; RETURN NEW; END $$"
+                )
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER meddle BEFORE INSERT ON shots "
+                    "FOR EACH ROW EXECUTE FUNCTION meddle()"
+                )
+        with pytest.raises(VerificationFailed, match="table shots: content differs") as caught:
+            dualdb.copy(src, dst, allow_remote=True)
+        assert caught.value.table == "shots"

@@ -4,6 +4,7 @@ Every value arrives exactly, whichever backends are involved (see docs/copy.md a
 :mod:`dualdb.transfer.rows`); what was written is verified afterwards, table by table.
 """
 
+from dualdb.errors import VerificationFailed
 from dualdb.transfer.archive import DumpResult, dump, load
 from dualdb.transfer.copy import copy
 from dualdb.transfer.core import (
@@ -11,7 +12,6 @@ from dualdb.transfer.core import (
     OnConflict,
     TableResult,
     TransferResult,
-    VerificationFailed,
 )
 
 __all__ = [

@@ -135,7 +135,7 @@ def copy(
     dualdb's migration head, :class:`~dualdb.errors.ConfigError` for a Postgres target
     without ``allow_remote`` (or the same database twice), :class:`~dualdb.errors.NotFound`
     for a project the source lacks, :class:`~dualdb.errors.Conflict` for a conflicting row,
-    :class:`~dualdb.transfer.VerificationFailed` when the target's rows differ afterwards.
+    :class:`~dualdb.errors.VerificationFailed` when the target's rows differ afterwards.
     """
     if on_conflict not in ON_CONFLICT:
         raise InvalidInput("on_conflict", f"must be one of {', '.join(ON_CONFLICT)}")

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from dualdb.database import Database
 from dualdb.engine import reading, translated_errors
-from dualdb.errors import Conflict, DualdbError
+from dualdb.errors import Conflict, VerificationFailed
 from dualdb.transfer.rows import (
     IN_CHUNK,
     SPEC,
@@ -46,17 +46,6 @@ ON_CONFLICT: tuple[str, ...] = ("fail", "skip", "overwrite")
 ProgressCallback = Callable[[str, int, int], None]
 
 DEFAULT_BATCH = 1000
-
-
-class VerificationFailed(DualdbError):
-    """After a copy or load, a table's rows in the target differ from the source's.
-
-    ``table`` names it.
-    """
-
-    def __init__(self, table: str, message: str) -> None:
-        self.table = table
-        super().__init__(f"verification failed for table {table}: {message}")
 
 
 class Source(Protocol):
@@ -365,7 +354,6 @@ __all__ = [
     "Source",
     "TableResult",
     "TransferResult",
-    "VerificationFailed",
     "transfer",
     "verify_rows",
 ]

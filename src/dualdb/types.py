@@ -48,7 +48,9 @@ __all__ = [
     "JSONText",
     "TaskStatus",
     "Timestamp",
+    "TimestampText",
     "UUIDArray",
+    "UUIDText",
     "Unreadable",
     "empty_uuid_array",
     "format_timestamp",
@@ -428,6 +430,37 @@ class JSONText(sa.types.TypeDecorator[str]):
 
     def column_expression(self, column: Any) -> Any:
         return _OnPostgres(column, "({})::text")
+
+
+class UUIDText(sa.types.TypeDecorator[str]):
+    """A :class:`UUID` column as its canonical text, both ways (``dualdb copy``'s bulk path:
+    no :class:`uuid.UUID` objects made per value)."""
+
+    impl = sa.types.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.UUID(as_uuid=False))
+        return dialect.type_descriptor(sa.types.Text())
+
+
+class TimestampText(sa.types.TypeDecorator[str]):
+    """A :class:`Timestamp` column as its fixed-width UTC text, both ways (``dualdb copy``'s
+    bulk path: SQLite's stored text goes through untouched; Postgres parses the text)."""
+
+    impl = sa.types.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
+        return dialect.type_descriptor(sa.types.Text())
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if isinstance(value, datetime):
+            return format_timestamp(value if value.tzinfo else value.replace(tzinfo=UTC))
+        return value  # type: ignore[no-any-return]
 
 
 class Timestamp(sa.types.TypeDecorator[datetime]):

@@ -166,7 +166,9 @@ def _check_projects(conn: sa.Connection, ids: list[uuid.UUID]) -> None:
     projects = TRANSFER_TABLES["projects"]
     found = {
         str(p)
-        for p in conn.execute(sa.select(projects.c.id).where(projects.c.id.in_(ids))).scalars()
+        for p in conn.execute(
+            sa.select(projects.c.id).where(projects.c.id.in_([str(i) for i in ids]))
+        ).scalars()
     }
     missing = [str(i) for i in ids if str(i) not in found]
     if missing:

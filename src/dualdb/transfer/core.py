@@ -35,6 +35,7 @@ from dualdb.transfer.rows import (
     canonical_line,
     fetch_by_key,
     fetch_edges,
+    same_content,
     to_params,
 )
 from dualdb.types import TaskStatus
@@ -177,7 +178,7 @@ def _plan(source: Source, dst: Database, result: TransferResult, *, fail: bool) 
                     there = found.get(spec.key_of(row))
                     if there is None:
                         table.inserted += 1
-                    elif canonical_line(spec, there) == canonical_line(spec, row):
+                    elif same_content(spec, there, row):
                         table.identical += 1
                     elif fail:
                         raise _conflict(spec, row)
@@ -212,7 +213,7 @@ def _write_table(
                 there = found.get(spec.key_of(row))
                 if there is None:
                     new.append(row)
-                elif canonical_line(spec, there) == canonical_line(spec, row):
+                elif same_content(spec, there, row):
                     table.identical += 1
                 elif on_conflict == "skip":
                     table.conflicting += 1
@@ -331,9 +332,11 @@ def verify_rows(
                     key = spec.key_of(row)
                     if key in left_out:
                         continue
-                    ours.add(spec, row)
+                    line = canonical_line(spec, row)
+                    ours.add_line(line)
                     if (other := found.get(key)) is not None:
-                        theirs.add(spec, other)
+                        # The same text has the same canonical line: made once.
+                        theirs.add_line(line if other == row else canonical_line(spec, other))
             if ours.rows != theirs.rows:
                 raise VerificationFailed(
                     spec.name, f"{ours.rows} rows in the source, {theirs.rows} in the target"

@@ -35,8 +35,10 @@ from dualdb.types import (
     UUID,
     JSONText,
     Timestamp,
+    TimestampText,
     Unreadable,
     UUIDArray,
+    UUIDText,
     format_timestamp,
     parse_timestamp,
 )
@@ -87,6 +89,8 @@ class TableSpec:
     key: tuple[int, ...]
     #: Kept by the database's triggers (``task_dependencies``): verified, never written.
     derived: bool = False
+    #: The columns whose values need converting on the way in (``uuid[]``, JSON).
+    converted: tuple[tuple[int, Kind], ...] = ()
 
     def key_of(self, row: Row) -> tuple[Any, ...]:
         """The primary key of ``row``."""
@@ -99,15 +103,28 @@ class TableSpec:
 
 def _spec(canonical: sa.Table) -> TableSpec:
     kinds = tuple(_kind(c) for c in canonical.columns)
+    # Every value travels as its text where it can: no Python object made per value.
+    as_text: dict[Kind, sa.types.TypeEngine[Any]] = {
+        Kind.JSON: JSONText(),
+        Kind.UUID: UUIDText(),
+        Kind.TIME: TimestampText(),
+    }
     columns = [
-        sa.Column(c.name, JSONText() if kind is Kind.JSON else c.type, primary_key=c.primary_key)
+        sa.Column(c.name, as_text.get(kind, c.type), primary_key=c.primary_key)
         for c, kind in zip(canonical.columns, kinds, strict=True)
     ]
     table = sa.Table(canonical.name, _META, *columns)
     names = tuple(c.name for c in canonical.columns)
     key = tuple(names.index(c.name) for c in canonical.primary_key.columns)
+    converted = tuple((i, k) for i, k in enumerate(kinds) if k in (Kind.UUIDS, Kind.JSON))
     return TableSpec(
-        canonical.name, table, names, kinds, key, derived=canonical is schema.task_dependencies
+        canonical.name,
+        table,
+        names,
+        kinds,
+        key,
+        derived=canonical is schema.task_dependencies,
+        converted=converted,
     )
 
 
@@ -170,40 +187,30 @@ def _string(value: str) -> str:
 def to_portable(spec: TableSpec, values: Sequence[Any]) -> Row:
     """A row read from a database (through :attr:`TableSpec.table`) in its portable form.
 
-    :class:`~dualdb.errors.UnreadableRow` when a stored value cannot be decoded (written
-    by a tool that bypassed the rules): such a row cannot be copied exactly.
+    UUIDs and timestamps already arrive as their text; JSON loses the whitespace Postgres
+    prints; ``uuid[]`` becomes a list of text.  :class:`~dualdb.errors.UnreadableRow` when an
+    array cannot be decoded (written by a tool that bypassed the rules).
     """
-    out: list[Any] = []
-    for name, kind, value in zip(spec.columns, spec.kinds, values, strict=True):
+    out = list(values)
+    for i, kind in spec.converted:
+        value = out[i]
         if value is None:
-            out.append(None)
             continue
-        if isinstance(value, Unreadable) or (
-            isinstance(value, list) and any(isinstance(v, Unreadable) for v in value)
-        ):
-            raise UnreadableRow(spec.name, values[spec.key[0]], name, str(value))
-        if kind is Kind.UUID:
-            out.append(str(value))
-        elif kind is Kind.UUIDS:
-            out.append([str(v) for v in value])
-        elif kind is Kind.TIME:
-            out.append(format_timestamp(value))
-        elif kind is Kind.JSON:
-            out.append(minify_json(value))
-        else:
-            out.append(value)
+        if kind is Kind.UUIDS:
+            if isinstance(value, Unreadable) or any(isinstance(v, Unreadable) for v in value):
+                raise UnreadableRow(spec.name, out[spec.key[0]], spec.columns[i], str(value))
+            out[i] = [str(v) for v in value]
+        elif _HAS_SPACE.search(value):
+            out[i] = minify_json(value)
     return tuple(out)
+
+
+_HAS_SPACE = re.compile(r"\s")
 
 
 def to_params(spec: TableSpec, row: Row) -> dict[str, Any]:
     """Bind parameters for writing ``row`` through :attr:`TableSpec.table`."""
-    params: dict[str, Any] = {}
-    for name, kind, value in zip(spec.columns, spec.kinds, row, strict=True):
-        if kind is Kind.TIME and value is not None:
-            params[name] = parse_timestamp(value)
-        else:
-            params[name] = value
-    return params
+    return dict(zip(spec.columns, row, strict=True))
 
 
 def check_portable(spec: TableSpec, values: object, where: str) -> Row:
@@ -236,6 +243,11 @@ def _valid(kind: Kind, value: object) -> bool:
         return False
 
 
+def same_content(spec: TableSpec, a: Row, b: Row) -> bool:
+    """Whether two rows hold the same values (the same text, or the same canonical line)."""
+    return a == b or canonical_line(spec, a) == canonical_line(spec, b)
+
+
 def canonical_line(spec: TableSpec, row: Row) -> str:
     """The text a checksum hashes for ``row`` (the same from either backend or a dump)."""
     values = [
@@ -259,8 +271,12 @@ class Checksum:
 
     def add(self, spec: TableSpec, row: Row) -> None:
         """Count ``row`` and hash its canonical line."""
+        self.add_line(canonical_line(spec, row))
+
+    def add_line(self, line: str) -> None:
+        """Count a row whose canonical line is ``line``, and hash it."""
         self.rows += 1
-        self._hash.update(canonical_line(spec, row).encode())
+        self._hash.update(line.encode())
         self._hash.update(b"\n")
 
     @property
@@ -276,7 +292,7 @@ def scope_clause(spec: TableSpec, projects: Sequence[uuid.UUID] | None) -> sa.Co
     """The rows of ``spec`` that belong to ``projects`` (every row when None)."""
     if projects is None:
         return sa.true()
-    ids = list(projects)
+    ids = [str(p) for p in projects]
     p = TRANSFER_TABLES["projects"]
     if spec.name == "users":
         owners = sa.select(p.c.user_id).where(p.c.id.in_(ids))

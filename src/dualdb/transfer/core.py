@@ -150,7 +150,7 @@ def transfer(
         source = _Mapped(source, requeued)
     result = TransferResult(dry_run=dry_run)
     if on_conflict == "fail" or dry_run:
-        _plan(source, dst, result, fail=on_conflict == "fail" and not dry_run)
+        _plan(source, dst, result, fail=on_conflict == "fail" and not dry_run, counting=dry_run)
         if dry_run:
             return result
     skipped: dict[str, set[tuple[Any, ...]]] = {}
@@ -165,12 +165,18 @@ def transfer(
     return result
 
 
-def _plan(source: Source, dst: Database, result: TransferResult, *, fail: bool) -> None:
+def _plan(
+    source: Source, dst: Database, result: TransferResult, *, fail: bool, counting: bool
+) -> None:
+    """Look for conflicts (``fail``: raise the first) and, when ``counting``, count what
+    would be inserted, found identical or found conflicting."""
     with reading(dst.engine) as conn, translated_errors():
         for spec in SPECS:
             if spec.derived:
                 continue
             table = result.tables.setdefault(spec.name, TableResult())
+            if not counting and _empty(conn, spec):
+                continue  # nothing there to conflict with (a fresh target: no second read)
             for page in source.pages(spec):
                 found = fetch_by_key(conn, spec, (r[spec.key[0]] for r in page))
                 for row in page:
@@ -184,6 +190,10 @@ def _plan(source: Source, dst: Database, result: TransferResult, *, fail: bool) 
                         raise _conflict(spec, row)
                     else:
                         table.conflicting += 1
+
+
+def _empty(conn: sa.Connection, spec: TableSpec) -> bool:
+    return conn.execute(sa.select(sa.literal(1)).select_from(spec.table).limit(1)).first() is None
 
 
 def _write_table(

@@ -485,17 +485,27 @@ def _progress_bar() -> Iterator[ProgressCallback]:
 
 
 def _report(result: TransferResult, verb: str) -> None:
-    table = Table("table", "rows", "inserted", "identical", "conflicting", "checksum")
-    for name, t in result.tables.items():
-        table.add_row(
-            name,
-            str(t.rows),
-            "-" if name == "task_dependencies" else str(t.inserted),
-            "-" if name == "task_dependencies" else str(t.identical),
-            "-" if name == "task_dependencies" else str(t.conflicting),
-            t.checksum or "",
-        )
-    out.print(table)
+    derived = "task_dependencies"  # kept by the database's triggers: compared, never written
+    if not out.is_terminal:  # one whole line per table (a table would cut the checksums)
+        for name, t in result.tables.items():
+            counts = (
+                ""
+                if name == derived
+                else (
+                    f", {t.inserted} inserted, {t.identical} identical, {t.conflicting} conflicting"
+                )
+            )
+            out.print(f"{name}: {t.rows} rows{counts}" + (f", {t.checksum}" if t.checksum else ""))
+    else:
+        table = Table("table", "rows", "inserted", "identical", "conflicting", "checksum")
+        for name, t in result.tables.items():
+            cells = (
+                ("-", "-", "-")
+                if name == derived
+                else (str(t.inserted), str(t.identical), str(t.conflicting))
+            )
+            table.add_row(name, str(t.rows), *cells, t.checksum or "")
+        out.print(table)
     if result.dry_run:
         out.print(f"Dry run: nothing was written ({result.inserted} rows would be).")
         return

@@ -21,6 +21,7 @@ from dualdb.errors import (
     SchemaOutOfDate,
     VerificationFailed,
 )
+from dualdb.seed import seed_id
 from tests.integration.dal_support import snapshot
 from tests.integration.transfer_support import (
     DIRECTIONS,
@@ -113,6 +114,15 @@ def test_conflicts_fail_skip_overwrite(target: str, fresh: MakeDb) -> None:
         populate(src)
         dualdb.copy(src, dst, allow_remote=True)
         rename_project(dst, SEED_PROJECT, "Renamed in the target")
+        # A queued task whose dependencies another writer changed in the target (its edges
+        # and counter follow, by the triggers).
+        keyframe_2 = seed_id("task:keyframe-2")
+        with dst.engine.begin() as conn:
+            conn.execute(
+                sa.update(schema.tasks)
+                .where(schema.tasks.c.id == keyframe_2)
+                .values(dependant_on=[])
+            )
         new_shot = src.shots.create(SEED_PROJECT, "Added in the source")
 
         before = snapshot(dst)
@@ -127,11 +137,14 @@ def test_conflicts_fail_skip_overwrite(target: str, fresh: MakeDb) -> None:
 
         skipped = dualdb.copy(src, dst, on_conflict="skip", allow_remote=True)
         assert skipped.verified and skipped.tables["projects"].conflicting == 1
+        assert skipped.tables["tasks"].conflicting == 1
         assert _project_name(dst, SEED_PROJECT) == "Renamed in the target"
+        assert dst.tasks.get(keyframe_2).dependant_on == []
         assert dst.shots.get(new_shot.id).name == "Added in the source"
 
         overwritten = dualdb.copy(src, dst, on_conflict="overwrite", allow_remote=True)
         assert overwritten.verified and overwritten.tables["projects"].conflicting == 1
+        assert overwritten.tables["tasks"].conflicting == 1
         assert content(dst) == content(src)
 
 

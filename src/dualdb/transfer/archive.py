@@ -83,6 +83,10 @@ def dump(
     ids = project_ids(projects)
     revision = check_revision(db, "source")
     target = Path(path)
+    if not target.parent.resolve().is_dir():
+        raise InvalidInput("output", f"folder {target.parent} does not exist")
+    if target.is_dir():
+        raise InvalidInput("output", f"{target} is a folder")
     result = DumpResult(target)
     manifest: dict[str, Any] = {
         "format": FORMAT,

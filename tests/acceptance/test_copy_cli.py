@@ -128,3 +128,32 @@ def test_a_copy_killed_mid_way_is_finished_by_running_it_again(
     with dualdb.connect(src_url) as src, dualdb.connect(dst_url) as dst:
         assert dst.row_counts() == src.row_counts()
         assert snapshot(dst) == snapshot(src)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_dump_then_load_with_verify(target: str, fresh: MakeDb, tmp_path: Path) -> None:
+    assert run("migrate", "--url", "sqlite:///local.db", cwd=tmp_path).returncode == 0
+    assert run("seed", "--url", "sqlite:///local.db", cwd=tmp_path).returncode == 0
+    dumped = run("dump", "--url", "sqlite:///local.db", "-o", "backup.zip", cwd=tmp_path)
+    assert dumped.returncode == 0, dumped.stderr
+    assert "Wrote 15 rows to backup.zip" in dumped.stdout  # 12 rows and 3 dependency edges
+    dst = fresh(target)
+    dry = run("load", "backup.zip", "--url", dst, "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "Dry run: nothing was written (12 rows would be)" in dry.stdout
+    with dualdb.connect(dst) as db:
+        assert sum(db.row_counts().values()) == 0
+
+    # A corrupt copy of the dump: one line, nothing written.
+    data = (tmp_path / "backup.zip").read_bytes()
+    (tmp_path / "cut.zip").write_bytes(data[: len(data) - 200])
+    cut = run("load", "cut.zip", "--url", dst, "--allow-remote", cwd=tmp_path)
+    assert_one_line_error(cut)
+    with dualdb.connect(dst) as db:
+        assert sum(db.row_counts().values()) == 0
+
+    loaded = run("load", "backup.zip", "--url", dst, "--allow-remote", "--verify", cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "Loaded 12 rows." in loaded.stdout and "Verified" in loaded.stdout
+    with dualdb.connect(dst) as db, dualdb.connect(f"sqlite:///{tmp_path / 'local.db'}") as src:
+        assert content(db) == content(src)

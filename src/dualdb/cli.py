@@ -582,6 +582,7 @@ def dump(
     $ dualdb dump -o backup.dualdb.zip
     $ dualdb dump --url "$SUPABASE_DB_URL" --project 0190… -o snapshot.zip
     """
+    _target(url)
     with connect(url) as db, _progress_bar() as progress:
         result = dump_data(db, output, projects=project, batch_size=batch_size, progress=progress)
     out.print(f"Wrote {result.rows} rows to {output}.")
@@ -608,6 +609,7 @@ def load(
     $ dualdb load snapshot.zip --url "$SUPABASE_DB_URL" --allow-remote --verify
     """
     mode = _on_conflict(on_conflict)
+    _target(url)
     with connect(url) as db, _progress_bar() as progress:
         result = load_data(
             db,

@@ -13,7 +13,9 @@ from dualdb.errors import (
     PermissionDenied,
     SchemaOutOfDate,
     UnreadableRow,
+    VerificationFailed,
 )
+from dualdb.transfer import copy, dump, load
 
 __version__ = "0.1.0"
 
@@ -32,6 +34,10 @@ __all__ = [
     "ScopedDatabase",
     "Session",
     "UnreadableRow",
+    "VerificationFailed",
     "__version__",
     "connect",
+    "copy",
+    "dump",
+    "load",
 ]

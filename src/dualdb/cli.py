@@ -11,7 +11,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,14 +20,26 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from dualdb import integrity, migrations
 from dualdb.config import resolve
-from dualdb.database import connect
-from dualdb.errors import DualdbError, InvalidInput
+from dualdb.database import Database, connect
+from dualdb.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    DualdbError,
+    InvalidInput,
+    SchemaOutOfDate,
+)
 from dualdb.seed import seed as seed_database
 from dualdb.target import Target
+from dualdb.transfer import ON_CONFLICT, OnConflict, TransferResult
+from dualdb.transfer import copy as copy_data
+from dualdb.transfer import dump as dump_data
+from dualdb.transfer import load as load_data
+from dualdb.transfer.core import ProgressCallback
 
 app = typer.Typer(
     name="dualdb",
@@ -402,6 +415,215 @@ def seed(
         out.print(f"Seeded {target.redacted}: {made}.")
     else:
         out.print(f"Already seeded: {target.redacted} has every seed row; nothing changed.")
+
+
+ProjectOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--project",
+        help="Only this project, with everything under it and its owner (repeatable). "
+        "Default: every row.",
+        show_default=False,
+    ),
+]
+OnConflictOption = Annotated[
+    str,
+    typer.Option(
+        "--on-conflict",
+        help="A row whose key is in the target with other content: fail (checked before "
+        "writing), skip (keep the target's) or overwrite.",
+    ),
+]
+RequeueOption = Annotated[
+    bool,
+    typer.Option("--requeue-running", help="In Progress tasks arrive Queued, worker cleared."),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Count what would be written; write nothing.")
+]
+AllowRemoteOption = Annotated[
+    bool, typer.Option("--allow-remote", help="Allow writing into a Postgres (web) database.")
+]
+BatchOption = Annotated[
+    int, typer.Option("--batch-size", help="Rows per transaction.", min=1, max=100_000)
+]
+
+
+def _on_conflict(value: str) -> OnConflict:
+    if value not in ON_CONFLICT:
+        raise InvalidInput("--on-conflict", f"must be one of {', '.join(ON_CONFLICT)}")
+    return value  # type: ignore[return-value]
+
+
+def _open(url: str | None, role: str) -> Database:
+    """``connect(url)``, its refusal saying which side of a copy it is about."""
+    _target(url)
+    try:
+        return connect(url)
+    except (SchemaOutOfDate, DatabaseUnavailable, ConfigError) as exc:
+        raise type(exc)(f"{role}: {exc}") from None
+
+
+@contextmanager
+def _progress_bar() -> Iterator[ProgressCallback]:
+    """Rows done per table: a rich progress bar on a terminal, a line per batch otherwise."""
+    if not out.is_terminal:
+
+        def line(table: str, done: int, total: int) -> None:
+            out.print(f"  {table}: {done}/{total}")
+
+        yield line
+        return
+    with Progress(console=out) as bar:
+        ids: dict[str, TaskID] = {}
+
+        def update(table: str, done: int, total: int) -> None:
+            if table not in ids:
+                ids[table] = bar.add_task(table, total=total)
+            bar.update(ids[table], completed=done)
+
+        yield update
+
+
+def _report(result: TransferResult, verb: str) -> None:
+    derived = "task_dependencies"  # kept by the database's triggers: compared, never written
+    if not out.is_terminal:  # one whole line per table (a table would cut the checksums)
+        for name, t in result.tables.items():
+            counts = (
+                ""
+                if name == derived
+                else (
+                    f", {t.inserted} inserted, {t.identical} identical, {t.conflicting} conflicting"
+                )
+            )
+            out.print(f"{name}: {t.rows} rows{counts}" + (f", {t.checksum}" if t.checksum else ""))
+    else:
+        table = Table("table", "rows", "inserted", "identical", "conflicting", "checksum")
+        for name, t in result.tables.items():
+            cells = (
+                ("-", "-", "-")
+                if name == derived
+                else (str(t.inserted), str(t.identical), str(t.conflicting))
+            )
+            table.add_row(name, str(t.rows), *cells, t.checksum or "")
+        out.print(table)
+    if result.dry_run:
+        out.print(f"Dry run: nothing was written ({result.inserted} rows would be).")
+        return
+    out.print(f"{verb} {result.inserted} rows.")
+    if result.verified:
+        out.print("Verified: every table's row count and checksum match the source.")
+
+
+@app.command(name="copy")
+@handle_errors
+def copy_command(
+    from_url: Annotated[
+        str, typer.Option("--from", help="Source database URL.", show_default=False)
+    ],
+    to_url: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            "--url",
+            help="Target database URL. Default: the environment's (APP_ENV …).",
+            show_default=False,
+        ),
+    ] = None,
+    project: ProjectOption = None,
+    on_conflict: OnConflictOption = "fail",
+    requeue_running: RequeueOption = False,
+    dry_run: DryRunOption = False,
+    allow_remote: AllowRemoteOption = False,
+    batch_size: BatchOption = 1000,
+) -> None:
+    """Copy projects (or everything) between any two databases, then verify the copy.
+
+    Both must be at the migration head; a Postgres target needs --allow-remote.
+
+    Rows already in the target unchanged are left alone: rerun an interrupted copy to finish it.
+
+    Examples:
+    $ dualdb copy --from sqlite:///local.db --to "$SUPABASE_DB_URL" --allow-remote
+    $ dualdb copy --from "$SUPABASE_DB_URL" --to sqlite:///bug.db --project 0190…
+    """
+    mode = _on_conflict(on_conflict)
+    with _open(from_url, "source") as src, _open(to_url, "target") as dst:
+        out.print(f"Copying {src.target.redacted} → {dst.target.redacted}…")
+        with _progress_bar() as progress:
+            result = copy_data(
+                src,
+                dst,
+                projects=project,
+                on_conflict=mode,
+                requeue_running=requeue_running,
+                dry_run=dry_run,
+                allow_remote=allow_remote,
+                batch_size=batch_size,
+                progress=progress,
+            )
+    _report(result, "Copied")
+
+
+@app.command()
+@handle_errors
+def dump(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The archive to write.", show_default=False)
+    ],
+    url: UrlOption = None,
+    project: ProjectOption = None,
+    batch_size: BatchOption = 1000,
+) -> None:
+    """Write projects (or everything) to a portable archive that loads into either backend.
+
+    The format (zip of JSON Lines per table plus a manifest) is described in docs/copy.md.
+
+    Examples:
+    $ dualdb dump -o backup.dualdb.zip
+    $ dualdb dump --url "$SUPABASE_DB_URL" --project 0190… -o snapshot.zip
+    """
+    _target(url)
+    with connect(url) as db, _progress_bar() as progress:
+        result = dump_data(db, output, projects=project, batch_size=batch_size, progress=progress)
+    out.print(f"Wrote {result.rows} rows to {output}.")
+
+
+@app.command()
+@handle_errors
+def load(
+    file: Annotated[Path, typer.Argument(help="An archive written by dualdb dump.")],
+    url: UrlOption = None,
+    on_conflict: OnConflictOption = "fail",
+    requeue_running: RequeueOption = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Compare every table with the dump afterwards.")
+    ] = False,
+    dry_run: DryRunOption = False,
+    allow_remote: AllowRemoteOption = False,
+    batch_size: BatchOption = 1000,
+) -> None:
+    """Load an archive written by dualdb dump (checked against its manifest first).
+
+    Examples:
+    $ dualdb load backup.dualdb.zip --verify
+    $ dualdb load snapshot.zip --url "$SUPABASE_DB_URL" --allow-remote --verify
+    """
+    mode = _on_conflict(on_conflict)
+    _target(url)
+    with connect(url) as db, _progress_bar() as progress:
+        result = load_data(
+            db,
+            file,
+            on_conflict=mode,
+            requeue_running=requeue_running,
+            verify=verify,
+            dry_run=dry_run,
+            allow_remote=allow_remote,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    _report(result, "Loaded")
 
 
 def _seconds(option: str, value: float) -> timedelta:

@@ -54,6 +54,15 @@ class MigrationError(DualdbError):
     """A migration command could not run (unknown revision, refused target, failed DDL)."""
 
 
+class VerificationFailed(DualdbError):
+    """After ``dualdb copy`` (or ``load --verify``) a table's rows in the target differ from
+    the source's: a different row count or content checksum.  ``table`` names it."""
+
+    def __init__(self, table: str, message: str) -> None:
+        self.table = table
+        super().__init__(f"verification failed for table {table}: {message}")
+
+
 class UnreadableRow(DualdbError):
     """A stored row dualdb cannot decode (written by a tool that bypassed the rules, or before
     they existed): that row only — listings report it and go on, a claim fails the task.

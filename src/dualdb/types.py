@@ -46,9 +46,12 @@ __all__ = [
     "UNFINISHED_STATUSES",
     "UUID",
     "JSONNull",
+    "JSONText",
     "TaskStatus",
     "Timestamp",
+    "TimestampText",
     "UUIDArray",
+    "UUIDText",
     "Unreadable",
     "empty_uuid_array",
     "format_timestamp",
@@ -449,6 +452,55 @@ class JSONB(sa.types.TypeDecorator[Any]):
         except _DECODE_ERRORS as err:
             return Unreadable.of(value, err)
         return JSON_NULL if parsed is None else parsed
+
+
+class JSONText(sa.types.TypeDecorator[str]):
+    """A :class:`JSONB` column read and written as its JSON text, untouched.
+
+    For moving documents between databases (``dualdb copy``/``dump``/``load``): parsing to
+    Python would turn ``1.10`` into ``1.1`` and lose integers past the float range's
+    exactness, so the text goes through as it is (``CAST(… AS JSONB)`` on Postgres).
+    """
+
+    impl = _JSONStorage
+    cache_ok = True
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return _OnPostgres(bindvalue, "CAST({} AS JSONB)")
+
+    def column_expression(self, column: Any) -> Any:
+        return _OnPostgres(column, "({})::text")
+
+
+class UUIDText(sa.types.TypeDecorator[str]):
+    """A :class:`UUID` column as its canonical text, both ways (``dualdb copy``'s bulk path:
+    no :class:`uuid.UUID` objects made per value)."""
+
+    impl = sa.types.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.UUID(as_uuid=False))
+        return dialect.type_descriptor(sa.types.Text())
+
+
+class TimestampText(sa.types.TypeDecorator[str]):
+    """A :class:`Timestamp` column as its fixed-width UTC text, both ways (``dualdb copy``'s
+    bulk path: SQLite's stored text goes through untouched; Postgres parses the text)."""
+
+    impl = sa.types.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
+        return dialect.type_descriptor(sa.types.Text())
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if isinstance(value, datetime):
+            return format_timestamp(value if value.tzinfo else value.replace(tzinfo=UTC))
+        return value  # type: ignore[no-any-return]
 
 
 class Timestamp(sa.types.TypeDecorator[datetime]):

@@ -127,6 +127,15 @@ class Backend(ABC):
         A single ``SELECT`` is atomic on its own; skipping the transaction saves round trips.
         """
 
+    def snapshot_read_options(self) -> dict[str, Any]:
+        """Execution options for a long read that must see one consistent snapshot.
+
+        ``dualdb copy`` reads its source in many pages; they must all see the same data, or
+        a row changed between two pages would be copied half old, half new.  On SQLite a
+        deferred ``BEGIN`` in WAL mode already reads one snapshot, without the write lock.
+        """
+        return {READ_ONLY: True}
+
     def file_missing(self, target: Target) -> bool:
         """True when ``target`` is a local file that does not exist yet (connecting would
         create an empty one)."""

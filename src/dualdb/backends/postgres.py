@@ -234,6 +234,10 @@ class PostgresBackend(Backend):
     def autocommit_read_options(self) -> dict[str, Any]:
         return {READ_ONLY: True, AUTOCOMMIT: True}
 
+    def snapshot_read_options(self) -> dict[str, Any]:
+        # READ COMMITTED takes a new snapshot per statement: pages would disagree.
+        return {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+
     def work_waiter(self, target: Target, engine: Engine) -> WorkWaiter:
         if target.transaction_pooler:
             # The transaction pooler hands each transaction to any server connection: a

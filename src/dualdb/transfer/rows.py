@@ -1,0 +1,374 @@
+"""Rows in their portable form, the same whichever backend they come from or go to.
+
+A *portable row* is a tuple of plain values in the table's column order: a UUID as its
+canonical 36-character text, a ``uuid[]`` as a list of those, a timestamp as the fixed-width
+UTC text ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (microseconds exact), a JSON document as its exact
+JSON text (SQL ``NULL`` is ``None``; a JSON ``null`` is the text ``"null"``), integers and text
+as they are.  Rows are read and written through :data:`TRANSFER_TABLES`, copies of the
+canonical tables whose JSON columns carry text (:class:`~dualdb.types.JSONText`), so no value
+is ever re-encoded by Python on the way.
+
+The *canonical line* of a row is what checksums hash: the portable values as one compact JSON
+array, with each JSON document rewritten in one canonical form (object keys sorted, numbers as
+exact decimals).  Postgres' ``jsonb`` keeps neither key order nor the spelling of numbers
+(``1e2`` is ``100``), so only that form is the same on both backends.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from dualdb import schema
+from dualdb.errors import InvalidInput, UnreadableRow
+from dualdb.types import (
+    JSONB,
+    UUID,
+    JSONText,
+    Timestamp,
+    TimestampText,
+    Unreadable,
+    UUIDArray,
+    UUIDText,
+    format_timestamp,
+    parse_timestamp,
+)
+
+#: One row: its values in the table's column order.
+Row = tuple[Any, ...]
+
+
+class Kind(enum.Enum):
+    """How a column's values travel."""
+
+    UUID = "uuid"
+    UUIDS = "uuid[]"
+    TIME = "timestamp"
+    JSON = "json"
+    INTEGER = "integer"
+    TEXT = "text"
+
+
+def _kind(column: sa.Column[Any]) -> Kind:
+    t = column.type
+    if isinstance(t, UUID):
+        return Kind.UUID
+    if isinstance(t, UUIDArray):
+        return Kind.UUIDS
+    if isinstance(t, Timestamp):
+        return Kind.TIME
+    if isinstance(t, JSONB):
+        return Kind.JSON
+    if isinstance(t, sa.Integer):
+        return Kind.INTEGER
+    return Kind.TEXT
+
+
+_META = sa.MetaData()
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table as the transfer sees it."""
+
+    name: str
+    #: The transfer copy of the table (JSON as text).
+    table: sa.Table
+    columns: tuple[str, ...]
+    kinds: tuple[Kind, ...]
+    #: Positions of the primary-key columns in :attr:`columns`.
+    key: tuple[int, ...]
+    #: Kept by the database's triggers (``task_dependencies``): verified, never written.
+    derived: bool = False
+    #: The columns whose values need converting on the way in (``uuid[]``, JSON).
+    converted: tuple[tuple[int, Kind], ...] = ()
+
+    def key_of(self, row: Row) -> tuple[Any, ...]:
+        """The primary key of ``row``."""
+        return tuple(row[i] for i in self.key)
+
+    def column(self, name: str) -> sa.Column[Any]:
+        """The transfer table's column ``name``."""
+        return self.table.c[name]
+
+
+def _spec(canonical: sa.Table) -> TableSpec:
+    kinds = tuple(_kind(c) for c in canonical.columns)
+    # Every value travels as its text where it can: no Python object made per value.
+    as_text: dict[Kind, sa.types.TypeEngine[Any]] = {
+        Kind.JSON: JSONText(),
+        Kind.UUID: UUIDText(),
+        Kind.TIME: TimestampText(),
+    }
+    columns = [
+        sa.Column(c.name, as_text.get(kind, c.type), primary_key=c.primary_key)
+        for c, kind in zip(canonical.columns, kinds, strict=True)
+    ]
+    table = sa.Table(canonical.name, _META, *columns)
+    names = tuple(c.name for c in canonical.columns)
+    key = tuple(names.index(c.name) for c in canonical.primary_key.columns)
+    converted = tuple((i, k) for i, k in enumerate(kinds) if k in (Kind.UUIDS, Kind.JSON))
+    return TableSpec(
+        canonical.name,
+        table,
+        names,
+        kinds,
+        key,
+        derived=canonical is schema.task_dependencies,
+        converted=converted,
+    )
+
+
+#: Every table, parents first (the order rows are written in).
+SPECS: tuple[TableSpec, ...] = tuple(_spec(t) for t in schema.TABLES)
+SPEC: dict[str, TableSpec] = {s.name: s for s in SPECS}
+TRANSFER_TABLES: dict[str, sa.Table] = {s.name: s.table for s in SPECS}
+
+
+# --- values --------------------------------------------------------------------------------
+
+# A JSON string literal, or a run of whitespace outside one.
+_JSON_SPACE = re.compile(r'("(?:[^"\\]|\\.)*")|\s+', re.DOTALL)
+
+
+def minify_json(text: str) -> str:
+    """``text`` without the whitespace between tokens: every key, number and string as is."""
+    return _JSON_SPACE.sub(lambda m: m.group(1) or "", text)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def canonical_json(text: str) -> str:
+    """The one form of a JSON document both backends agree on: keys sorted, numbers exact.
+
+    Numbers are parsed as decimals and written without an exponent, as Postgres' numeric
+    prints them (``1e2`` → ``100``, ``1.10`` stays ``1.10``); duplicate keys keep the last
+    value, as ``jsonb`` does.
+    """
+    value = json.loads(
+        text, parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant
+    )
+    return _canonical(value)
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, dict):
+        items = (f"{_string(k)}:{_canonical(value[k])}" for k in sorted(value))
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    if isinstance(value, Decimal):
+        text = format(value, "f")
+        return text.lstrip("-") if value.is_zero() else text
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    return _string(value)
+
+
+def _string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def to_portable(spec: TableSpec, values: Sequence[Any]) -> Row:
+    """A row read from a database (through :attr:`TableSpec.table`) in its portable form.
+
+    UUIDs and timestamps already arrive as their text; JSON loses the whitespace Postgres
+    prints; ``uuid[]`` becomes a list of text.  :class:`~dualdb.errors.UnreadableRow` when an
+    array cannot be decoded (written by a tool that bypassed the rules).
+    """
+    out = list(values)
+    for i, kind in spec.converted:
+        value = out[i]
+        if value is None:
+            continue
+        if kind is Kind.UUIDS:
+            if isinstance(value, Unreadable) or any(isinstance(v, Unreadable) for v in value):
+                raise UnreadableRow(spec.name, out[spec.key[0]], spec.columns[i], str(value))
+            out[i] = [str(v) for v in value]
+        elif _HAS_SPACE.search(value):
+            out[i] = minify_json(value)
+    return tuple(out)
+
+
+_HAS_SPACE = re.compile(r"\s")
+
+
+def to_params(spec: TableSpec, row: Row) -> dict[str, Any]:
+    """Bind parameters for writing ``row`` through :attr:`TableSpec.table`."""
+    return dict(zip(spec.columns, row, strict=True))
+
+
+def check_portable(spec: TableSpec, values: object, where: str) -> Row:
+    """``values`` (a row read from a dump) checked value by value; InvalidInput if wrong."""
+    if not isinstance(values, list) or len(values) != len(spec.columns):
+        raise InvalidInput("dump", f"{where}: not a row of {len(spec.columns)} values")
+    for name, kind, value in zip(spec.columns, spec.kinds, values, strict=True):
+        if value is not None and not _valid(kind, value):
+            raise InvalidInput("dump", f"{where}: column {name} holds an invalid {kind.value}")
+    return tuple(values)
+
+
+def _valid(kind: Kind, value: object) -> bool:
+    try:
+        if kind is Kind.UUID:
+            return isinstance(value, str) and str(uuid.UUID(value)) == value
+        if kind is Kind.UUIDS:
+            return isinstance(value, list) and all(_valid(Kind.UUID, v) for v in value)
+        if kind is Kind.TIME:
+            return isinstance(value, str) and format_timestamp(parse_timestamp(value)) == value
+        if kind is Kind.JSON:
+            if not isinstance(value, str):
+                return False
+            canonical_json(value)
+            return True
+        if kind is Kind.INTEGER:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, str)
+    except (ValueError, TypeError, RecursionError):
+        return False
+
+
+def same_content(spec: TableSpec, a: Row, b: Row) -> bool:
+    """Whether two rows hold the same values (the same text, or the same canonical line)."""
+    return a == b or canonical_line(spec, a) == canonical_line(spec, b)
+
+
+def canonical_line(spec: TableSpec, row: Row) -> str:
+    """The text a checksum hashes for ``row`` (the same from either backend or a dump)."""
+    values = [
+        canonical_json(v) if kind is Kind.JSON and v is not None else v
+        for kind, v in zip(spec.kinds, row, strict=True)
+    ]
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+
+
+def dump_line(row: Row) -> str:
+    """The line a dump stores for ``row`` (exact JSON text kept; see docs/copy.md)."""
+    return json.dumps(list(row), ensure_ascii=False, separators=(",", ":"))
+
+
+class Checksum:
+    """Row count and SHA-256 of the canonical lines of a table's rows, in key order."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._hash = hashlib.sha256()
+
+    def add(self, spec: TableSpec, row: Row) -> None:
+        """Count ``row`` and hash its canonical line."""
+        self.add_line(canonical_line(spec, row))
+
+    def add_line(self, line: str) -> None:
+        """Count a row whose canonical line is ``line``, and hash it."""
+        self.rows += 1
+        self._hash.update(line.encode())
+        self._hash.update(b"\n")
+
+    @property
+    def digest(self) -> str:
+        """``sha256:<hex>``."""
+        return "sha256:" + self._hash.hexdigest()
+
+
+# --- reading a database --------------------------------------------------------------------
+
+
+def scope_clause(spec: TableSpec, projects: Sequence[uuid.UUID] | None) -> sa.ColumnElement[bool]:
+    """The rows of ``spec`` that belong to ``projects`` (every row when None)."""
+    if projects is None:
+        return sa.true()
+    ids = [str(p) for p in projects]
+    p = TRANSFER_TABLES["projects"]
+    if spec.name == "users":
+        owners = sa.select(p.c.user_id).where(p.c.id.in_(ids))
+        return spec.column("id").in_(owners)
+    if spec.name == "projects":
+        return spec.column("id").in_(ids)
+    if spec.name == "shot_generations":
+        shots = TRANSFER_TABLES["shots"]
+        return spec.column("shot_id").in_(sa.select(shots.c.id).where(shots.c.project_id.in_(ids)))
+    if spec.name == "task_dependencies":
+        tasks = TRANSFER_TABLES["tasks"]
+        return spec.column("task_id").in_(sa.select(tasks.c.id).where(tasks.c.project_id.in_(ids)))
+    return spec.column("project_id").in_(ids)
+
+
+def _after(spec: TableSpec, last: Row) -> sa.ColumnElement[bool]:
+    """Keys after ``last`` in key order (keyset paging; UUIDs sort alike on both backends)."""
+    cols = [spec.table.c[spec.columns[i]] for i in spec.key]
+    vals = [last[i] for i in spec.key]
+    clause: sa.ColumnElement[bool] = cols[-1] > vals[-1]
+    for col, val in zip(reversed(cols[:-1]), reversed(vals[:-1]), strict=True):
+        clause = sa.or_(col > val, sa.and_(col == val, clause))
+    return clause
+
+
+def read_pages(
+    conn: sa.Connection, spec: TableSpec, where: sa.ColumnElement[bool], batch: int
+) -> Iterator[list[Row]]:
+    """The rows of ``spec`` matching ``where``, in key order, ``batch`` at a time."""
+    order = [spec.table.c[spec.columns[i]] for i in spec.key]
+    last: Row | None = None
+    while True:
+        query = sa.select(spec.table).where(where)
+        if last is not None:
+            query = query.where(_after(spec, last))
+        page = [to_portable(spec, r) for r in conn.execute(query.order_by(*order).limit(batch))]
+        if not page:
+            return
+        yield page
+        last = page[-1]
+        if len(page) < batch:
+            return
+
+
+def count_rows(conn: sa.Connection, spec: TableSpec, where: sa.ColumnElement[bool]) -> int:
+    """How many rows of ``spec`` match ``where``."""
+    query = sa.select(sa.func.count()).select_from(spec.table).where(where)
+    return int(conn.execute(query).scalar_one())
+
+
+#: Most keys in one ``IN (…)`` list (well under SQLite's bound-parameter limit).
+IN_CHUNK = 900
+
+
+def fetch_by_key(
+    conn: sa.Connection, spec: TableSpec, keys: Iterable[Any]
+) -> dict[tuple[Any, ...], Row]:
+    """The rows of a single-key table whose key is in ``keys``, by key."""
+    (pos,) = spec.key
+    column = spec.table.c[spec.columns[pos]]
+    wanted = list(keys)
+    found: dict[tuple[Any, ...], Row] = {}
+    for i in range(0, len(wanted), IN_CHUNK):
+        query = sa.select(spec.table).where(column.in_(wanted[i : i + IN_CHUNK]))
+        for r in conn.execute(query):
+            row = to_portable(spec, r)
+            found[spec.key_of(row)] = row
+    return found
+
+
+def fetch_edges(conn: sa.Connection, task_ids: Iterable[str]) -> list[Row]:
+    """The ``task_dependencies`` rows of ``task_ids``, in key order."""
+    spec = SPEC["task_dependencies"]
+    wanted = sorted(set(task_ids))
+    rows: list[Row] = []
+    for i in range(0, len(wanted), IN_CHUNK):
+        query = sa.select(spec.table).where(spec.column("task_id").in_(wanted[i : i + IN_CHUNK]))
+        rows.extend(to_portable(spec, r) for r in conn.execute(query))
+    return sorted(rows)

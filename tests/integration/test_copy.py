@@ -1,0 +1,267 @@
+"""``dualdb.copy``: exact copies in all four directions, conflicts, refusals, ownership."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+
+import dualdb
+from dualdb import migrations, schema
+from dualdb.config import resolve
+from dualdb.errors import (
+    ConfigError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    SchemaOutOfDate,
+    VerificationFailed,
+)
+from dualdb.seed import seed_id
+from tests.integration.dal_support import snapshot
+from tests.integration.transfer_support import (
+    DIRECTIONS,
+    SEED_PROJECT,
+    SEED_USER,
+    TARGETS,
+    MakeDb,
+    content,
+    fresh,
+    populate,
+    rename_project,
+)
+
+__all__ = ["fresh"]  # the fixture, imported for the tests below
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_copy_is_exact_and_a_rerun_writes_nothing(
+    direction: tuple[str, str], fresh: MakeDb
+) -> None:
+    src_url, dst_url = fresh(direction[0]), fresh(direction[1])
+    with dualdb.connect(src_url) as src, dualdb.connect(dst_url) as dst:
+        populate(src)
+        result = dualdb.copy(src, dst, allow_remote=True)
+        assert result.verified
+        assert content(dst) == content(src)
+        counts = src.row_counts()
+        assert dst.row_counts() == counts
+        assert {t: r.rows for t, r in result.tables.items()} == counts
+        assert all(r.checksum and r.checksum.startswith("sha256:") for r in result.tables.values())
+        # The database kept its rules: the running task is still claimable by nobody else,
+        # and the blocked one still waits (its unmet count arrived with it).
+        assert dst.tasks.counts() == src.tasks.counts()
+
+        again = dualdb.copy(src, dst, allow_remote=True)
+        assert again.inserted == 0 and again.verified
+        assert all(
+            r.identical == counts[t] for t, r in again.tables.items() if t != "task_dependencies"
+        )
+        assert content(dst) == content(src)
+
+
+# JSON the schema accepts: finite numbers, text without NUL or lone surrogates.
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8
+)
+_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _text
+)
+_json = st.recursive(
+    _leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+    max_leaves=12,
+)
+_params = st.dictionaries(_text, _json, max_size=5)
+
+
+@pytest.mark.postgres
+@settings(max_examples=6, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(population=st.lists(st.tuples(_params, st.booleans()), min_size=1, max_size=6))
+def test_round_trip_sqlite_postgres_sqlite(
+    fresh: MakeDb, population: list[tuple[dict[str, Any], bool]]
+) -> None:
+    first, middle, last = fresh("sqlite"), fresh("postgresql"), fresh("sqlite")
+    with dualdb.connect(first) as a, dualdb.connect(middle) as p, dualdb.connect(last) as b:
+        project = populate(a)
+        with a.session() as s:
+            previous: list[uuid.UUID] = []
+            for params, chained in population:
+                task = s.tasks.enqueue(project, "generated", params, depends_on=previous[-1:])
+                if chained:
+                    previous.append(task.id)
+        assert dualdb.copy(a, p, allow_remote=True).verified
+        assert content(p) == content(a)
+        assert dualdb.copy(p, b).verified
+        assert content(b) == content(a)
+
+
+def _project_name(db: dualdb.Database, project: uuid.UUID) -> str:
+    return db.projects.get(project).name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_conflicts_fail_skip_overwrite(target: str, fresh: MakeDb) -> None:
+    with dualdb.connect(fresh("sqlite")) as src, dualdb.connect(fresh(target)) as dst:
+        populate(src)
+        dualdb.copy(src, dst, allow_remote=True)
+        rename_project(dst, SEED_PROJECT, "Renamed in the target")
+        # A queued task whose dependencies another writer changed in the target (its edges
+        # and counter follow, by the triggers).
+        keyframe_2 = seed_id("task:keyframe-2")
+        with dst.engine.begin() as conn:
+            conn.execute(
+                sa.update(schema.tasks)
+                .where(schema.tasks.c.id == keyframe_2)
+                .values(dependant_on=[])
+            )
+        new_shot = src.shots.create(SEED_PROJECT, "Added in the source")
+
+        before = snapshot(dst)
+        with pytest.raises(Conflict, match=f"projects {SEED_PROJECT}.*nothing was written"):
+            dualdb.copy(src, dst, allow_remote=True)
+        assert snapshot(dst) == before
+
+        dry = dualdb.copy(src, dst, on_conflict="skip", dry_run=True)
+        assert dry.dry_run and dry.tables["projects"].conflicting == 1
+        assert dry.tables["shots"].inserted == 1
+        assert snapshot(dst) == before
+
+        skipped = dualdb.copy(src, dst, on_conflict="skip", allow_remote=True)
+        assert skipped.verified and skipped.tables["projects"].conflicting == 1
+        assert skipped.tables["tasks"].conflicting == 1
+        assert _project_name(dst, SEED_PROJECT) == "Renamed in the target"
+        assert dst.tasks.get(keyframe_2).dependant_on == []
+        assert dst.shots.get(new_shot.id).name == "Added in the source"
+
+        overwritten = dualdb.copy(src, dst, on_conflict="overwrite", allow_remote=True)
+        assert overwritten.verified and overwritten.tables["projects"].conflicting == 1
+        assert overwritten.tables["tasks"].conflicting == 1
+        assert content(dst) == content(src)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_overwrite_never_rewinds_a_finished_task(target: str, fresh: MakeDb) -> None:
+    with dualdb.connect(fresh("sqlite")) as src, dualdb.connect(fresh(target)) as dst:
+        populate(src)
+        dualdb.copy(src, dst, allow_remote=True)
+        # In the target a worker finishes a task the source still has queued.
+        task = dst.tasks.claim("target-worker", ["travel_stitch", "single_image"])
+        assert task is not None
+        dst.tasks.complete(task.id, "target-worker", "files/done.png")
+        with pytest.raises(Conflict, match=f"tasks {task.id}"):
+            dualdb.copy(src, dst, on_conflict="overwrite", allow_remote=True)
+        assert dst.tasks.get(task.id).status == "Complete"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_project_brings_its_owner_and_nothing_else(target: str, fresh: MakeDb) -> None:
+    with dualdb.connect(fresh("sqlite")) as src, dualdb.connect(fresh(target)) as dst:
+        exotic = populate(src)
+        owner = src.projects.get(exotic).user_id
+        result = dualdb.copy(src, dst, projects=[str(exotic)], allow_remote=True)
+        assert result.verified
+        assert [u.id for u in dst.users.list().items] == [owner]
+        assert [p.id for p in dst.projects.list().items] == [exotic]
+        assert dst.users.find(SEED_USER) is None
+        counts = dst.row_counts()
+        with src.engine.connect() as conn:
+            tasks = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(schema.tasks)
+                .where(schema.tasks.c.project_id == exotic)
+            ).scalar_one()
+        assert counts["tasks"] == tasks and counts["projects"] == 1 and counts["users"] == 1
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_requeue_running(target: str, fresh: MakeDb) -> None:
+    with dualdb.connect(fresh("sqlite")) as src, dualdb.connect(fresh(target)) as dst:
+        populate(src)
+        with src.engine.connect() as conn:
+            ids = (
+                conn.execute(
+                    sa.select(schema.tasks.c.id).where(schema.tasks.c.status == "In Progress")
+                )
+                .scalars()
+                .all()
+            )
+        assert len(ids) == 1
+        result = dualdb.copy(src, dst, requeue_running=True, allow_remote=True)
+        assert result.verified
+        for task_id in ids:
+            task = dst.tasks.get(task_id)
+            assert task.status == "Queued" and task.worker_id is None
+            assert task.heartbeat_at is None
+        claimed = dst.tasks.claim("new-worker", ["exotic_b"])
+        assert claimed is not None and claimed.id in ids
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_refusals_write_nothing(target: str, fresh: MakeDb) -> None:
+    src_url, dst_url = fresh("sqlite"), fresh(target)
+    with dualdb.connect(src_url) as src:
+        populate(src)
+        with dualdb.connect(dst_url) as dst:
+            before = snapshot(dst)
+            if target == "postgresql":
+                with pytest.raises(ConfigError, match="--allow-remote"):
+                    dualdb.copy(src, dst)
+            with pytest.raises(NotFound, match="project"):
+                dualdb.copy(src, dst, projects=[uuid.uuid4()], allow_remote=True)
+            with pytest.raises(InvalidInput, match="project"):
+                dualdb.copy(src, dst, projects=["not-a-uuid"], allow_remote=True)
+            with pytest.raises(InvalidInput, match="on_conflict"):
+                dualdb.copy(src, dst, on_conflict="merge", allow_remote=True)  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match="same database"):
+                dualdb.copy(dst, dst, allow_remote=True)
+            assert snapshot(dst) == before
+        # An older target: one migration behind.
+        migrations.downgrade(resolve(dst_url), migrations.revisions()[-2])
+        with (
+            dualdb.connect(dst_url, check_schema=False) as old,
+            pytest.raises(SchemaOutOfDate, match=r"target database .*`dualdb migrate --url"),
+        ):
+            dualdb.copy(src, old, allow_remote=True)
+        # An unmigrated one.
+        migrations.downgrade(resolve(dst_url), "base")
+        with dualdb.connect(dst_url, check_schema=False) as empty:
+            with pytest.raises(SchemaOutOfDate, match="revision none"):
+                dualdb.copy(src, empty, allow_remote=True)
+            with empty.engine.connect() as conn:
+                assert "projects" not in sa.inspect(conn).get_table_names()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_target_that_changes_rows_fails_verification_naming_the_table(
+    target: str, fresh: MakeDb
+) -> None:
+    with dualdb.connect(fresh("sqlite")) as src, dualdb.connect(fresh(target)) as dst:
+        populate(src)
+        # Another program's trigger in the target rewrites every shot name it is given.
+        with dst.engine.begin() as conn:
+            if target == "sqlite":
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER meddle AFTER INSERT ON shots BEGIN "
+                    "UPDATE shots SET name = name || '!' WHERE id = NEW.id; END"
+                )
+            else:
+                conn.exec_driver_sql(
+                    "CREATE FUNCTION meddle() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN NEW.name := NEW.name || '!'; RETURN NEW; END $$"
+                )
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER meddle BEFORE INSERT ON shots "
+                    "FOR EACH ROW EXECUTE FUNCTION meddle()"
+                )
+        with pytest.raises(VerificationFailed, match="table shots: content differs") as caught:
+            dualdb.copy(src, dst, allow_remote=True)
+        assert caught.value.table == "shots"

@@ -265,3 +265,37 @@ def test_a_target_that_changes_rows_fails_verification_naming_the_table(
         with pytest.raises(VerificationFailed, match="table shots: content differs") as caught:
             dualdb.copy(src, dst, allow_remote=True)
         assert caught.value.table == "shots"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_values_another_tool_stored_in_its_own_form_arrive_in_dualdbs(
+    target: str, fresh: MakeDb, tmp_path: Any
+) -> None:
+    """SQLite text that dualdb reads but did not write (a space for the ``T``, no fraction, an
+    upper-case UUID) arrives as dualdb writes it, the copy verifies, and a dump of it loads."""
+    src_url, dst_url = fresh("sqlite"), fresh(target)
+    with dualdb.connect(src_url) as src:
+        user = src.users.create(email="o@example.invalid")
+        project = src.projects.create("odd", user.id)
+        shot = src.shots.create(project.id, "s")
+    with sa.create_engine(src_url).begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE projects SET created_at = '2024-01-02 03:04:05' WHERE id = ?",
+            (str(project.id),),
+        )
+        conn.exec_driver_sql(
+            "UPDATE shots SET project_id = upper(project_id) WHERE id = ?", (str(shot.id),)
+        )
+    with dualdb.connect(src_url) as src, dualdb.connect(dst_url) as dst:
+        read = src.projects.get(project.id)
+        assert read.created_at.isoformat() == "2024-01-02T03:04:05+00:00"
+        result = dualdb.copy(src, dst, allow_remote=True)
+        assert result.verified
+        assert dst.projects.get(project.id).created_at == read.created_at
+        assert dst.shots.get(shot.id).project_id == project.id
+        assert dualdb.copy(src, dst, allow_remote=True).inserted == 0  # a rerun agrees
+        archive = tmp_path / "odd.zip"
+        dualdb.dump(src, archive)
+    with dualdb.connect(fresh(target)) as again:
+        assert dualdb.load(again, archive, allow_remote=True, verify=True).verified
+        assert again.projects.get(project.id).created_at == read.created_at

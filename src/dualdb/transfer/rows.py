@@ -41,6 +41,7 @@ from dualdb.types import (
     UUIDText,
     format_timestamp,
     parse_timestamp,
+    to_uuid,
 )
 
 #: One row: its values in the table's column order.
@@ -89,7 +90,8 @@ class TableSpec:
     key: tuple[int, ...]
     #: Kept by the database's triggers (``task_dependencies``): verified, never written.
     derived: bool = False
-    #: The columns whose values need converting on the way in (``uuid[]``, JSON).
+    #: The columns whose values may need converting on the way in (``uuid[]``, JSON, and
+    #: UUIDs and timestamps that another tool stored in a form of its own).
     converted: tuple[tuple[int, Kind], ...] = ()
 
     def key_of(self, row: Row) -> tuple[Any, ...]:
@@ -116,7 +118,9 @@ def _spec(canonical: sa.Table) -> TableSpec:
     table = sa.Table(canonical.name, _META, *columns)
     names = tuple(c.name for c in canonical.columns)
     key = tuple(names.index(c.name) for c in canonical.primary_key.columns)
-    converted = tuple((i, k) for i, k in enumerate(kinds) if k in (Kind.UUIDS, Kind.JSON))
+    converted = tuple(
+        (i, k) for i, k in enumerate(kinds) if k in (Kind.UUIDS, Kind.JSON, Kind.UUID, Kind.TIME)
+    )
     return TableSpec(
         canonical.name,
         table,
@@ -187,16 +191,22 @@ def _string(value: str) -> str:
 def to_portable(spec: TableSpec, values: Sequence[Any]) -> Row:
     """A row read from a database (through :attr:`TableSpec.table`) in its portable form.
 
-    UUIDs and timestamps already arrive as their text; JSON loses the whitespace Postgres
-    prints; ``uuid[]`` becomes a list of text.  :class:`~dualdb.errors.UnreadableRow` when an
-    array cannot be decoded (written by a tool that bypassed the rules).
+    UUIDs and timestamps arrive as their text, and leave in dualdb's one form of it (lowercase
+    UUIDs, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``): a value another tool stored in another form that
+    dualdb reads (``2024-01-01 00:00:00``, an upper-case UUID) is written as dualdb would have
+    written it, so both sides and a dump agree on it.  JSON loses the whitespace Postgres
+    prints; ``uuid[]`` becomes a list of text.  :class:`~dualdb.errors.UnreadableRow` when a
+    value cannot be decoded at all (written by a tool that bypassed the rules).
     """
     out = list(values)
     for i, kind in spec.converted:
         value = out[i]
         if value is None:
             continue
-        if kind is Kind.UUIDS:
+        if kind is Kind.UUID or kind is Kind.TIME:
+            if not _CANONICAL[kind].match(value):
+                out[i] = _canonical_text(spec, out, i, kind)
+        elif kind is Kind.UUIDS:
             if isinstance(value, Unreadable) or any(isinstance(v, Unreadable) for v in value):
                 raise UnreadableRow(spec.name, out[spec.key[0]], spec.columns[i], str(value))
             out[i] = [str(v) for v in value]
@@ -206,6 +216,23 @@ def to_portable(spec: TableSpec, values: Sequence[Any]) -> Row:
 
 
 _HAS_SPACE = re.compile(r"\s")
+#: dualdb's own text of a UUID and of a timestamp.
+_CANONICAL = {
+    Kind.UUID: re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"),
+    Kind.TIME: re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z"),
+}
+
+
+def _canonical_text(spec: TableSpec, row: list[Any], i: int, kind: Kind) -> str:
+    """The stored ``row[i]`` in dualdb's own text, read as dualdb reads it; UnreadableRow
+    if dualdb cannot read it."""
+    value = row[i]
+    try:
+        if kind is Kind.UUID:
+            return str(to_uuid(value))
+        return format_timestamp(parse_timestamp(str(value)))
+    except (ValueError, TypeError, OverflowError) as err:
+        raise UnreadableRow(spec.name, row[spec.key[0]], spec.columns[i], str(err)) from None
 
 
 def to_params(spec: TableSpec, row: Row) -> dict[str, Any]:

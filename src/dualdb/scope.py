@@ -42,26 +42,12 @@ Refine = Callable[[exc.DBAPIError], DualdbError | None]
 _ATTEMPTS = 2
 
 
-#: How many forks made this process (0 in the first): a pinned connection is only ever used
-#: by the process that opened it (cheaper to compare than a getpid() per call).
-_forks = 0
-
-
-def _forked() -> None:
-    global _forks
-    _forks += 1
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
 class _Pin:
     """One thread's pooled connection, kept checked out between calls (see :class:`_Pins`)."""
 
     def __init__(self, connection: PoolProxiedConnection) -> None:
         self.connection: PoolProxiedConnection | None = connection
         self.pid = os.getpid()
-        self.forks = _forks
 
     def release(self) -> None:
         connection, self.connection = self.connection, None
@@ -77,21 +63,25 @@ class _Pins:
     """Per engine: each thread's pinned connection, for backends that pin (SQLite).
 
     Checking a connection out of the pool and back in costs more than a whole SQLite lookup;
-    a thread therefore keeps one for its one-statement calls.  SQLite's pool has no size limit
-    (:mod:`dualdb.backends.sqlite`), so pinned connections never starve anyone.  A forked
-    child never uses its parent's connection.
+    a thread therefore keeps one for its one-statement calls.  SQLite's pool has no limit on
+    connections in use (:mod:`dualdb.backends.sqlite`), so pinned connections never starve
+    anyone; a thread's goes back to the pool when the thread ends.  A forked child never uses,
+    closes or pools its parent's (:func:`_forked`).
     """
 
     def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
+        # Weak: the engine (and its Database) may go away; its entry in _PINS goes with it.
+        self._engine = weakref.ref(engine)
         self._local = threading.local()
         self._all: weakref.WeakSet[_Pin] = weakref.WeakSet()
 
     def get(self) -> PoolProxiedConnection:
         pin: _Pin | None = getattr(self._local, "pin", None)
-        if pin is not None and pin.connection is not None and pin.forks == _forks:
+        if pin is not None and pin.connection is not None:
             return pin.connection
-        pin = _Pin(self._engine.raw_connection())
+        engine = self._engine()
+        assert engine is not None  # a Scope holds its engine
+        pin = _Pin(engine.raw_connection())
         self._local.pin = pin
         self._all.add(pin)
         assert pin.connection is not None
@@ -107,9 +97,31 @@ class _Pins:
         for pin in list(self._all):
             pin.release()
 
+    def disown(self) -> None:
+        """In a forked child: the pins are the parent's.  Kept referenced for good, so that
+        nothing here ever closes, resets or pools them."""
+        _INHERITED.extend(self._all)
+        self._local = threading.local()
+        self._all = weakref.WeakSet()
+
+
+#: The connections a forked child inherited pinned (see :meth:`_Pins.disown`).
+_INHERITED: list[_Pin] = []
+
 
 _PINS: weakref.WeakKeyDictionary[sa.Engine, _Pins] = weakref.WeakKeyDictionary()
 _PINS_LOCK = threading.Lock()
+
+
+def _forked() -> None:
+    """In a new child process: every pinned engine starts from a pool of its own (SQLite
+    must never use a connection across ``fork``), and the parent's pins stay untouched."""
+    for engine, pins in list(_PINS.items()):
+        pins.disown()
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _pins_of(engine: sa.Engine) -> _Pins:
@@ -125,6 +137,19 @@ def release_pinned(engine: sa.Engine) -> None:
     pins = _PINS.get(engine)
     if pins is not None:
         pins.release_all()
+
+
+def _run_on(
+    conn: sa.Connection, statement: Statement, values: Mapping[str, Any]
+) -> list[Sequence[Any]]:
+    """``statement`` on the driver's connection under ``conn``; a connection found dead is
+    invalidated, as SQLAlchemy does for a statement of its own."""
+    try:
+        return statement.rows(conn.connection.dbapi_connection, values)
+    except exc.DBAPIError as err:
+        if err.connection_invalidated:
+            conn.invalidate()
+        raise
 
 
 class Scope:
@@ -238,10 +263,10 @@ class Scope:
 
     def _rows(self, statement: Statement, values: Mapping[str, Any]) -> list[Sequence[Any]]:
         if (current := self._connection or self._current()) is not None:
-            return statement.rows(current.connection.dbapi_connection, values)
+            return _run_on(current, statement, values)
         if self.on_begin is not None:
             with self._transaction({READ_ONLY: True}) as conn:
-                return statement.rows(conn.connection.dbapi_connection, values)
+                return _run_on(conn, statement, values)
         for attempt in range(_ATTEMPTS):
             leased = self._lease()
             try:
@@ -282,7 +307,12 @@ class Scope:
     def _write_driver(self) -> Iterator[Any]:
         """:meth:`write`, giving the driver's connection."""
         with self.write() as conn:
-            yield conn.connection.dbapi_connection
+            try:
+                yield conn.connection.dbapi_connection
+            except exc.DBAPIError as err:
+                if err.connection_invalidated:
+                    conn.invalidate()  # as SQLAlchemy does for a statement of its own
+                raise
 
     @property
     def drives(self) -> bool:

@@ -79,14 +79,13 @@ def _act_as(conn: sa.Connection, claims: str, sub: str, role: str) -> None:
             driver.execute(f"SET LOCAL ROLE {role}")
             driver.execute(_ROLE_TIMEOUTS, {"role": role})
     except psycopg.Error as err:
-        # As SQLAlchemy would have raised it: Scope retries a connection found dead here.
+        # As SQLAlchemy would have raised it (a dead connection invalidated first, so the
+        # pool never hands it out again): Scope retries a connection found dead here.
+        dead = conn.dialect.is_disconnect(err, driver, None)  # type: ignore[arg-type]
+        if dead:
+            conn.invalidate()
         raise exc.DBAPIError.instance(
-            _SET_CLAIMS,
-            None,
-            err,
-            psycopg.Error,
-            connection_invalidated=conn.dialect.is_disconnect(err, driver, None),  # type: ignore[arg-type]
-            dialect=conn.dialect,
+            _SET_CLAIMS, None, err, psycopg.Error, connection_invalidated=dead, dialect=conn.dialect
         ) from err
 
 

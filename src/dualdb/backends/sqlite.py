@@ -110,9 +110,10 @@ class SqliteBackend(Backend):
         engine = sa.create_engine(
             target.url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-            # No size limit: each thread keeps a connection pinned (pin_connections), and a
-            # file's connections cost a file handle, not a server's slot.
-            **({} if memory else {"pool_size": 0}),
+            # No limit on connections in use: each thread keeps one pinned (pin_connections),
+            # and a file's connections cost a file handle, not a server's slot.  Idle ones
+            # beyond the pool's five are closed when they come back.
+            **({} if memory else {"max_overflow": -1}),
         )
 
         @event.listens_for(engine, "connect")

@@ -136,6 +136,10 @@ class Backend(ABC):
         """
         return {READ_ONLY: True}
 
+    def same_database(self, a: Target, b: Target) -> bool:
+        """Whether two targets of this backend are one database (by default: one URL)."""
+        return a.url == b.url
+
     def file_missing(self, target: Target) -> bool:
         """True when ``target`` is a local file that does not exist yet (connecting would
         create an empty one)."""

@@ -94,6 +94,10 @@ class SqliteBackend(Backend):
     library = "the standard library's sqlite3"
     schemes = ("sqlite",)
 
+    def same_database(self, a: Target, b: Target) -> bool:
+        # One file, however its path was written.
+        return Path(a.url.database or "").resolve() == Path(b.url.database or "").resolve()
+
     def check_url(self, url: URL) -> None:
         if not url.database:
             raise ConfigError("a SQLite URL needs a file path: sqlite:///path/to/file.db")

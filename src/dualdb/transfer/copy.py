@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -88,11 +87,7 @@ def check_revision(db: Database, role: str, head: str | None = None) -> str:
 
 def _same_database(src: Database, dst: Database) -> bool:
     a, b = src.target, dst.target
-    if a.backend != b.backend:
-        return False
-    if backend_for(a.backend).remote:
-        return a.url == b.url
-    return Path(a.url.database or "").resolve() == Path(b.url.database or "").resolve()
+    return a.backend == b.backend and backend_for(a.backend).same_database(a, b)
 
 
 def project_ids(values: Sequence[uuid.UUID | str] | None) -> list[uuid.UUID] | None:

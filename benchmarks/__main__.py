@@ -42,6 +42,13 @@ def _counts(text: str) -> tuple[int, ...]:
     return values
 
 
+def _letters(text: str) -> str:
+    letters = text.upper()
+    if not letters or set(letters) - set("ABCDEF"):
+        raise argparse.ArgumentTypeError("letters among A, B, C, D, E, F")
+    return letters
+
+
 def _parser() -> argparse.ArgumentParser:
     defaults = BenchConfig()
     parser = argparse.ArgumentParser(
@@ -72,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for the PNG plots of C, D and F (default bench-out/)",
     )
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
+    parser.add_argument(
+        "--only",
+        type=_letters,
+        help="run only these measurements, e.g. AB (default ABCDEF; see docs/benchmarks.md)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown")
     return parser
@@ -85,6 +97,8 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         changes["procs"] = args.procs
     if args.bulk:
         changes["bulk"] = args.bulk
+    if args.only:
+        changes["only"] = args.only
     return dataclasses.replace(base, **changes)
 
 

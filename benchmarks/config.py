@@ -38,6 +38,9 @@ class BenchConfig:
     iter_rows: int = 200_000
     #: Tasks enqueued one at a time for the stock worker to pick up.
     pickups: int = 30
+    #: The measurements to run (letters of issue 13: A single-row, B bulk insert,
+    #: C claim→complete, D claim cost by table shape, E iteration, F pickup).
+    only: str = "ABCDEF"
 
 
 #: ``--quick``: every code path, small sizes (a smoke run, not a measurement).

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import _SCENARIO_LABEL
-from benchmarks.run import BenchResult
+from benchmarks.run import BackendResult, BenchResult
 
 
 def _pyplot() -> Any:
@@ -25,13 +25,29 @@ def _pyplot() -> Any:
 
 
 def write_plots(result: BenchResult, folder: Path) -> list[Path]:
-    """Write the plots of ``result`` into ``folder`` (created); the files written."""
+    """Write the plots of ``result`` into ``folder`` (created); the files written (a plot
+    whose measurement did not run is not written)."""
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
-    backends = result.backends
     written: list[Path] = []
     stamp = f"run of {result.started_at}"
 
+    backends = [b for b in result.backends if b.throughput]
+    if backends:
+        _throughput(plt, backends, stamp, folder / "claim_complete.png")
+        written.append(folder / "claim_complete.png")
+    backends = [b for b in result.backends if b.scenarios]
+    if backends:
+        _claim_cost(plt, backends, stamp, folder / "claim_cost.png")
+        written.append(folder / "claim_cost.png")
+    backends = [b for b in result.backends if b.pickup_ms]
+    if backends:
+        _pickup(plt, backends, stamp, folder / "pickup.png")
+        written.append(folder / "pickup.png")
+    return written
+
+
+def _throughput(plt: Any, backends: list[BackendResult], stamp: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(backends), figsize=(5.5 * len(backends), 4), squeeze=False)
     for ax, b in zip(axes[0], backends, strict=True):
         procs = [t.procs for t in b.throughput]
@@ -45,10 +61,11 @@ def write_plots(result: BenchResult, folder: Path) -> list[Path]:
         ax.legend()
     fig.suptitle(f"C: claim→complete throughput ({stamp})")
     fig.tight_layout()
-    written.append(folder / "claim_complete.png")
-    fig.savefig(written[-1], dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
+
+def _claim_cost(plt: Any, backends: list[BackendResult], stamp: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(backends), figsize=(6 * len(backends), 4), squeeze=False)
     for ax, b in zip(axes[0], backends, strict=True):
         names = [_SCENARIO_LABEL.get(s.name, s.name).replace(", ", ",\n") for s in b.scenarios]
@@ -62,10 +79,11 @@ def write_plots(result: BenchResult, folder: Path) -> list[Path]:
         ax.legend()
     fig.suptitle(f"D: claim latency by table shape ({stamp})")
     fig.tight_layout()
-    written.append(folder / "claim_cost.png")
-    fig.savefig(written[-1], dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
+
+def _pickup(plt: Any, backends: list[BackendResult], stamp: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     data = [b.pickup_ms for b in backends]
     ax.boxplot(data, showfliers=True)
@@ -78,7 +96,5 @@ def write_plots(result: BenchResult, folder: Path) -> list[Path]:
     ax.legend()
     ax.set_title(f"F: stock `dualdb worker`, defaults ({stamp})", fontsize=9)
     fig.tight_layout()
-    written.append(folder / "pickup.png")
-    fig.savefig(written[-1], dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return written

@@ -294,7 +294,7 @@ def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None)
         stack.callback(loader.close)
         result.server = _server_version(url, backend)
 
-        progress(f"{backend}: A, single-row get/create/update/delete/list(50)")
+        progress(f"{backend}: setup")
         owner = db.users.create(email="bench@example.invalid")
         projects = db.projects.create_many(
             [{"name": f"bench {i}", "user_id": owner.id} for i in range(max(50, cfg.projects))]
@@ -302,156 +302,166 @@ def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None)
         project_id = projects[0].id
         ids = [p.id for p in projects]
         random.Random(42).shuffle(ids)
-        ours, theirs = measure_get(db, raw, ids, cfg.get_ops, cfg.rounds)
-        single = goals.SINGLE_ROW
-        result.comparisons.append(Comparison("get by id", "µs/op", ours, theirs, False, single))
-        for name, (ours, theirs) in measure_writes(
-            db, raw, owner.id, ids, cfg.get_ops, cfg.rounds
-        ).items():
-            result.comparisons.append(Comparison(name, "µs/op", ours, theirs, False, single))
+        progress(f"{backend}: A, single-row get/create/update/delete/list(50)")
+        if "A" in cfg.only:
+            ours, theirs = measure_get(db, raw, ids, cfg.get_ops, cfg.rounds)
+            single = goals.SINGLE_ROW
+            result.comparisons.append(Comparison("get by id", "µs/op", ours, theirs, False, single))
+            for name, (ours, theirs) in measure_writes(
+                db, raw, owner.id, ids, cfg.get_ops, cfg.rounds
+            ).items():
+                result.comparisons.append(Comparison(name, "µs/op", ours, theirs, False, single))
 
-        for n in cfg.bulk:
-            progress(f"{backend}: B, bulk insert of {n} tasks")
-            bulk = measure_bulk(db, raw, loader, project_id, n)
-            sqlite = backend == "sqlite"
-            result.comparisons.append(
-                Comparison(
-                    f"create_many {n:,} tasks",
-                    "rows/s",
-                    bulk.dualdb,
-                    bulk.executemany,
-                    True,
-                    goals.BULK_SQLITE if sqlite else None,
-                    "raw = executemany",
-                )
-            )
-            if bulk.copy is not None:
+        if "B" in cfg.only:
+            for n in cfg.bulk:
+                progress(f"{backend}: B, bulk insert of {n} tasks")
+                bulk = measure_bulk(db, raw, loader, project_id, n)
+                sqlite = backend == "sqlite"
                 result.comparisons.append(
                     Comparison(
                         f"create_many {n:,} tasks",
                         "rows/s",
                         bulk.dualdb,
-                        bulk.copy,
+                        bulk.executemany,
                         True,
-                        goals.BULK_COPY,
-                        "raw = COPY",
+                        goals.BULK_SQLITE if sqlite else None,
+                        "raw = executemany",
                     )
                 )
-
-        for procs in cfg.procs:
-            measured: dict[str, float] = {}
-            duplicates = 0
-            impls = ("dualdb", "raw") if procs % 2 else ("raw", "dualdb")
-            for impl in impls:
-                progress(f"{backend}: C, claim→complete, {impl}, {procs} process(es)")
-                loader.clear_tasks()
-                _seed_throughput(db, project_id, cfg.tasks)
-                loader.settle()
-                run = measure_throughput(impl, url, procs)
-                left = loader.count("status <> 'Complete'")
-                reclaimed = loader.count("attempts <> 1")
-                if run.completed != cfg.tasks or left:
-                    raise RuntimeError(
-                        f"{impl} with {procs} processes completed {run.completed} of "
-                        f"{cfg.tasks} tasks ({left} not Complete)"
+                if bulk.copy is not None:
+                    result.comparisons.append(
+                        Comparison(
+                            f"create_many {n:,} tasks",
+                            "rows/s",
+                            bulk.dualdb,
+                            bulk.copy,
+                            True,
+                            goals.BULK_COPY,
+                            "raw = COPY",
+                        )
                     )
-                if impl == "dualdb":
-                    duplicates = run.duplicates + reclaimed
-                elif run.duplicates + reclaimed:
-                    raise RuntimeError(f"the raw claim ran {run.duplicates} tasks twice")
-                measured[impl] = run.tasks_per_s
-            noun = "process" if procs == 1 else "processes"
-            result.throughput.append(
-                ThroughputPoint(procs, measured["dualdb"], measured["raw"], duplicates)
+
+        if "C" in cfg.only:
+            for procs in cfg.procs:
+                measured: dict[str, float] = {}
+                duplicates = 0
+                impls = ("dualdb", "raw") if procs % 2 else ("raw", "dualdb")
+                for impl in impls:
+                    progress(f"{backend}: C, claim→complete, {impl}, {procs} process(es)")
+                    loader.clear_tasks()
+                    _seed_throughput(db, project_id, cfg.tasks)
+                    loader.settle()
+                    run = measure_throughput(impl, url, procs)
+                    left = loader.count("status <> 'Complete'")
+                    reclaimed = loader.count("attempts <> 1")
+                    if run.completed != cfg.tasks or left:
+                        raise RuntimeError(
+                            f"{impl} with {procs} processes completed {run.completed} of "
+                            f"{cfg.tasks} tasks ({left} not Complete)"
+                        )
+                    if impl == "dualdb":
+                        duplicates = run.duplicates + reclaimed
+                    elif run.duplicates + reclaimed:
+                        raise RuntimeError(f"the raw claim ran {run.duplicates} tasks twice")
+                    measured[impl] = run.tasks_per_s
+                noun = "process" if procs == 1 else "processes"
+                result.throughput.append(
+                    ThroughputPoint(procs, measured["dualdb"], measured["raw"], duplicates)
+                )
+                result.comparisons.append(
+                    Comparison(
+                        f"claim→complete, {procs} {noun}",
+                        "tasks/s",
+                        measured["dualdb"],
+                        measured["raw"],
+                        True,
+                        goals.THROUGHPUT if procs in goals.THROUGHPUT_PROCS else None,
+                        f"{duplicates} duplicates",
+                    )
+                )
+                if duplicates:
+                    raise RuntimeError(
+                        f"dualdb ran {duplicates} tasks twice with {procs} processes"
+                    )
+
+        if "E" in cfg.only:
+            progress(f"{backend}: E, filling {cfg.iter_rows:,} rows to iterate")
+            fill_for_iteration(loader, project_id, cfg.iter_rows)
+            scans = {}
+            for impl in ("raw", "dualdb"):
+                progress(f"{backend}: E, iterating {cfg.iter_rows:,} rows, {impl}")
+                scans[impl] = measure_iteration(url, project_id, impl)
+                if scans[impl].rows != cfg.iter_rows:
+                    raise RuntimeError(f"{impl} iterated {scans[impl].rows} of {cfg.iter_rows}")
+            result.comparisons.append(
+                Comparison(
+                    f"iterate {cfg.iter_rows:,} tasks",
+                    "rows/s",
+                    scans["dualdb"].rows_per_s,
+                    scans["raw"].rows_per_s,
+                    True,
+                    goals.ITERATION,
+                    "raw = keyset pages of 500",
+                )
             )
             result.comparisons.append(
                 Comparison(
-                    f"claim→complete, {procs} {noun}",
-                    "tasks/s",
-                    measured["dualdb"],
-                    measured["raw"],
-                    True,
-                    goals.THROUGHPUT if procs in goals.THROUGHPUT_PROCS else None,
-                    f"{duplicates} duplicates",
+                    f"iterate {cfg.iter_rows:,} tasks: peak RSS growth",
+                    "MB",
+                    scans["dualdb"].rss_growth_mb,
+                    scans["raw"].rss_growth_mb,
+                    False,
+                    goals.ITERATION_RSS,
                 )
             )
-            if duplicates:
-                raise RuntimeError(f"dualdb ran {duplicates} tasks twice with {procs} processes")
+            loader.clear_tasks()
+            loader.settle()
 
-        progress(f"{backend}: E, filling {cfg.iter_rows:,} rows to iterate")
-        fill_for_iteration(loader, project_id, cfg.iter_rows)
-        scans = {}
-        for impl in ("raw", "dualdb"):
-            progress(f"{backend}: E, iterating {cfg.iter_rows:,} rows, {impl}")
-            scans[impl] = measure_iteration(url, project_id, impl)
-            if scans[impl].rows != cfg.iter_rows:
-                raise RuntimeError(f"{impl} iterated {scans[impl].rows} of {cfg.iter_rows}")
-        result.comparisons.append(
-            Comparison(
-                f"iterate {cfg.iter_rows:,} tasks",
-                "rows/s",
-                scans["dualdb"].rows_per_s,
-                scans["raw"].rows_per_s,
-                True,
-                goals.ITERATION,
-                "raw = keyset pages of 500",
+        if "F" in cfg.only:
+            progress(f"{backend}: F, enqueue→pickup by the stock `dualdb worker`")
+            with tempfile.TemporaryDirectory(prefix="dualdb-bench-worker-") as folder:
+                pickup = measure_pickup(
+                    url,
+                    db,
+                    project_id,
+                    cfg.pickups,
+                    Path(folder) / "worker.log",
+                    idle_s=2.0 if cfg.pickups >= 20 else 1.0,
+                )
+            result.pickup_ms = pickup.latencies_ms
+            result.comparisons.append(
+                Comparison(
+                    "enqueue→pickup, stock worker (median)",
+                    "ms",
+                    pickup.median_ms,
+                    None,
+                    False,
+                    goals.PICKUP,
+                    f"{len(pickup.latencies_ms)} pickups, max {max(pickup.latencies_ms):.0f} ms",
+                )
             )
-        )
-        result.comparisons.append(
-            Comparison(
-                f"iterate {cfg.iter_rows:,} tasks: peak RSS growth",
-                "MB",
-                scans["dualdb"].rss_growth_mb,
-                scans["raw"].rss_growth_mb,
-                False,
-                goals.ITERATION_RSS,
+            result.comparisons.append(
+                Comparison(
+                    "idle stock worker CPU",
+                    "% of a core",
+                    pickup.idle_cpu * 100,
+                    None,
+                    False,
+                    goals.IDLE_CPU,
+                )
             )
-        )
-        loader.clear_tasks()
-        loader.settle()
 
-        progress(f"{backend}: F, enqueue→pickup by the stock `dualdb worker`")
-        with tempfile.TemporaryDirectory(prefix="dualdb-bench-worker-") as folder:
-            pickup = measure_pickup(
-                url,
-                db,
-                project_id,
-                cfg.pickups,
-                Path(folder) / "worker.log",
-                idle_s=2.0 if cfg.pickups >= 20 else 1.0,
-            )
-        result.pickup_ms = pickup.latencies_ms
-        result.comparisons.append(
-            Comparison(
-                "enqueue→pickup, stock worker (median)",
-                "ms",
-                pickup.median_ms,
-                None,
-                False,
-                goals.PICKUP,
-                f"{len(pickup.latencies_ms)} pickups, max {max(pickup.latencies_ms):.0f} ms",
-            )
-        )
-        result.comparisons.append(
-            Comparison(
-                "idle stock worker CPU",
-                "% of a core",
-                pickup.idle_cpu * 100,
-                None,
-                False,
-                goals.IDLE_CPU,
-            )
-        )
+        if "D" in cfg.only:
+            # Claim cost: sessions that do not wait for the WAL flush (see without_commit_flush).
+            claims_url = without_commit_flush(url)
+            cdb = stack.enter_context(dualdb.connect(claims_url))
+            craw = open_raw(claims_url)
+            stack.callback(craw.close)
+            for name in SCENARIOS:
+                result.scenarios.append(
+                    _claim_scenario(name, cdb, craw, loader, project_id, cfg, progress)
+                )
 
-        # Claim cost: new sessions that do not wait for the WAL flush (see without_commit_flush).
-        claims_url = without_commit_flush(url)
-        cdb = stack.enter_context(dualdb.connect(claims_url))
-        craw = open_raw(claims_url)
-        stack.callback(craw.close)
-        for name in SCENARIOS:
-            result.scenarios.append(
-                _claim_scenario(name, cdb, craw, loader, project_id, cfg, progress)
-            )
     result.seconds = time.perf_counter() - began
     return result
 

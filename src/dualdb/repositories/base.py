@@ -51,6 +51,8 @@ def _as_stored(value: datetime | uuid.UUID) -> str:
 DEFAULT_LIMIT = 50
 #: Rows fetched per round trip by ``iter``.
 DEFAULT_BATCH = 500
+#: Keys per read-back query after a bulk copy (under Postgres' 65,535 bind parameters).
+_READ_BACK_CHUNK = 10_000
 
 
 def new_id() -> uuid.UUID:
@@ -382,8 +384,21 @@ class Repository(Generic[R]):
         # One batch; the rows come back in no promised order, so they are put back in the
         # callers' by primary key (``sort_by_parameter_order`` would cost a statement per row
         # on SQLite, whose tables have no integer sentinel).
-        key = self.table.primary_key.columns.values()[0].name
-        rows = conn.execute(self.table.insert().returning(*self.table.c), list(values)).all()
+        key_column = self.table.primary_key.columns.values()[0]
+        key = key_column.name
+        # A large batch by the driver's bulk path (COPY on Postgres), then read back.  Not for
+        # a signed-in user: Postgres refuses COPY FROM into a table whose row-level security
+        # applies to the role.
+        if self._scope.user_id is None and self._scope.backend.copy_rows(conn, self.table, values):
+            keys = [v[key] for v in values]
+            rows: list[sa.Row[Any]] = []
+            for start in range(0, len(keys), _READ_BACK_CHUNK):
+                chunk = keys[start : start + _READ_BACK_CHUNK]
+                rows += conn.execute(sa.select(self.table).where(key_column.in_(chunk))).all()
+        else:
+            rows = list(
+                conn.execute(self.table.insert().returning(*self.table.c), list(values)).all()
+            )
         by_key = {row._mapping[key]: row for row in rows}
         return [self._record(by_key[v[key]]) for v in values]
 

@@ -28,7 +28,7 @@ from dualdb.engine import foreign_key_violation
 from dualdb.errors import InvalidInput, NotFound, PermissionDenied, UnreadableRow
 from dualdb.records import Page, Record
 from dualdb.scope import Scope
-from dualdb.types import Unreadable, format_timestamp, parse_timestamp
+from dualdb.types import Unreadable, UUIDArray, format_timestamp, parse_timestamp
 
 R = TypeVar("R", bound=Record)
 
@@ -51,8 +51,6 @@ def _as_stored(value: datetime | uuid.UUID) -> str:
 DEFAULT_LIMIT = 50
 #: Rows fetched per round trip by ``iter``.
 DEFAULT_BATCH = 500
-#: Keys per read-back query after a bulk copy (under Postgres' 65,535 bind parameters).
-_READ_BACK_CHUNK = 10_000
 
 
 def new_id() -> uuid.UUID:
@@ -390,11 +388,10 @@ class Repository(Generic[R]):
         # a signed-in user: Postgres refuses COPY FROM into a table whose row-level security
         # applies to the role.
         if self._scope.user_id is None and self._scope.backend.copy_rows(conn, self.table, values):
-            keys = [v[key] for v in values]
-            rows: list[sa.Row[Any]] = []
-            for start in range(0, len(keys), _READ_BACK_CHUNK):
-                chunk = keys[start : start + _READ_BACK_CHUNK]
-                rows += conn.execute(sa.select(self.table).where(key_column.in_(chunk))).all()
+            # One array parameter, not one per key: the backends with a bulk path take arrays
+            # (``uuid[]`` on Postgres, the only one today).
+            keys = sa.bindparam("keys", [v[key] for v in values], type_=UUIDArray())
+            rows = list(conn.execute(sa.select(self.table).where(key_column == sa.any_(keys))))
         else:
             rows = list(
                 conn.execute(self.table.insert().returning(*self.table.c), list(values)).all()

@@ -27,17 +27,26 @@ _SIZES = {
     "--claims": "claims",
     "--chain-length": "chain_length",
     "--fan-in": "fan_in",
+    "--iter-rows": "iter_rows",
+    "--pickups": "pickups",
 }
 
 
-def _procs(text: str) -> tuple[int, ...]:
+def _counts(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError("a comma-separated list of process counts") from None
+        raise argparse.ArgumentTypeError("a comma-separated list of counts") from None
     if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("process counts must be >= 1")
+        raise argparse.ArgumentTypeError("counts must be >= 1")
     return values
+
+
+def _letters(text: str) -> str:
+    letters = text.upper()
+    if not letters or set(letters) - set("ABCDEF"):
+        raise argparse.ArgumentTypeError("letters among A, B, C, D, E, F")
+    return letters
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +67,22 @@ def _parser() -> argparse.ArgumentParser:
     for flag, name in _SIZES.items():
         parser.add_argument(flag, type=int, dest=name, help=f"(default {getattr(defaults, name)})")
     parser.add_argument(
-        "--procs", type=_procs, help="process counts for claim→complete (default 1,4)"
+        "--procs", type=_counts, help="process counts for claim→complete (default 1,2,4,8)"
+    )
+    parser.add_argument(
+        "--bulk", type=_counts, help="tasks per create_many in the bulk insert (10000,100000)"
+    )
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        default=Path("bench-out"),
+        help="folder for the PNG plots of C, D and F (default bench-out/)",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="write no plots")
+    parser.add_argument(
+        "--only",
+        type=_letters,
+        help="run only these measurements, e.g. AB (default ABCDEF; see docs/benchmarks.md)",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown")
@@ -71,6 +95,10 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
     changes = {name: getattr(args, name) for name in _SIZES.values() if getattr(args, name)}
     if args.procs:
         changes["procs"] = args.procs
+    if args.bulk:
+        changes["bulk"] = args.bulk
+    if args.only:
+        changes["only"] = args.only
     return dataclasses.replace(base, **changes)
 
 
@@ -98,6 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         write_json(result, args.json)
     if args.markdown:
         args.markdown.write_text(to_markdown(result) + "\n")
+    if not args.no_plots:
+        try:
+            from benchmarks.plots import write_plots
+        except ImportError:
+            err.print("no plots: matplotlib is not installed (pip install 'dualdb[bench]')")
+        else:
+            for path in write_plots(result, args.plots):
+                err.print(f"[dim]wrote {path}[/dim]")
+    missed = [c.metric for b in result.backends for c in b.comparisons if c.met is False]
+    err.print(
+        f"took {sum(b.seconds for b in result.backends):.0f} s; targets missed: {len(missed)}"
+    )
     return 0
 
 

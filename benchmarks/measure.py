@@ -1,4 +1,4 @@
-"""The measurements: single-row get/create/update, claim→complete throughput, claim cost.
+"""The measurements: single-row reads and writes, claim→complete throughput, claim cost.
 
 Every function measures dualdb and the raw driver in the same run, interleaved where it can
 be, so noise on a shared machine hits both alike: compare the ratios.
@@ -80,6 +80,29 @@ def measure_get(
     return statistics.median(ours), statistics.median(theirs)
 
 
+def _alternate(
+    mine: Callable[[], object], theirs: Callable[[], object], per_round: int, rounds: int
+) -> tuple[float, float]:
+    """µs per call of ``mine`` and ``theirs``: the median of alternating rounds."""
+
+    def timed(op: Callable[[], object]) -> float:
+        start = time.perf_counter_ns()
+        for _ in range(per_round):
+            op()
+        return (time.perf_counter_ns() - start) / per_round / 1000.0
+
+    a: list[float] = []
+    b: list[float] = []
+    for r in range(max(1, rounds)):
+        if r % 2 == 0:
+            a.append(timed(mine))
+            b.append(timed(theirs))
+        else:
+            b.append(timed(theirs))
+            a.append(timed(mine))
+    return statistics.median(a), statistics.median(b)
+
+
 def measure_writes(
     db: dualdb.Database,
     raw: RawDriver,
@@ -88,13 +111,15 @@ def measure_writes(
     ops: int,
     rounds: int,
 ) -> dict[str, tuple[float, float]]:
-    """µs per single-row ``create`` and ``update`` of a project, for dualdb and raw.
+    """µs per single-row ``create``, ``update``, ``delete`` and ``list(50)`` of projects.
 
     Each: the median of ``rounds`` alternating rounds.  Creates insert fresh UUIDv7 ids (as
-    dualdb makes them); updates rename the projects of ``ids`` in turn.
+    dualdb makes them); updates rename the projects of ``ids`` in turn; deletes remove projects
+    made for it beforehand (untimed); ``list(50)`` reads the first page of ``owner``'s projects.
     """
     per_round = max(1, ops // max(1, rounds))
     serial = iter(range(10**9))
+    warmup = 20
 
     def ours_create() -> None:
         db.projects.create(f"bench c{next(serial)}", owner)
@@ -111,30 +136,39 @@ def measure_writes(
         if raw.update_project(ids[n % len(ids)], f"bench u{n}") is None:
             raise RuntimeError("project not found by the raw driver")
 
-    def timed(op: Callable[[], None]) -> float:
-        start = time.perf_counter_ns()
-        for _ in range(per_round):
-            op()
-        return (time.perf_counter_ns() - start) / per_round / 1000.0
+    doomed = per_round * max(1, rounds) + warmup
+    made = db.projects.create_many(
+        [{"name": f"bench d{i}", "user_id": owner} for i in range(2 * doomed)]
+    )
+    ours_doomed = iter([p.id for p in made[:doomed]])
+    raw_doomed = iter([p.id for p in made[doomed:]])
+
+    def ours_delete() -> None:
+        db.projects.delete(next(ours_doomed))
+
+    def raw_delete() -> None:
+        if raw.delete_project(next(raw_doomed)) != 1:
+            raise RuntimeError("project not deleted by the raw driver")
+
+    def ours_list() -> None:
+        if len(db.projects.list(user_id=owner, limit=50).items) != 50:
+            raise RuntimeError("dualdb listed fewer than 50 projects")
+
+    def raw_list() -> None:
+        if len(raw.list_projects(owner, 50)) != 50:
+            raise RuntimeError("the raw driver listed fewer than 50 projects")
 
     out: dict[str, tuple[float, float]] = {}
     for name, mine, theirs in (
         ("create", ours_create, raw_create),
         ("update", ours_update, raw_update),
+        ("delete", ours_delete, raw_delete),
+        ("list(50)", ours_list, raw_list),
     ):
-        for _ in range(20):  # warm-up
+        for _ in range(warmup):
             mine()
             theirs()
-        a: list[float] = []
-        b: list[float] = []
-        for r in range(max(1, rounds)):
-            if r % 2 == 0:
-                a.append(timed(mine))
-                b.append(timed(theirs))
-            else:
-                b.append(timed(theirs))
-                a.append(timed(mine))
-        out[name] = (statistics.median(a), statistics.median(b))
+        out[name] = _alternate(mine, theirs, per_round, rounds)
     return out
 
 
@@ -149,6 +183,8 @@ class Throughput:
     procs: int
     completed: int
     seconds: float
+    #: Claims of a task some process had claimed already (must be 0).
+    duplicates: int = 0
 
     @property
     def tasks_per_s(self) -> float:
@@ -203,7 +239,7 @@ def _drain(
     try:
         barrier.wait(START_TIMEOUT_S)
         start = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
-        done = 0
+        claimed: list[str] = []
         while True:
             key = claim()
             if key is None:
@@ -212,9 +248,9 @@ def _drain(
                 time.sleep(0.0005)
                 continue
             complete(key)
-            done += 1
+            claimed.append(str(key))
         end = time.perf_counter()
-        results.put(("ok", worker, done, start, end))
+        results.put(("ok", worker, len(claimed), start, end, claimed))
     except BaseException:
         results.put(("error", worker, traceback.format_exc()))
     finally:
@@ -287,8 +323,9 @@ def measure_throughput(impl: str, url: str, procs: int) -> Throughput:
     if errors:
         raise RuntimeError(f"{impl} worker {errors[0][1]} failed:\n{errors[0][2]}")
     completed = sum(int(o[2]) for o in outcomes)
+    distinct = len({key for o in outcomes for key in o[5]})
     seconds = max(float(o[4]) for o in outcomes) - min(float(o[3]) for o in outcomes)
-    return Throughput(impl, procs, completed, seconds)
+    return Throughput(impl, procs, completed, seconds, completed - distinct)
 
 
 # --- claim latency and plans ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -30,8 +31,12 @@ def _ratio(value: float) -> str:
     return f"{value:.2f}"
 
 
+def _verdict(met: bool | None) -> str:
+    return "-" if met is None else ("met" if met else "MISSED")
+
+
 def comparison_rows(result: BenchResult) -> list[list[str]]:
-    """Backend, measurement, dualdb, raw, unit, dualdb/raw, cost."""
+    """Backend, measurement, dualdb, raw, unit, dualdb/raw, target, verdict, note."""
     rows: list[list[str]] = []
     for b in result.backends:
         for c in b.comparisons:
@@ -40,10 +45,12 @@ def comparison_rows(result: BenchResult) -> list[list[str]]:
                     b.backend,
                     c.metric,
                     _num(c.dualdb),
-                    _num(c.raw),
+                    "-" if c.raw is None else _num(c.raw),
                     c.unit,
-                    _ratio(c.ratio),
-                    f"{c.cost:.1f}x",
+                    "-" if c.ratio is None else _ratio(c.ratio),
+                    c.target.text if c.target else "-",
+                    _verdict(c.met),
+                    c.note,
                 ]
             )
     return rows
@@ -55,6 +62,8 @@ def scenario_rows(result: BenchResult) -> list[list[str]]:
     for b in result.backends:
         small = next((s for s in b.scenarios if s.name == "small"), None)
         for s in b.scenarios:
+            vs_small = s.dualdb_us / small.dualdb_us if small else None
+            met = s.target.met(vs_small) if s.target and vs_small is not None else None
             rows.append(
                 [
                     b.backend,
@@ -66,12 +75,24 @@ def scenario_rows(result: BenchResult) -> list[list[str]]:
                     _ratio(s.dualdb_us / s.raw_us),
                     _ratio(s.dualdb_us / small.dualdb_us) if small else "-",
                     _ratio(s.raw_us / small.raw_us) if small else "-",
+                    s.target.text if s.target else "-",
+                    _verdict(met),
                 ]
             )
     return rows
 
 
-COMPARISON_HEADERS = ["backend", "measurement", "dualdb", "raw", "unit", "dualdb/raw", "cost"]
+COMPARISON_HEADERS = [
+    "backend",
+    "measurement",
+    "dualdb",
+    "raw",
+    "unit",
+    "dualdb/raw",
+    "target",
+    "verdict",
+    "note",
+]
 SCENARIO_HEADERS = [
     "backend",
     "table",
@@ -82,6 +103,8 @@ SCENARIO_HEADERS = [
     "dualdb/raw",
     "dualdb vs small",
     "raw vs small",
+    "target (dualdb vs small)",
+    "verdict",
 ]
 PLAN_HEADERS = ["backend", "table", "access paths of dualdb's claim (EXPLAIN)"]
 
@@ -100,15 +123,16 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
     if console is None:
         console = Console()
         if not console.is_terminal:
-            console = Console(width=120)
+            console = Console(width=160)
     env = ", ".join(f"{k} {v}" for k, v in result.environment.items())
     servers = "; ".join(f"{b.server} ({b.seconds:.0f} s)" for b in result.backends)
     first = Table(
         title=f"dualdb vs raw driver — {result.started_at}",
-        caption="cost = how many times the raw driver's time dualdb takes (1.0x = as fast)",
+        caption="dualdb/raw in the row's unit: µs and MB lower is better, rows/s and tasks/s "
+        "higher; targets from issue 13",
     )
     for i, header in enumerate(COMPARISON_HEADERS):
-        first.add_column(header, justify="right" if i >= 2 else "left")
+        first.add_column(header, justify="right" if 2 <= i <= 5 else "left")
     for row in comparison_rows(result):
         first.add_row(*row)
     second = Table(
@@ -119,7 +143,7 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
         ),
     )
     for i, header in enumerate(SCENARIO_HEADERS):
-        second.add_column(header, justify="right" if i >= 2 else "left")
+        second.add_column(header, justify="right" if 2 <= i <= 8 else "left")
     for row in scenario_rows(result):
         second.add_row(*row)
     third = Table(title="plan of dualdb's claim statement")
@@ -131,6 +155,11 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
     console.print(second)
     console.print(third)
     console.print(f"[dim]{env}; {servers}[/dim]")
+    console.print(f"[dim]sizes: {_sizes(result)}[/dim]")
+
+
+def _sizes(result: BenchResult) -> str:
+    return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(result.config).items())
 
 
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -145,7 +174,7 @@ def to_markdown(result: BenchResult) -> str:
     servers = "; ".join(b.server for b in result.backends)
     return "\n\n".join(
         [
-            f"Run of {result.started_at} ({env}; {servers}).",
+            f"Run of {result.started_at} ({env}; {servers}). Sizes: {_sizes(result)}.",
             _markdown_table(COMPARISON_HEADERS, comparison_rows(result)),
             _markdown_table(SCENARIO_HEADERS, scenario_rows(result)),
             _markdown_table(PLAN_HEADERS, plan_rows(result)),

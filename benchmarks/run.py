@@ -6,20 +6,26 @@ import os
 import platform
 import random
 import sqlite3
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import sqlalchemy
 import uuid_utils.compat as uuid_utils
 
 import dualdb
+from benchmarks import goals
+from benchmarks.bulk import fill_for_iteration, measure_bulk, measure_iteration
 from benchmarks.config import BenchConfig
 from benchmarks.data import Loader, blocked_tasks, finished_tasks, ready_tasks
+from benchmarks.goals import Target
 from benchmarks.measure import (
     WARMUP_CLAIMS,
     measure_claims,
@@ -28,6 +34,7 @@ from benchmarks.measure import (
     measure_writes,
 )
 from benchmarks.measure import plan_summary as summarize_plan
+from benchmarks.pickup import measure_pickup
 from benchmarks.raw import RawDriver, open_raw
 from benchmarks.targets import (
     backend_of,
@@ -47,18 +54,35 @@ class Comparison:
     metric: str
     unit: str
     dualdb: float
-    raw: float
+    #: The raw driver's figure; None for what has no raw counterpart (pickup, idle CPU).
+    raw: float | None
     higher_is_better: bool
+    target: Target | None = None
+    #: Anything else the row must say (a duplicate count, what "raw" is).
+    note: str = ""
 
     @property
-    def ratio(self) -> float:
+    def ratio(self) -> float | None:
         """dualdb / raw, in the measurement's own unit."""
+        if self.raw is None:
+            return None
         return self.dualdb / self.raw if self.raw else float("inf")
 
     @property
-    def cost(self) -> float:
+    def cost(self) -> float | None:
         """How many times the raw driver's cost dualdb pays (> 1 is slower)."""
-        return 1 / self.ratio if self.higher_is_better else self.ratio
+        ratio = self.ratio
+        if ratio is None:
+            return None
+        return 1 / ratio if self.higher_is_better else ratio
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the target is met (None without a target)."""
+        if self.target is None:
+            return None
+        value = self.ratio if self.target.of == "ratio" else self.dualdb
+        return None if value is None else self.target.met(value)
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,21 @@ class ClaimScenario:
         """The access paths of dualdb's claim statement."""
         return summarize_plan(self.plan)
 
+    @property
+    def target(self) -> Target | None:
+        """D's target, on this shape's µs ÷ the small table's (none for the small table)."""
+        return None if self.name == "small" else goals.CLAIM_SHAPE
+
+
+@dataclass(frozen=True)
+class ThroughputPoint:
+    """claim→complete with ``procs`` processes, both implementations (tasks/s)."""
+
+    procs: int
+    dualdb: float
+    raw: float
+    duplicates: int
+
 
 @dataclass
 class BackendResult:
@@ -88,6 +127,8 @@ class BackendResult:
     backend: str
     comparisons: list[Comparison] = field(default_factory=list)
     scenarios: list[ClaimScenario] = field(default_factory=list)
+    throughput: list[ThroughputPoint] = field(default_factory=list)
+    pickup_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
     server: str = ""
 
@@ -121,8 +162,17 @@ class BenchResult:
                     "server": b.server,
                     "seconds": round(b.seconds, 1),
                     "comparisons": [
-                        {**asdict(c), "ratio": c.ratio, "cost": c.cost} for c in b.comparisons
+                        {
+                            **asdict(c),
+                            "target": c.target.text if c.target else None,
+                            "met": c.met,
+                            "ratio": c.ratio,
+                            "cost": c.cost,
+                        }
+                        for c in b.comparisons
                     ],
+                    "throughput": [asdict(t) for t in b.throughput],
+                    "pickup_ms": b.pickup_ms,
                     "claim_scenarios": [
                         {
                             **asdict(s),
@@ -244,70 +294,192 @@ def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None)
         stack.callback(loader.close)
         result.server = _server_version(url, backend)
 
-        progress(f"{backend}: get by id")
+        progress(f"{backend}: setup")
         owner = db.users.create(email="bench@example.invalid")
         projects = db.projects.create_many(
-            [{"name": f"bench {i}", "user_id": owner.id} for i in range(max(1, cfg.projects))]
+            [{"name": f"bench {i}", "user_id": owner.id} for i in range(max(50, cfg.projects))]
         )
         project_id = projects[0].id
         ids = [p.id for p in projects]
         random.Random(42).shuffle(ids)
-        ours, theirs = measure_get(db, raw, ids, cfg.get_ops, cfg.rounds)
-        result.comparisons.append(Comparison("get by id", "µs/op", ours, theirs, False))
-        progress(f"{backend}: create and update")
-        for name, (ours, theirs) in measure_writes(
-            db, raw, owner.id, ids, cfg.get_ops, cfg.rounds
-        ).items():
-            result.comparisons.append(Comparison(name, "µs/op", ours, theirs, False))
+        if "A" in cfg.only:
+            progress(f"{backend}: A, single-row get/create/update/delete/list(50)")
+            ours, theirs = measure_get(db, raw, ids, cfg.get_ops, cfg.rounds)
+            single = goals.SINGLE_ROW
+            result.comparisons.append(Comparison("get by id", "µs/op", ours, theirs, False, single))
+            for name, (ours, theirs) in measure_writes(
+                db, raw, owner.id, ids, cfg.get_ops, cfg.rounds
+            ).items():
+                result.comparisons.append(Comparison(name, "µs/op", ours, theirs, False, single))
 
-        for procs in cfg.procs:
-            measured: dict[str, float] = {}
-            impls = ("dualdb", "raw") if procs % 2 else ("raw", "dualdb")
-            for impl in impls:
-                progress(f"{backend}: claim→complete, {impl}, {procs} process(es)")
-                loader.clear_tasks()
-                _seed_throughput(db, project_id, cfg.tasks)
-                loader.settle()
-                run = measure_throughput(impl, url, procs)
-                left = loader.count("status <> 'Complete'")
-                if run.completed != cfg.tasks or left:
-                    raise RuntimeError(
-                        f"{impl} with {procs} processes completed {run.completed} of "
-                        f"{cfg.tasks} tasks ({left} not Complete)"
+        if "B" in cfg.only:
+            for n in cfg.bulk:
+                progress(f"{backend}: B, bulk insert of {n} tasks")
+                bulk = measure_bulk(db, raw, loader, project_id, n)
+                sqlite = backend == "sqlite"
+                result.comparisons.append(
+                    Comparison(
+                        f"create_many {n:,} tasks",
+                        "rows/s",
+                        bulk.dualdb,
+                        bulk.executemany,
+                        True,
+                        goals.BULK_SQLITE if sqlite else None,
+                        "raw = executemany",
                     )
-                measured[impl] = run.tasks_per_s
-            noun = "process" if procs == 1 else "processes"
+                )
+                if bulk.copy is not None:
+                    result.comparisons.append(
+                        Comparison(
+                            f"create_many {n:,} tasks",
+                            "rows/s",
+                            bulk.dualdb,
+                            bulk.copy,
+                            True,
+                            goals.BULK_COPY,
+                            "raw = COPY",
+                        )
+                    )
+
+        if "C" in cfg.only:
+            for procs in cfg.procs:
+                measured: dict[str, float] = {}
+                duplicates = 0
+                impls = ("dualdb", "raw") if procs % 2 else ("raw", "dualdb")
+                for impl in impls:
+                    progress(f"{backend}: C, claim→complete, {impl}, {procs} process(es)")
+                    loader.clear_tasks()
+                    _seed_throughput(db, project_id, cfg.tasks)
+                    loader.settle()
+                    run = measure_throughput(impl, url, procs)
+                    left = loader.count("status <> 'Complete'")
+                    reclaimed = loader.count("attempts <> 1")
+                    if run.completed != cfg.tasks or left:
+                        raise RuntimeError(
+                            f"{impl} with {procs} processes completed {run.completed} of "
+                            f"{cfg.tasks} tasks ({left} not Complete)"
+                        )
+                    if impl == "dualdb":
+                        duplicates = run.duplicates + reclaimed
+                    elif run.duplicates + reclaimed:
+                        raise RuntimeError(f"the raw claim ran {run.duplicates} tasks twice")
+                    measured[impl] = run.tasks_per_s
+                noun = "process" if procs == 1 else "processes"
+                result.throughput.append(
+                    ThroughputPoint(procs, measured["dualdb"], measured["raw"], duplicates)
+                )
+                result.comparisons.append(
+                    Comparison(
+                        f"claim→complete, {procs} {noun}",
+                        "tasks/s",
+                        measured["dualdb"],
+                        measured["raw"],
+                        True,
+                        goals.THROUGHPUT if procs in goals.THROUGHPUT_PROCS else None,
+                        f"{duplicates} duplicates",
+                    )
+                )
+                if duplicates:
+                    raise RuntimeError(
+                        f"dualdb ran {duplicates} tasks twice with {procs} processes"
+                    )
+
+        if "E" in cfg.only:
+            progress(f"{backend}: E, filling {cfg.iter_rows:,} rows to iterate")
+            fill_for_iteration(loader, project_id, cfg.iter_rows)
+            scans = {}
+            for impl in ("raw", "dualdb"):
+                progress(f"{backend}: E, iterating {cfg.iter_rows:,} rows, {impl}")
+                scans[impl] = measure_iteration(url, project_id, impl)
+                if scans[impl].rows != cfg.iter_rows:
+                    raise RuntimeError(f"{impl} iterated {scans[impl].rows} of {cfg.iter_rows}")
             result.comparisons.append(
                 Comparison(
-                    f"claim→complete, {procs} {noun}",
-                    "tasks/s",
-                    measured["dualdb"],
-                    measured["raw"],
+                    f"iterate {cfg.iter_rows:,} tasks",
+                    "rows/s",
+                    scans["dualdb"].rows_per_s,
+                    scans["raw"].rows_per_s,
                     True,
+                    goals.ITERATION,
+                    "raw = keyset pages of 500",
+                )
+            )
+            result.comparisons.append(
+                Comparison(
+                    f"iterate {cfg.iter_rows:,} tasks: peak RSS growth",
+                    "MB",
+                    scans["dualdb"].rss_growth_mb,
+                    scans["raw"].rss_growth_mb,
+                    False,
+                    goals.ITERATION_RSS,
+                )
+            )
+            loader.clear_tasks()
+            loader.settle()
+
+        if "F" in cfg.only:
+            progress(f"{backend}: F, enqueue→pickup by the stock `dualdb worker`")
+            with tempfile.TemporaryDirectory(prefix="dualdb-bench-worker-") as folder:
+                pickup = measure_pickup(
+                    url,
+                    db,
+                    project_id,
+                    cfg.pickups,
+                    Path(folder) / "worker.log",
+                    idle_s=2.0 if cfg.pickups >= 20 else 1.0,
+                )
+            result.pickup_ms = pickup.latencies_ms
+            result.comparisons.append(
+                Comparison(
+                    "enqueue→pickup, stock worker (median)",
+                    "ms",
+                    pickup.median_ms,
+                    None,
+                    False,
+                    goals.PICKUP,
+                    f"{len(pickup.latencies_ms)} pickups, max {max(pickup.latencies_ms):.0f} ms",
+                )
+            )
+            result.comparisons.append(
+                Comparison(
+                    "idle stock worker CPU",
+                    "% of a core",
+                    pickup.idle_cpu * 100,
+                    None,
+                    False,
+                    goals.IDLE_CPU,
                 )
             )
 
-        # Claim cost: new sessions that do not wait for the WAL flush (see without_commit_flush).
-        claims_url = without_commit_flush(url)
-        cdb = stack.enter_context(dualdb.connect(claims_url))
-        craw = open_raw(claims_url)
-        stack.callback(craw.close)
-        for name in SCENARIOS:
-            result.scenarios.append(
-                _claim_scenario(name, cdb, craw, loader, project_id, cfg, progress)
-            )
+        if "D" in cfg.only:
+            # Claim cost: sessions that do not wait for the WAL flush (see without_commit_flush).
+            claims_url = without_commit_flush(url)
+            cdb = stack.enter_context(dualdb.connect(claims_url))
+            craw = open_raw(claims_url)
+            stack.callback(craw.close)
+            for name in SCENARIOS:
+                result.scenarios.append(
+                    _claim_scenario(name, cdb, craw, loader, project_id, cfg, progress)
+                )
+
     result.seconds = time.perf_counter() - began
     return result
 
 
 def _server_version(url: str, backend: str) -> str:
     if backend == "sqlite":
-        return f"SQLite {sqlite3.sqlite_version}"
+        # As dualdb and the raw driver set up their connections.
+        return f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL)"
     with psycopg.connect(psycopg_dsn(url)) as conn:
         row = conn.execute("SHOW server_version").fetchone()
         fsync = conn.execute("SHOW fsync").fetchone()
+        sync = conn.execute("SHOW synchronous_commit").fetchone()
+        buffers = conn.execute("SHOW shared_buffers").fetchone()
     version = row[0] if row else "?"
-    return f"PostgreSQL {version} (fsync {fsync[0] if fsync else '?'})"
+    return (
+        f"PostgreSQL {version} (fsync {fsync[0] if fsync else '?'}, synchronous_commit "
+        f"{sync[0] if sync else '?'}, shared_buffers {buffers[0] if buffers else '?'})"
+    )
 
 
 @contextmanager
@@ -333,7 +505,10 @@ def run(
             "machine": platform.machine(),
             "cpus": str(_cpus()),
             "dualdb": dualdb.__version__,
+            "SQLAlchemy": sqlalchemy.__version__,
             "psycopg": psycopg.__version__,
+            "libpq": str(psycopg.pq.version()),
+            "sqlite3 module": sqlite3.sqlite_version,
         },
     )
     for backend in backends:

@@ -411,6 +411,29 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
+class SerialisedJSON(str):
+    """JSON text dualdb has checked and serialised already, with the value it encodes.
+
+    :class:`JSONB` binds it as it is instead of serialising the value again (a bulk insert
+    serialises each document once).
+    """
+
+    value: Any
+
+    def __new__(cls, text: str, value: Any) -> SerialisedJSON:
+        made = super().__new__(cls, text)
+        made.value = value
+        return made
+
+
+def serialise_json(value: Any, arrange: Callable[[Any], Any] | None = None) -> SerialisedJSON:
+    """Check ``value`` as :func:`dump_json` does, then serialise ``arrange(value)`` (the same
+    document rearranged, e.g. its keys reordered) once; ``ValueError`` if JSON cannot hold it."""
+    exact = _check_json(value)
+    arranged = value if arrange is None else arrange(value)
+    return SerialisedJSON(_encode_exact(arranged) if exact else _dumps(arranged), arranged)
+
+
 def dump_json(value: Any) -> str:
     """Serialise a JSON value (``JSON_NULL`` → ``null``); ``ValueError`` if JSON cannot hold it."""
     if value is JSON_NULL:
@@ -440,6 +463,8 @@ class JSONB(sa.types.TypeDecorator[Any]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
+        if isinstance(value, SerialisedJSON):
+            return str(value)
         return dump_json(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:

@@ -6,14 +6,20 @@ names the offending argument.  The studio's forms use the same functions as the 
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Iterable
 from typing import Any, Final
 
 from dualdb.errors import InvalidInput
-from dualdb.types import JSON_NULL, TASK_STATUSES, dump_json, to_uuid
+from dualdb.types import (
+    JSON_NULL,
+    TASK_STATUSES,
+    SerialisedJSON,
+    dump_json,
+    serialise_json,
+    to_uuid,
+)
 
 #: Longest project/shot name.
 MAX_NAME = 200
@@ -147,21 +153,33 @@ def params(field: str, value: object) -> dict[str, Any]:
     every object's keys in jsonb's order (shorter keys first, then bytewise), which Postgres
     imposes; storing that order on SQLite too makes ``params`` identical on both backends.
     """
+    out: dict[str, Any] = params_json(field, value).value
+    return out
+
+
+def params_json(field: str, value: object) -> SerialisedJSON:
+    """:func:`params` and its JSON text, checked and serialised once (what is stored).
+
+    The size limit is that of the stored text (jsonb's key order, no negative zero).
+    """
     if not isinstance(value, dict):
         raise InvalidInput(field, f"must be a JSON object (dict), not {type(value).__name__}")
-    json_document(field, value)
     try:
-        out: dict[str, Any] = _jsonb_order(json.loads(dump_json(value)))
-    except RecursionError:
-        raise InvalidInput(field, "nested too deeply") from None
+        out = serialise_json(value, _jsonb_order)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidInput(field, f"not storable as JSON: {exc}") from None
+    if len(out.encode("utf-8")) > MAX_PARAMS_BYTES:
+        raise InvalidInput(field, f"larger than {MAX_PARAMS_BYTES} bytes of JSON")
     return out
 
 
 def _jsonb_order(value: Any) -> Any:
+    """A fresh copy of a checked JSON value, every object's keys in jsonb's order (tuples
+    become lists, as a JSON round trip makes them)."""
     if isinstance(value, dict):
         keys = sorted(value, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))
         return {k: _jsonb_order(value[k]) for k in keys}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_jsonb_order(item) for item in value]
     if isinstance(value, float) and value == 0.0:
         return 0.0  # jsonb numbers have no negative zero

@@ -9,27 +9,25 @@ test runs, and speed claims belong to benchmarks.  The measured numbers are prin
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import statistics
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 import dualdb
+from benchmarks import pickup
+from benchmarks.pickup import until as _until
 from dualdb.backends import WorkWaiter
 from dualdb.records import Task
 from dualdb.worker import Worker
 from tests.integration.dal_support import World
 
-ROOT = Path(__file__).resolve().parents[2]
 PICKUPS = 20
 #: Loose on purpose (see the module docstring); the target is 50 ms.
 MEDIAN_BOUND_S = 0.25
@@ -37,49 +35,16 @@ MEDIAN_BOUND_S = 0.25
 POLL_S = 30.0
 
 
-def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait for observable state, with a deadline (checks every 2 ms)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.fixture
 def worker_process(
     migrated_url: str, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    """``dualdb worker`` (the demo handler, instant) polling only every 30 s."""
+    """``dualdb worker`` (the demo handler, instant) polling only every 30 s, already waiting
+    on change (the benchmark's helper, benchmarks/pickup.py)."""
     log = tmp_path / "worker.log"
-    env = {
-        **os.environ,
-        # This checkout's code, not whatever dualdb the interpreter has installed.
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-        "PYTHONUNBUFFERED": "1",
-        "DUALDB_DEMO_SECONDS": "0",
-    }
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dualdb", "worker", "--url", migrated_url,
-             "--poll-interval", str(POLL_S), "--worker-id", "pickup"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-    try:
+    args = ["--poll-interval", str(POLL_S), "--worker-id", "pickup"]
+    with pickup.worker_process(migrated_url, log, args) as proc:
         yield proc, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
 
 
 def test_a_running_worker_picks_up_new_tasks_in_milliseconds(
@@ -90,27 +55,14 @@ def test_a_running_worker_picks_up_new_tasks_in_milliseconds(
 ) -> None:
     proc, log = worker_process
     expected = "LISTEN dualdb_tasks" if backend == "postgresql" else "PRAGMA data_version"
-    _until(lambda: expected in log.read_text(), 60, f"the worker to wait with {expected}")
+    assert expected in log.read_text()
     # The world's two tasks are there from the start: the worker's first claims take them.
     _until(lambda: db.tasks.counts()["Complete"] == 2, 60, "the first tasks to complete")
-    latencies: list[float] = []
-    for i in range(PICKUPS):
-        before = datetime.now(UTC)
-        task = db.tasks.enqueue(world.project.id, "single_image", {"i": i})
-
-        def done(task_id: object = task.id) -> bool:
-            return db.tasks.get(task_id).status == "Complete"
-
-        _until(done, 30, f"task {i} to complete")
-        started = db.tasks.get(task.id).generation_started_at
-        assert started is not None
-        latencies.append((started - before).total_seconds())
+    latencies = pickup.pickup_latencies(db, world.project.id, PICKUPS)
     assert proc.poll() is None, log.read_text()
     median = statistics.median(latencies)
     # Idle: the worker only waits (a data_version check every few ms, or a blocked LISTEN).
-    cpu_before, wall_before = _cpu_seconds(proc.pid), time.monotonic()
-    time.sleep(2.0)  # a measuring window, not synchronisation
-    idle_cpu = (_cpu_seconds(proc.pid) - cpu_before) / (time.monotonic() - wall_before)
+    idle_cpu = pickup.idle_cpu(proc.pid, 2.0)
     print(
         f"\n{backend}: pickup median {median * 1000:.1f} ms, "
         f"max {max(latencies) * 1000:.1f} ms over {PICKUPS}; idle CPU {idle_cpu:.1%} of a core"

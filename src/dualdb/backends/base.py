@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -163,6 +163,18 @@ class Backend(ABC):
         their index instead.
         """
         return None
+
+    def copy_rows(
+        self, conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+    ) -> bool:
+        """Load ``rows`` (dicts with the same keys, bound as for an ``INSERT``) into ``table``
+        by the driver's bulk path, in the open transaction, if this backend has one worth it
+        for this many rows; whether it did.  Row triggers fire as for an ``INSERT``; errors
+        are raised as SQLAlchemy's, as an ``INSERT``'s would be.
+
+        By default no: a batched ``INSERT`` is as fast as anything SQLite offers.
+        """
+        return False
 
     def user_hook(self, claims: Claims) -> TransactionHook | None:
         """What makes a transaction act as the user of ``claims`` (None: the DAL scopes)."""

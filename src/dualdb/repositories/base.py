@@ -29,7 +29,7 @@ from dualdb.errors import InvalidInput, NotFound, PermissionDenied, UnreadableRo
 from dualdb.hotpath import Statement
 from dualdb.records import Page, Record
 from dualdb.scope import Scope
-from dualdb.types import Unreadable, format_timestamp, parse_timestamp
+from dualdb.types import Unreadable, UUIDArray, format_timestamp, parse_timestamp
 
 R = TypeVar("R", bound=Record)
 
@@ -475,8 +475,20 @@ class Repository(Generic[R]):
         # One batch; the rows come back in no promised order, so they are put back in the
         # callers' by primary key (``sort_by_parameter_order`` would cost a statement per row
         # on SQLite, whose tables have no integer sentinel).
-        key = self.table.primary_key.columns.values()[0].name
-        rows = conn.execute(self.table.insert().returning(*self.table.c), list(values)).all()
+        key_column = self.table.primary_key.columns.values()[0]
+        key = key_column.name
+        # A large batch by the driver's bulk path (COPY on Postgres), then read back.  Not for
+        # a signed-in user: Postgres refuses COPY FROM into a table whose row-level security
+        # applies to the role.
+        if self._scope.user_id is None and self._scope.backend.copy_rows(conn, self.table, values):
+            # One array parameter, not one per key: the backends with a bulk path take arrays
+            # (``uuid[]`` on Postgres, the only one today).
+            keys = sa.bindparam("keys", [v[key] for v in values], type_=UUIDArray())
+            rows = list(conn.execute(sa.select(self.table).where(key_column == sa.any_(keys))))
+        else:
+            rows = list(
+                conn.execute(self.table.insert().returning(*self.table.c), list(values)).all()
+            )
         by_key = {row._mapping[key]: row for row in rows}
         return [self._record(by_key[v[key]]) for v in values]
 

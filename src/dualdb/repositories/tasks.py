@@ -17,7 +17,7 @@ from dualdb.records import Page, Task
 from dualdb.repositories.base import DEFAULT_BATCH, DEFAULT_LIMIT, Repository, key_or_new, utcnow
 from dualdb.schema import shots, task_dependencies, tasks
 from dualdb.scope import Scope
-from dualdb.types import INITIAL_STATUSES, TaskStatus
+from dualdb.types import INITIAL_STATUSES, SerialisedJSON, TaskStatus
 from dualdb.unset import UNSET, Unset
 
 #: Bulk enqueues at least this large refresh the planner's statistics (ANALYZE on Postgres): a
@@ -61,7 +61,8 @@ class TasksRepository(Repository[Task]):
     ) -> None:
         """A ``shot_id`` in params must be a shot of the task's project (checked at enqueue)."""
         for values in prepared:
-            raw = values["params"].get("shot_id")
+            params = values["params"]
+            raw = (params.value if isinstance(params, SerialisedJSON) else params).get("shot_id")
             if raw is None:
                 continue
             shot_id = v.uuid_("params.shot_id", raw)
@@ -95,7 +96,8 @@ class TasksRepository(Repository[Task]):
             "id": key_or_new(row.get("id")),
             "project_id": v.uuid_("project_id", row.get("project_id")),
             "task_type": v.task_type("task_type", row.get("task_type")),
-            "params": v.params("params", row.get("params")),
+            # Checked and serialised once; the insert binds this text (see SerialisedJSON).
+            "params": v.params_json("params", row.get("params")),
             "status": status,
             "dependant_on": deps,
             "output_location": None,

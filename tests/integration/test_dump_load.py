@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import dualdb
+from dualdb import migrations
 from dualdb.errors import Conflict, InvalidInput, SchemaOutOfDate
 from tests.integration.dal_support import snapshot
 from tests.integration.transfer_support import (
@@ -89,11 +90,13 @@ def test_a_corrupt_dump_is_refused_and_nothing_is_written(
             dualdb.load(dst, short, allow_remote=True)
 
         older = tmp_path / "older.zip"
+        head = migrations.head_revision()
+        assert head is not None and head > "0008"
         _rewrite(
             good,
             older,
             "manifest.json",
-            lambda b: b.replace(b'"revision": "0009"', b'"revision": "0008"'),
+            lambda b: b.replace(f'"revision": "{head}"'.encode(), b'"revision": "0008"'),
         )
         with pytest.raises(SchemaOutOfDate, match="revision '0008'"):
             dualdb.load(dst, older, allow_remote=True)

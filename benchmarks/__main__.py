@@ -29,6 +29,7 @@ _SIZES = {
     "--fan-in": "fan_in",
     "--iter-rows": "iter_rows",
     "--pickups": "pickups",
+    "--copy-rows": "copy_rows",
 }
 
 
@@ -44,8 +45,8 @@ def _counts(text: str) -> tuple[int, ...]:
 
 def _letters(text: str) -> str:
     letters = text.upper()
-    if not letters or set(letters) - set("ABCDEF"):
-        raise argparse.ArgumentTypeError("letters among A, B, C, D, E, F")
+    if not letters or set(letters) - set("ABCDEFG"):
+        raise argparse.ArgumentTypeError("letters among A, B, C, D, E, F, G")
     return letters
 
 
@@ -82,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         type=_letters,
-        help="run only these measurements, e.g. AB (default ABCDEF; see docs/benchmarks.md)",
+        help="run only these measurements, e.g. AB (default ABCDEFG; see docs/benchmarks.md)",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown")

@@ -38,9 +38,13 @@ class BenchConfig:
     iter_rows: int = 200_000
     #: Tasks enqueued one at a time for the stock worker to pick up.
     pickups: int = 30
+    #: Tasks copied from a SQLite file by the copy measurement (issue 14's figure is
+    #: 1,000,000: ``--copy-rows 1000000``, about ten minutes a backend on 2 cores).
+    copy_rows: int = 20_000
     #: The measurements to run (letters of issue 13: A single-row, B bulk insert,
-    #: C claim→complete, D claim cost by table shape, E iteration, F pickup).
-    only: str = "ABCDEF"
+    #: C claim→complete, D claim cost by table shape, E iteration, F pickup; and of issue 14:
+    #: G copy).
+    only: str = "ABCDEFG"
 
 
 #: ``--quick``: every code path, small sizes (a smoke run, not a measurement).
@@ -59,4 +63,5 @@ QUICK = BenchConfig(
     bulk=(500, 2000),
     iter_rows=3000,
     pickups=5,
+    copy_rows=1000,
 )

@@ -1,4 +1,5 @@
-"""The targets of issue 13 ("Near the raw driver"), printed beside each figure.
+"""The targets of issue 13 ("Near the raw driver") and issue 14 (copy), printed beside each
+figure.
 
 A target bounds either the ratio dualdb/raw of a measurement (in its own unit: µs/op or
 rows/s) or dualdb's own figure (ms, MB, share of a core).
@@ -53,3 +54,7 @@ ITERATION_RSS = Target("<", 50, of="dualdb", unit="MB")
 #: F: the stock worker's median pickup, and its CPU while idle.
 PICKUP = Target("<", 50, of="dualdb", unit="ms")
 IDLE_CPU = Target("<", 2, of="dualdb", unit="% of a core")
+#: G (issue 14): dualdb copy / raw rows/s (executemany into SQLite, COPY into Postgres), and
+#: its peak RSS growth.
+COPY = Target("≥", 0.5)
+COPY_RSS = Target("<", 100, of="dualdb", unit="MB")

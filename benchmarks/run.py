@@ -43,6 +43,7 @@ from benchmarks.targets import (
     sqlite_database,
     without_commit_flush,
 )
+from benchmarks.transfer import measure_copy
 
 Progress = Callable[[str], None]
 
@@ -448,6 +449,32 @@ def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None)
                     None,
                     False,
                     goals.IDLE_CPU,
+                )
+            )
+
+        if "G" in cfg.only:
+            progress(f"{backend}: G, dualdb copy of {cfg.copy_rows:,} tasks from a SQLite file")
+            copied = measure_copy(url, loader, backend, cfg.copy_rows)
+            sqlite = backend == "sqlite"
+            result.comparisons.append(
+                Comparison(
+                    f"copy {cfg.copy_rows:,} tasks from SQLite",
+                    "rows/s",
+                    copied.dualdb,
+                    copied.raw,
+                    True,
+                    goals.COPY,
+                    "raw = executemany" if sqlite else "raw = COPY",
+                )
+            )
+            result.comparisons.append(
+                Comparison(
+                    f"copy {cfg.copy_rows:,} tasks: peak RSS growth",
+                    "MB",
+                    copied.rss_growth_mb,
+                    None,
+                    False,
+                    goals.COPY_RSS,
                 )
             )
 

@@ -109,6 +109,8 @@ tasks = sa.Table(
     sa.CheckConstraint(f"status IN ({_STATUS_SQL})", name="status"),
     sa.Index(None, "status", "created_at"),
     sa.Index(None, "project_id", "status"),
+    # A project's tasks in list order: keyset pages by (created_at, id) (migration 0011).
+    sa.Index(None, "project_id", "created_at", "id"),
     # The claim reads the oldest ready row from here: its cost does not grow with finished or
     # blocked tasks, which are not in the index at all.
     _partial_index("ix_tasks_ready", READY_SQL, "created_at", "id"),

@@ -217,23 +217,29 @@ def test_a_write_whose_connection_dies_mid_transaction_is_not_retried(
     migrated_url: str, pg_server: PgServer
 ) -> None:
     """The INSERT ran, then the server ended the connection: DatabaseUnavailable, and the
-    row is not there (the server rolled the transaction back) — never written twice."""
+    row is not there (the server rolled the transaction back) — never written twice.
+
+    The connection dies inside the INSERT itself: a trigger (of this test's only) counts the
+    attempt in a sequence, which no rollback undoes, and terminates its own session.
+    """
+    with psycopg.connect(migrated_url.replace("+psycopg", ""), autocommit=True) as setup:
+        setup.execute("CREATE SEQUENCE insert_attempts")
+        setup.execute(
+            "CREATE FUNCTION die_after_insert() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN PERFORM nextval('insert_attempts'); "
+            "PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$"
+        )
+        setup.execute(
+            "CREATE TRIGGER die_after_insert AFTER INSERT ON projects "
+            "FOR EACH ROW WHEN (NEW.name = 'half') EXECUTE FUNCTION die_after_insert()"
+        )
     with dualdb.connect(migrated_url) as db:
         user = db.users.create(email="mid@example.invalid")
-        inserts: list[str] = []
-
-        @event.listens_for(db.engine, "after_cursor_execute")
-        def kill_after_insert(conn: sa.Connection, _c: Any, statement: str, *_: Any) -> None:
-            if statement.startswith("INSERT INTO projects"):
-                inserts.append(statement)
-                _kill_pooled_connection_of(conn, pg_server)
-
-        try:
-            with pytest.raises(DatabaseUnavailable):
-                db.projects.create("half", user.id)
-        finally:
-            event.remove(db.engine, "after_cursor_execute", kill_after_insert)
-        assert len(inserts) == 1  # tried once, not again on a fresh connection
+        with pytest.raises(DatabaseUnavailable):
+            db.projects.create("half", user.id)
+        with psycopg.connect(migrated_url.replace("+psycopg", ""), autocommit=True) as check:
+            attempts = check.execute("SELECT last_value FROM insert_attempts").fetchone()
+        assert attempts == (1,)  # tried once, not again on a fresh connection
         assert db.projects.count() == 0
         assert [p.name for p in db.projects.list().items] == []
 

@@ -52,8 +52,6 @@ def _as_stored(value: datetime | uuid.UUID) -> str:
 DEFAULT_LIMIT = 50
 #: Rows fetched per round trip by ``iter``.
 DEFAULT_BATCH = 500
-#: Compiled page statements a repository keeps (shapes and limits in use); more start over.
-_MAX_PAGE_STATEMENTS = 64
 
 
 def new_id() -> uuid.UUID:
@@ -153,7 +151,8 @@ class Repository(Generic[R]):
             values: dict[str, Any] = {f"f_{k}": x for k, x in given.items()}
             if after is not None:
                 values.update((f"k_{i}", k) for i, k in enumerate(after))
-            statement = self._page_statement(tuple(sorted(given)), after is not None, size + 1)
+            values["limit"] = size + 1
+            statement = self._page_statement(tuple(sorted(given)), after is not None)
             rows = list(self._scope.rows(statement, values))
         items: list[R] = []
         unreadable: list[UnreadableRow] = []
@@ -167,15 +166,11 @@ class Repository(Generic[R]):
         cursor = self._encode(dict(zip(names, rows[size - 1], strict=True))) if more else None
         return Page(items=items, next_cursor=cursor, unreadable=unreadable)
 
-    def _page_statement(self, filtered: tuple[str, ...], after: bool, limit: int) -> Statement:
-        """A page's statement, compiled once per shape: which filters, whether after a key,
-        and the limit (written into the SQL: a prepared ``LIMIT $1`` gets Postgres' generic
-        plan, which may sort the whole table instead of reading the index in order)."""
-        key = (filtered, after, limit)
+    def _page_statement(self, filtered: tuple[str, ...], after: bool) -> Statement:
+        """A page's statement, compiled once per shape: which filters, whether after a key."""
+        key = (filtered, after)
         statement = self._pages.get(key)
         if statement is None:
-            if len(self._pages) >= _MAX_PAGE_STATEMENTS:
-                self._pages.clear()
             clauses = [
                 self.table.c[k] == sa.bindparam(f"f_{k}", type_=self.table.c[k].type)
                 for k in filtered
@@ -185,12 +180,12 @@ class Repository(Generic[R]):
                 keys = [sa.bindparam(f"k_{i}", type_=c.type) for i, c in enumerate(cols)]
                 clauses.append(sa.tuple_(*cols) > sa.tuple_(*keys))
             stmt = sa.select(*self._record_columns).where(*self._where(*clauses))
-            stmt = stmt.order_by(*cols).limit(sa.literal_column(str(int(limit))))
+            stmt = stmt.order_by(*cols).limit(sa.bindparam("limit", type_=sa.Integer()))
             statement = self._pages[key] = Statement(stmt, self._scope.engine.dialect)
         return statement
 
     @functools.cached_property
-    def _pages(self) -> dict[tuple[tuple[str, ...], bool, int], Statement]:
+    def _pages(self) -> dict[tuple[tuple[str, ...], bool], Statement]:
         return {}
 
     def _iter(self, filters: Mapping[str, Any], batch_size: int) -> Iterator[R]:

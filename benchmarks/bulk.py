@@ -25,7 +25,7 @@ import uuid_utils.compat as uuid_utils
 
 import dualdb
 from benchmarks.data import Loader, ready_tasks
-from benchmarks.measure import START_TIMEOUT_S, _context
+from benchmarks.measure import in_child
 from benchmarks.raw import BulkRow, RawDriver, open_raw
 
 #: Rows written per ``Loader.insert`` when filling the iteration table (bounds setup memory).
@@ -151,17 +151,5 @@ def _scan(
 
 def measure_iteration(url: str, project_id: uuid.UUID, impl: str) -> Iteration:
     """Scan every task of ``project_id`` with ``impl`` in a fresh process."""
-    ctx = _context()
-    results = ctx.Queue()
-    child = ctx.Process(target=_scan, args=(impl, url, project_id, results), daemon=True)
-    child.start()
-    try:
-        outcome = results.get(timeout=START_TIMEOUT_S + 1800)
-    finally:
-        child.join(timeout=30)
-        if child.is_alive():
-            child.kill()
-            child.join()
-    if outcome[0] != "ok":
-        raise RuntimeError(f"{impl} iteration failed:\n{outcome[1]}")
+    outcome = in_child(_scan, (impl, url, project_id), f"{impl} iteration", 1800)
     return Iteration(impl, int(outcome[1]), float(outcome[2]), float(outcome[3]))

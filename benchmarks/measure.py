@@ -291,6 +291,28 @@ def _context() -> Any:
     return ctx
 
 
+def in_child(target: Callable[..., None], args: tuple[Any, ...], what: str, timeout: float) -> Any:
+    """Run ``target(*args, results)`` in a fresh process; what it put on ``results``.
+
+    ``target`` puts ``("ok", …)`` or ``("error", traceback)``; an error is raised here as a
+    RuntimeError naming ``what``.
+    """
+    ctx = _context()
+    results = ctx.Queue()
+    child = ctx.Process(target=target, args=(*args, results), daemon=True)
+    child.start()
+    try:
+        outcome = results.get(timeout=START_TIMEOUT_S + timeout)
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    if outcome[0] != "ok":
+        raise RuntimeError(f"{what} failed:\n{outcome[1]}")
+    return outcome
+
+
 def measure_throughput(impl: str, url: str, procs: int) -> Throughput:
     """Drain every ready task of the database at ``url`` with ``procs`` processes.
 

@@ -27,7 +27,7 @@ import psycopg
 import dualdb
 from benchmarks.bulk import _rss_now_kb
 from benchmarks.data import Loader, psycopg_dsn, sqlite_path
-from benchmarks.measure import START_TIMEOUT_S, _context
+from benchmarks.measure import in_child
 from dualdb import migrations
 from dualdb.config import resolve
 
@@ -84,19 +84,7 @@ def _copy_child(src_url: str, dst_url: str, results: Any) -> None:  # pragma: no
 
 
 def _dualdb_copy(src_url: str, dst_url: str) -> tuple[float, float]:
-    ctx = _context()
-    results = ctx.Queue()
-    child = ctx.Process(target=_copy_child, args=(src_url, dst_url, results), daemon=True)
-    child.start()
-    try:
-        outcome = results.get(timeout=START_TIMEOUT_S + 3600)
-    finally:
-        child.join(timeout=30)
-        if child.is_alive():
-            child.kill()
-            child.join()
-    if outcome[0] != "ok":
-        raise RuntimeError(f"dualdb copy failed:\n{outcome[1]}")
+    outcome = in_child(_copy_child, (src_url, dst_url), "dualdb copy", 3600)
     return float(outcome[1]), float(outcome[2])
 
 

@@ -14,7 +14,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
@@ -168,9 +168,8 @@ class Repository(Generic[R]):
 
     def _page_statement(self, filtered: tuple[str, ...], after: bool) -> Statement:
         """A page's statement, compiled once per shape: which filters, whether after a key."""
-        key = (filtered, after)
-        statement = self._pages.get(key)
-        if statement is None:
+
+        def build() -> sa.ClauseElement:
             clauses = [
                 self.table.c[k] == sa.bindparam(f"f_{k}", type_=self.table.c[k].type)
                 for k in filtered
@@ -180,13 +179,9 @@ class Repository(Generic[R]):
                 keys = [sa.bindparam(f"k_{i}", type_=c.type) for i, c in enumerate(cols)]
                 clauses.append(sa.tuple_(*cols) > sa.tuple_(*keys))
             stmt = sa.select(*self._record_columns).where(*self._where(*clauses))
-            stmt = stmt.order_by(*cols).limit(sa.bindparam("limit", type_=sa.Integer()))
-            statement = self._pages[key] = Statement(stmt, self._scope.engine.dialect)
-        return statement
+            return stmt.order_by(*cols).limit(sa.bindparam("limit", type_=sa.Integer()))
 
-    @functools.cached_property
-    def _pages(self) -> dict[tuple[tuple[str, ...], bool], Statement]:
-        return {}
+        return self._compiled(("page", filtered, after), build)
 
     def _iter(self, filters: Mapping[str, Any], batch_size: int) -> Iterator[R]:
         # Validate now, so bad arguments fail at the call and not at the first next().
@@ -359,19 +354,12 @@ class Repository(Generic[R]):
 
     def _insert_statement(self, columns: tuple[str, ...]) -> Statement:
         """``INSERT … RETURNING`` of ``columns``, compiled once per set of columns."""
-        statement = self._inserts.get(columns)
-        if statement is None:
-            stmt = (
-                self.table.insert()
-                .values({c: sa.bindparam(f"v_{c}", type_=self.table.c[c].type) for c in columns})
-                .returning(*self._record_columns)
-            )
-            statement = self._inserts[columns] = Statement(stmt, self._scope.engine.dialect)
-        return statement
-
-    @functools.cached_property
-    def _inserts(self) -> dict[tuple[str, ...], Statement]:
-        return {}
+        return self._compiled(
+            ("insert", columns),
+            lambda: (
+                self.table.insert().values(self._bound(columns)).returning(*self._record_columns)
+            ),
+        )
 
     def _new_values(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The validated column values of one new row (no database access)."""
@@ -501,20 +489,31 @@ class Repository(Generic[R]):
 
     def _update_statement(self, columns: tuple[str, ...]) -> Statement:
         """``UPDATE … RETURNING`` of ``columns``, compiled once per set of columns."""
-        statement = self._updates.get(columns)
-        if statement is None:
-            key = sa.bindparam("key", type_=self.table.c.id.type)
-            stmt = (
+        key = sa.bindparam("key", type_=self.table.c.id.type)
+        return self._compiled(
+            ("update", columns),
+            lambda: (
                 self.table.update()
                 .where(*self._where(self.table.c.id == key))
-                .values({c: sa.bindparam(f"v_{c}", type_=self.table.c[c].type) for c in columns})
+                .values(self._bound(columns))
                 .returning(*self._record_columns)
-            )
-            statement = self._updates[columns] = Statement(stmt, self._scope.engine.dialect)
+            ),
+        )
+
+    def _bound(self, columns: tuple[str, ...]) -> dict[str, sa.BindParameter[Any]]:
+        """A bind parameter ``v_<column>`` of each column, typed as the column."""
+        return {c: sa.bindparam(f"v_{c}", type_=self.table.c[c].type) for c in columns}
+
+    def _compiled(self, key: Hashable, build: Callable[[], sa.ClauseElement]) -> Statement:
+        """The statement ``key``, built and compiled once per repository (:mod:`dualdb.hotpath`):
+        building and compiling it costs more than running it."""
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = Statement(build(), self._scope.engine.dialect)
         return statement
 
     @functools.cached_property
-    def _updates(self) -> dict[tuple[str, ...], Statement]:
+    def _statements(self) -> dict[Hashable, Statement]:
         return {}
 
     def _from_values(self, values: Sequence[Any]) -> R:

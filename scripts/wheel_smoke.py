@@ -12,6 +12,7 @@ Run it with the Python to test (``make wheel-smoke`` uses ``$(PYTHON)``); stdlib
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import signal
@@ -168,7 +169,9 @@ def smoke(tmp: Path, venv: Path, package: Path) -> None:
         return parsed
 
     def query(sql: str) -> list[tuple[object, ...]]:
-        with sqlite3.connect(db_file) as conn:
+        # Closed at once: sqlite3's own context manager only commits, and a connection left
+        # open here would keep the WAL files of the commands run next (their listing is checked).
+        with contextlib.closing(sqlite3.connect(db_file)) as conn:
             return list(conn.execute(sql))
 
     out = cli("migrate").stdout

@@ -443,7 +443,18 @@ def dump_json(value: Any) -> str:
     return _dumps(value)
 
 
-class JSONB(sa.types.TypeDecorator[Any]):
+class _JSONOnPostgres:
+    """How a JSON column travels on Postgres: cast to ``jsonb`` going in, read as text coming
+    out, so the driver hands back the JSON unparsed (JSON null ≠ SQL NULL)."""
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return _OnPostgres(bindvalue, "CAST({} AS JSONB)")
+
+    def column_expression(self, column: Any) -> Any:
+        return _OnPostgres(column, "({})::text")
+
+
+class JSONB(_JSONOnPostgres, sa.types.TypeDecorator[Any]):
     """A JSON document: ``jsonb`` on Postgres, JSON text in a ``TEXT`` column on SQLite.
 
     ``None`` is SQL ``NULL``; :data:`JSON_NULL` is a stored JSON ``null``.  Nested ``None``
@@ -452,13 +463,6 @@ class JSONB(sa.types.TypeDecorator[Any]):
 
     impl = _JSONStorage
     cache_ok = True
-
-    def bind_expression(self, bindvalue: Any) -> Any:
-        return _OnPostgres(bindvalue, "CAST({} AS JSONB)")
-
-    def column_expression(self, column: Any) -> Any:
-        # Read as text so the driver hands back the JSON unparsed (JSON null ≠ SQL NULL).
-        return _OnPostgres(column, "({})::text")
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
@@ -479,7 +483,7 @@ class JSONB(sa.types.TypeDecorator[Any]):
         return JSON_NULL if parsed is None else parsed
 
 
-class JSONText(sa.types.TypeDecorator[str]):
+class JSONText(_JSONOnPostgres, sa.types.TypeDecorator[str]):
     """A :class:`JSONB` column read and written as its JSON text, untouched.
 
     For moving documents between databases (``dualdb copy``/``dump``/``load``): parsing to
@@ -489,12 +493,6 @@ class JSONText(sa.types.TypeDecorator[str]):
 
     impl = _JSONStorage
     cache_ok = True
-
-    def bind_expression(self, bindvalue: Any) -> Any:
-        return _OnPostgres(bindvalue, "CAST({} AS JSONB)")
-
-    def column_expression(self, column: Any) -> Any:
-        return _OnPostgres(column, "({})::text")
 
 
 class UUIDText(sa.types.TypeDecorator[str]):

@@ -108,14 +108,7 @@ class Statement:
             if converters is None:
                 converters = self._convert_with(cursor.description)
         except self._dialect.loaded_dbapi.Error as err:
-            raise exc.DBAPIError.instance(
-                self.sql,
-                params,
-                err,
-                self._dialect.loaded_dbapi.Error,
-                connection_invalidated=self._dialect.is_disconnect(err, dbapi_conn, None),
-                dialect=self._dialect,
-            ) from err
+            raise self._wrapped(err, params, dbapi_conn) from err
         if not converters:
             return list(fetched)
         out: list[Sequence[Any]] = []
@@ -125,6 +118,28 @@ class Statement:
                 converted[i] = convert(converted[i])
             out.append(converted)
         return out
+
+    def many(self, dbapi_conn: Any, values: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement (a write without ``RETURNING``) once per mapping in ``values``,
+        as one ``executemany``; errors as in :meth:`rows`."""
+        params = [self._bound(v) for v in values]
+        try:
+            dbapi_conn.cursor().executemany(self.sql, params)
+        except self._dialect.loaded_dbapi.Error as err:
+            raise self._wrapped(err, params, dbapi_conn) from err
+
+    def _wrapped(self, err: Any, params: Any, dbapi_conn: Any) -> exc.StatementError:
+        """A driver error as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError`, as SQLAlchemy's
+        own path would raise it (so :func:`dualdb.engine.translate` maps it the same way)."""
+        wrapped: exc.StatementError = exc.DBAPIError.instance(
+            self.sql,
+            params,
+            err,
+            self._dialect.loaded_dbapi.Error,
+            connection_invalidated=self._dialect.is_disconnect(err, dbapi_conn, None),
+            dialect=self._dialect,
+        )
+        return wrapped
 
 
 def _bind_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Converter:

@@ -507,6 +507,22 @@ class UUIDText(sa.types.TypeDecorator[str]):
             return dialect.type_descriptor(postgresql.UUID(as_uuid=False))
         return dialect.type_descriptor(sa.types.Text())
 
+    def column_expression(self, column: Any) -> Any:
+        # Postgres prints a uuid in dualdb's form (lowercase, hyphenated): read as text, the
+        # driver makes no uuid.UUID to be turned back into text.
+        return _OnPostgres(column, "({})::text")
+
+
+#: A timestamptz as dualdb's fixed-width UTC text, printed by Postgres.  Only instants that
+#: text can hold (years 1 to 9999) go through ``to_char``, whose ``YYYY`` would drop "BC"; the
+#: rest (infinity, BC, year 10000 on) come as Postgres prints them, which dualdb cannot read
+#: (:class:`~dualdb.errors.UnreadableRow` in ``dualdb copy``), instead of as a wrong value.
+_PG_TIMESTAMP_TEXT = (
+    "(CASE WHEN {0} >= '0001-01-01T00:00:00Z' AND {0} < '10000-01-01T00:00:00Z' "
+    """THEN to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') """
+    "ELSE ({0})::text END)"
+)
+
 
 class TimestampText(sa.types.TypeDecorator[str]):
     """A :class:`Timestamp` column as its fixed-width UTC text, both ways (``dualdb copy``'s
@@ -520,10 +536,9 @@ class TimestampText(sa.types.TypeDecorator[str]):
             return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
         return dialect.type_descriptor(sa.types.Text())
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
-        if isinstance(value, datetime):
-            return format_timestamp(value if value.tzinfo else value.replace(tzinfo=UTC))
-        return value  # type: ignore[no-any-return]
+    def column_expression(self, column: Any) -> Any:
+        # Printed by Postgres in dualdb's text: no datetime made and formatted per value.
+        return _OnPostgres(column, _PG_TIMESTAMP_TEXT)
 
 
 class Timestamp(sa.types.TypeDecorator[datetime]):

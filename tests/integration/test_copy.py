@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import hypothesis.strategies as st
+import psycopg
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,7 @@ from dualdb.errors import (
     InvalidInput,
     NotFound,
     SchemaOutOfDate,
+    UnreadableRow,
     VerificationFailed,
 )
 from dualdb.seed import seed_id
@@ -299,3 +301,67 @@ def test_values_another_tool_stored_in_its_own_form_arrive_in_dualdbs(
     with dualdb.connect(fresh(target)) as again:
         assert dualdb.load(again, archive, allow_remote=True, verify=True).verified
         assert again.projects.get(project.id).created_at == read.created_at
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("same", [True, False], ids=["identical", "different"])
+def test_a_row_written_meanwhile_into_a_table_that_was_empty_is_looked_up(
+    target: str, same: bool, fresh: MakeDb
+) -> None:
+    """Pages of a table empty when its copy began go in without their keys looked up; a
+    row someone else writes meanwhile makes that page fail, roll back and go again, looked
+    up: identical, it is left alone; different, it is the Conflict a changed row is."""
+    with dualdb.connect(fresh("sqlite")) as src, dualdb.connect(fresh(target)) as dst:
+        user = src.users.create(email="meanwhile@example.invalid")
+        project = src.projects.create("meanwhile", user.id)
+        shots = [src.shots.create(project.id, f"shot {i}") for i in range(6)]
+        with src.engine.connect() as conn:
+            last = conn.execute(
+                sa.select(schema.shots).where(schema.shots.c.id == shots[-1].id)
+            ).one()
+        written: list[int] = []
+
+        def meanwhile(table: str, done: int, total: int) -> None:
+            # After the first committed page of shots, the last shot appears in the target,
+            # written with plain SQL by another connection.
+            if table == "shots" and not written:
+                values = dict(last._mapping)
+                if not same:
+                    values["name"] = "someone else's"
+                with dst.engine.begin() as conn:
+                    conn.execute(sa.insert(schema.shots).values(values))
+                written.append(done)
+
+        if same:
+            result = dualdb.copy(src, dst, allow_remote=True, batch_size=2, progress=meanwhile)
+            assert result.verified
+            assert (result.tables["shots"].inserted, result.tables["shots"].identical) == (5, 1)
+            assert content(dst) == content(src)
+        else:
+            with pytest.raises(Conflict, match=f"shots {last.id} .*changed during the copy"):
+                dualdb.copy(src, dst, allow_remote=True, batch_size=2, progress=meanwhile)
+            # The pages before it stay (a rerun with --on-conflict finishes the job).
+            assert dst.shots.get(shots[0].id).name == "shot 0"
+            assert dst.shots.get(last.id).name == "someone else's"
+        assert written == [2]
+
+
+@pytest.mark.parametrize(
+    "stored", ["infinity", "-infinity", "0044-03-15 00:00:00+00 BC", "12000-01-01 00:00:00+00"]
+)
+@pytest.mark.postgres
+def test_a_postgres_instant_dualdb_cannot_write_as_text_is_refused(
+    stored: str, fresh: MakeDb
+) -> None:
+    """Postgres holds instants outside years 1 to 9999 (and infinity), which dualdb's text
+    cannot: a copy refuses the row, naming it, instead of writing another instant."""
+    src_url, dst_url = fresh("postgresql"), fresh("sqlite")
+    with dualdb.connect(src_url) as src:
+        user = src.users.create(email="when@example.invalid")
+        project = src.projects.create("when", user.id)
+    with psycopg.connect(src_url, autocommit=True) as pg:
+        pg.execute("UPDATE projects SET created_at = %s::timestamptz", (stored,))
+    with dualdb.connect(src_url) as src, dualdb.connect(dst_url) as dst:
+        with pytest.raises(UnreadableRow, match=f"projects {project.id}: column created_at"):
+            dualdb.copy(src, dst)
+        assert dst.row_counts()["projects"] == 0

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dualdb.errors import InvalidInput
-from dualdb.transfer.rows import SPEC, canonical_json, canonical_line, check_portable, minify_json
+from dualdb.transfer.rows import (
+    SPEC,
+    _canonical,
+    canonical_json,
+    canonical_line,
+    check_portable,
+    minify_json,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,6 +46,26 @@ def test_what_postgres_changes_has_one_canonical_form(stored: str, other: str) -
 )
 def test_different_documents_stay_different(a: str, b: str) -> None:
     assert canonical_json(a) != canonical_json(b)
+
+
+_documents = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_documents, st.booleans())
+def test_the_fast_canonical_form_is_the_exact_one(document: Any, spaced: bool) -> None:
+    """Documents without fractional numbers take a fast path: it must give exactly the text
+    the exact (Decimal) path gives, which every document with a fraction takes."""
+    text = json.dumps(document, indent=1 if spaced else None)
+    exact = json.loads(text, parse_float=Decimal, parse_int=Decimal)
+    assert canonical_json(text) == _canonical(exact)
 
 
 def test_minify_keeps_strings_and_numbers_as_written() -> None:

@@ -15,16 +15,19 @@ dependencies Complete, and a Queued task gets the same unmet count it had.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
 
 from dualdb.backends import backend_of
 from dualdb.database import Database
 from dualdb.engine import reading, translated_errors
 from dualdb.errors import Conflict, VerificationFailed
+from dualdb.hotpath import Statement
 from dualdb.transfer.rows import (
     IN_CHUNK,
     SPEC,
@@ -196,6 +199,18 @@ def _empty(conn: sa.Connection, spec: TableSpec) -> bool:
     return conn.execute(sa.select(sa.literal(1)).select_from(spec.table).limit(1)).first() is None
 
 
+@dataclass
+class _Page:
+    """What writing one page did (applied to the table's counts once committed)."""
+
+    inserted: int = 0
+    identical: int = 0
+    conflicting: int = 0
+    skipped: list[tuple[Any, ...]] = field(default_factory=list)
+    #: Tasks whose dependencies are not in the target yet (for the pages that follow).
+    waiting: list[Row] = field(default_factory=list)
+
+
 def _write_table(
     source: Source,
     dst: Database,
@@ -215,32 +230,31 @@ def _write_table(
     # statistics are refreshed each time the rows written double: O(log n) ANALYZEs.
     analyze_at = 1
     stats = (spec.name, "task_dependencies") if spec.name == "tasks" else (spec.name,)
+    # Into a table that was empty when its copy began there is nothing to compare a page
+    # with: its rows go in without their keys being looked up.  Should one be there after all
+    # (written meanwhile by someone else), the insert fails and rolls back, and from that
+    # page on every page is looked up first.
+    with reading(dst.engine) as conn, translated_errors():
+        look_up = not _empty(conn, spec)
     for page in source.pages(spec):
-        with translated_errors(), dst.engine.begin() as conn:
-            found = fetch_by_key(conn, spec, (r[spec.key[0]] for r in page))
-            new: list[Row] = []
-            for row in page:
-                there = found.get(spec.key_of(row))
-                if there is None:
-                    new.append(row)
-                elif same_content(spec, there, row):
-                    table.identical += 1
-                elif on_conflict == "skip":
-                    table.conflicting += 1
-                    skipped.add(spec.key_of(row))
-                elif on_conflict == "overwrite":
-                    table.conflicting += 1
-                    _overwrite(conn, spec, row)
-                else:  # a row changed in the target since the check
-                    raise _conflict(spec, row, checked=False)
-            if spec.name == "tasks":
-                inserted, waiting = _insert_tasks(conn, spec, waiting + new)
-            else:
-                inserted = _insert(conn, spec, new)
-            table.inserted += inserted
-            if table.inserted >= analyze_at:
-                backend_of(conn).refresh_statistics(conn, stats)
-                analyze_at = 2 * table.inserted
+        with translated_errors():
+            while True:
+                try:
+                    with dst.engine.begin() as conn:
+                        outcome = _write_page(conn, spec, page, waiting, on_conflict, look_up)
+                        analyze_at = _refresh(
+                            conn, stats, table.inserted + outcome.inserted, analyze_at
+                        )
+                    break
+                except sa.exc.IntegrityError:
+                    if look_up:
+                        raise
+                    look_up = True  # a key was there after all: the page again, looked up
+        table.inserted += outcome.inserted
+        table.identical += outcome.identical
+        table.conflicting += outcome.conflicting
+        skipped.update(outcome.skipped)
+        waiting = outcome.waiting
         done += len(page)
         if progress is not None:
             progress(spec.name, done, total)
@@ -257,10 +271,66 @@ def _write_table(
     return skipped
 
 
+def _write_page(
+    conn: sa.Connection,
+    spec: TableSpec,
+    page: list[Row],
+    waiting: list[Row],
+    on_conflict: OnConflict,
+    look_up: bool,
+) -> _Page:
+    """Write one page (after the tasks still ``waiting``), comparing each row with the
+    target's row of the same key when ``look_up``; what it did."""
+    out = _Page()
+    new: list[Row] = page
+    if look_up:
+        found = fetch_by_key(conn, spec, (r[spec.key[0]] for r in page))
+        new = []
+        for row in page:
+            there = found.get(spec.key_of(row))
+            if there is None:
+                new.append(row)
+            elif same_content(spec, there, row):
+                out.identical += 1
+            elif on_conflict == "skip":
+                out.conflicting += 1
+                out.skipped.append(spec.key_of(row))
+            elif on_conflict == "overwrite":
+                out.conflicting += 1
+                _overwrite(conn, spec, row)
+            else:  # a row changed in the target since the check
+                raise _conflict(spec, row, checked=False)
+    if spec.name == "tasks":
+        out.inserted, out.waiting = _insert_tasks(conn, spec, waiting + new)
+    else:
+        out.inserted = _insert(conn, spec, new)
+    return out
+
+
+def _refresh(conn: sa.Connection, stats: tuple[str, ...], inserted: int, at: int) -> int:
+    """Refresh the planner's statistics of ``stats`` once ``inserted`` reaches ``at``; the
+    count at which to refresh them next."""
+    if inserted < at:
+        return at
+    backend_of(conn).refresh_statistics(conn, stats)
+    return 2 * inserted
+
+
 def _insert(conn: sa.Connection, spec: TableSpec, rows: Sequence[Row]) -> int:
-    if rows:
-        conn.execute(sa.insert(spec.table), [to_params(spec, r) for r in rows])
+    """Insert ``rows`` the fastest way the backend has: ``COPY`` on Postgres for a full
+    batch, else one ``executemany`` of a statement compiled once, on the driver."""
+    if not rows:
+        return 0
+    params = [to_params(spec, r) for r in rows]
+    if not backend_of(conn).copy_rows(conn, spec.table, params):
+        _insert_statement(spec.name, conn.dialect).many(conn.connection.dbapi_connection, params)
     return len(rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_statement(table: str, dialect: Dialect) -> Statement:
+    # Every column is given, each bound under its own name (as :func:`to_params` names it).
+    return Statement(SPEC[table].table.insert(), dialect)
 
 
 def _overwrite(conn: sa.Connection, spec: TableSpec, row: Row) -> None:

@@ -512,6 +512,9 @@ class UUIDText(sa.types.TypeDecorator[str]):
         # driver makes no uuid.UUID to be turned back into text.
         return _OnPostgres(column, "({})::text")
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> None:
+        return None  # text on both backends (column_expression): nothing to convert
+
 
 #: A timestamptz as dualdb's fixed-width UTC text, printed by Postgres.  Only instants that
 #: text can hold (years 1 to 9999) go through ``to_char``, whose ``YYYY`` would drop "BC"; the
@@ -539,6 +542,34 @@ class TimestampText(sa.types.TypeDecorator[str]):
     def column_expression(self, column: Any) -> Any:
         # Printed by Postgres in dualdb's text: no datetime made and formatted per value.
         return _OnPostgres(column, _PG_TIMESTAMP_TEXT)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> None:
+        return None  # text on both backends (column_expression): nothing to convert
+
+
+class UUIDArrayText(sa.types.TypeDecorator[list[str]]):
+    """A :class:`UUIDArray` column as lists of canonical UUID text going in, and as it is
+    stored coming out: a list of text on Postgres, the JSON text on SQLite (``dualdb copy``'s
+    bulk path, which checks and decodes it: no :class:`uuid.UUID` objects made per value)."""
+
+    impl = sa.types.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.ARRAY(postgresql.UUID(as_uuid=False)))
+        return dialect.type_descriptor(sa.types.Text())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value
+        return json.dumps(value, separators=(",", ":"))
+
+    def column_expression(self, column: Any) -> Any:
+        return _OnPostgres(column, "({})::text[]")
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> None:
+        return None  # Postgres' text[] is a list of str; SQLite's JSON text is decoded later
 
 
 class Timestamp(sa.types.TypeDecorator[datetime]):

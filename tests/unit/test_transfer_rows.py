@@ -68,6 +68,15 @@ def test_the_fast_canonical_form_is_the_exact_one(document: Any, spaced: bool) -
     assert canonical_json(text) == _canonical(exact)
 
 
+@given(_documents)
+def test_minify_gives_the_compact_text_of_any_spacing(document: Any) -> None:
+    compact = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    for indent in (None, 2):
+        spaced = json.dumps(document, ensure_ascii=False, indent=indent)
+        assert minify_json(spaced) == compact
+    assert minify_json(compact) == compact
+
+
 def test_minify_keeps_strings_and_numbers_as_written() -> None:
     assert minify_json('{"a b": "c  d", "n": 1.10, "e": "\\" x "}') == (
         '{"a b":"c  d","n":1.10,"e":"\\" x "}'

@@ -36,8 +36,8 @@ from dualdb.types import (
     JSONText,
     Timestamp,
     TimestampText,
-    Unreadable,
     UUIDArray,
+    UUIDArrayText,
     UUIDText,
     format_timestamp,
     parse_timestamp,
@@ -90,9 +90,12 @@ class TableSpec:
     key: tuple[int, ...]
     #: Kept by the database's triggers (``task_dependencies``): verified, never written.
     derived: bool = False
-    #: The columns whose values may need converting on the way in (``uuid[]``, JSON, and
-    #: UUIDs and timestamps that another tool stored in a form of its own).
-    converted: tuple[tuple[int, Kind], ...] = ()
+    #: Positions of the UUID and timestamp columns (another tool may have stored a form of
+    #: its own), of the ``uuid[]`` columns and of the JSON columns: what :func:`to_portable`
+    #: looks at.
+    texts: tuple[tuple[int, Kind], ...] = ()
+    lists: tuple[int, ...] = ()
+    documents: tuple[int, ...] = ()
 
     def key_of(self, row: Row) -> tuple[Any, ...]:
         """The primary key of ``row``."""
@@ -110,6 +113,7 @@ def _spec(canonical: sa.Table) -> TableSpec:
         Kind.JSON: JSONText(),
         Kind.UUID: UUIDText(),
         Kind.TIME: TimestampText(),
+        Kind.UUIDS: UUIDArrayText(),
     }
     columns = [
         sa.Column(c.name, as_text.get(kind, c.type), primary_key=c.primary_key)
@@ -118,9 +122,6 @@ def _spec(canonical: sa.Table) -> TableSpec:
     table = sa.Table(canonical.name, _META, *columns)
     names = tuple(c.name for c in canonical.columns)
     key = tuple(names.index(c.name) for c in canonical.primary_key.columns)
-    converted = tuple(
-        (i, k) for i, k in enumerate(kinds) if k in (Kind.UUIDS, Kind.JSON, Kind.UUID, Kind.TIME)
-    )
     return TableSpec(
         canonical.name,
         table,
@@ -128,7 +129,9 @@ def _spec(canonical: sa.Table) -> TableSpec:
         kinds,
         key,
         derived=canonical is schema.task_dependencies,
-        converted=converted,
+        texts=tuple((i, k) for i, k in enumerate(kinds) if k in (Kind.UUID, Kind.TIME)),
+        lists=tuple(i for i, k in enumerate(kinds) if k is Kind.UUIDS),
+        documents=tuple(i for i, k in enumerate(kinds) if k is Kind.JSON),
     )
 
 
@@ -140,13 +143,18 @@ TRANSFER_TABLES: dict[str, sa.Table] = {s.name: s.table for s in SPECS}
 
 # --- values --------------------------------------------------------------------------------
 
-# A JSON string literal, or a run of whitespace outside one.
-_JSON_SPACE = re.compile(r'("(?:[^"\\]|\\.)*")|\s+', re.DOTALL)
+# A JSON string literal (captured: re.split keeps it).
+_JSON_STRING = re.compile(r'("(?:[^"\\]|\\.)*")', re.DOTALL)
+# Whitespace outside JSON strings: jsonb prints it (``{"a": 1}``), dualdb's own compact text
+# has none.  One scan in C, where most texts need no minifying.
+_SPACE_OUTSIDE_STRINGS = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^"\s])*\s', re.DOTALL)
 
 
 def minify_json(text: str) -> str:
     """``text`` without the whitespace between tokens: every key, number and string as is."""
-    return _JSON_SPACE.sub(lambda m: m.group(1) or "", text)
+    parts = _JSON_STRING.split(text)  # outside, string, outside, string, …, outside
+    parts[::2] = ["".join(p.split()) for p in parts[::2]]
+    return "".join(parts)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -170,7 +178,12 @@ def canonical_json(text: str) -> str:
             text, parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant
         )
         return _canonical(value)
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return _SORTED_COMPACT(value)
+
+
+#: json.dumps builds an encoder per call given options: these are built once.
+_SORTED_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class _Fractional(Exception):
@@ -214,23 +227,42 @@ def to_portable(spec: TableSpec, values: Sequence[Any]) -> Row:
     value cannot be decoded at all (written by a tool that bypassed the rules).
     """
     out = list(values)
-    for i, kind in spec.converted:
+    # Called for every row copied, dumped or verified: the common case (dualdb's own text)
+    # costs one regular-expression match per value.
+    for i, kind in spec.texts:
+        value = out[i]
+        if value is not None and not (type(value) is str and _CANONICAL[kind].match(value)):
+            out[i] = _canonical_text(spec, out, i, kind)
+    for i in spec.lists:
+        if out[i] is not None:
+            out[i] = _uuid_list(spec, out, i)
+    for i in spec.documents:
         value = out[i]
         if value is None:
             continue
-        if kind is Kind.UUID or kind is Kind.TIME:
-            if not _CANONICAL[kind].match(value):
-                out[i] = _canonical_text(spec, out, i, kind)
-        elif kind is Kind.UUIDS:
-            if isinstance(value, Unreadable) or any(isinstance(v, Unreadable) for v in value):
-                raise UnreadableRow(spec.name, out[spec.key[0]], spec.columns[i], str(value))
-            out[i] = [str(v) for v in value]
-        elif _HAS_SPACE.search(value):
+        if type(value) is not str:
+            raise UnreadableRow(spec.name, out[spec.key[0]], spec.columns[i], "not JSON text")
+        if _SPACE_OUTSIDE_STRINGS.match(value):
             out[i] = minify_json(value)
     return tuple(out)
 
 
-_HAS_SPACE = re.compile(r"\s")
+def _uuid_list(spec: TableSpec, row: list[Any], i: int) -> list[str]:
+    """The stored ``uuid[]`` ``row[i]`` (a list of text from Postgres, JSON text from SQLite)
+    as a list of dualdb's UUID text; UnreadableRow if it is not a list of UUIDs."""
+    value = row[i]
+    if value == "[]" or value == []:
+        return []  # most tasks depend on nothing
+    canonical = _CANONICAL[Kind.UUID].match
+    try:
+        items = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValueError("not a list of UUIDs")
+        return [v if isinstance(v, str) and canonical(v) else str(to_uuid(v)) for v in items]
+    except (ValueError, TypeError, RecursionError) as err:
+        raise UnreadableRow(spec.name, row[spec.key[0]], spec.columns[i], str(err)) from None
+
+
 #: dualdb's own text of a UUID and of a timestamp.
 _CANONICAL = {
     Kind.UUID: re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"),
@@ -292,16 +324,16 @@ def same_content(spec: TableSpec, a: Row, b: Row) -> bool:
 
 def canonical_line(spec: TableSpec, row: Row) -> str:
     """The text a checksum hashes for ``row`` (the same from either backend or a dump)."""
-    values = [
-        canonical_json(v) if kind is Kind.JSON and v is not None else v
-        for kind, v in zip(spec.kinds, row, strict=True)
-    ]
-    return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+    values = list(row)
+    for i in spec.documents:
+        if values[i] is not None:
+            values[i] = canonical_json(values[i])
+    return _COMPACT(values)
 
 
 def dump_line(row: Row) -> str:
     """The line a dump stores for ``row`` (exact JSON text kept; see docs/copy.md)."""
-    return json.dumps(list(row), ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT(list(row))
 
 
 class Checksum:

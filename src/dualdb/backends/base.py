@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -164,13 +164,26 @@ class Backend(ABC):
         """
         return None
 
+    @abstractmethod
+    def one_of(self, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+        """``column`` equals one of the values of the list bound to ``name``.
+
+        One parameter for any number of values, so a statement is compiled once (an ``IN``
+        list is compiled anew for each length and binds every value on its own); the
+        column's index is used.
+        """
+
     def copy_rows(
-        self, conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
     ) -> bool:
-        """Load ``rows`` (dicts with the same keys, bound as for an ``INSERT``) into ``table``
-        by the driver's bulk path, in the open transaction, if this backend has one worth it
-        for this many rows; whether it did.  Row triggers fire as for an ``INSERT``; errors
-        are raised as SQLAlchemy's, as an ``INSERT``'s would be.
+        """Load ``rows`` (values of ``columns`` in that order, bound as for an ``INSERT``)
+        into ``table`` by the driver's bulk path, in the open transaction, if this backend
+        has one worth it for this many rows; whether it did.  Row triggers fire as for an
+        ``INSERT``; errors are raised as SQLAlchemy's, as an ``INSERT``'s would be.
 
         By default no: a batched ``INSERT`` is as fast as anything SQLite offers.
         """

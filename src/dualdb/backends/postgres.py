@@ -16,12 +16,13 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Engine
 
 from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, TransactionHook, WorkWaiter
@@ -260,28 +261,37 @@ class PostgresBackend(Backend):
         for table in tables:
             conn.execute(sa.text(f"ANALYZE {table}"))
 
+    def one_of(self, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+        return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(column.type)))
+
     def copy_rows(
-        self, conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
     ) -> bool:
         # COPY FROM costs a round trip per buffer instead of per statement batch, and skips
         # building and parsing INSERT statements; below COPY_FROM_ROWS it gains nothing.
         if len(rows) < COPY_FROM_ROWS:
             return False
-        names = list(rows[0])
         # The columns' own bind conversions: COPY gets what an INSERT would have bound.
-        convert = [table.c[n].type.bind_processor(conn.dialect) for n in names]
-        statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
+        convert = [
+            (i, f)
+            for i, name in enumerate(columns)
+            if (f := table.c[name].type.bind_processor(conn.dialect)) is not None
+        ]
+        statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         dbapi = conn.connection.dbapi_connection
         assert isinstance(dbapi, psycopg.Connection)
         try:
             with dbapi.cursor() as cur, cur.copy(statement) as copy:
                 for row in rows:
-                    copy.write_row(
-                        [
-                            row[n] if f is None else f(row[n])
-                            for n, f in zip(names, convert, strict=True)
-                        ]
-                    )
+                    if convert:
+                        row = list(row)
+                        for i, f in convert:
+                            row[i] = f(row[i])
+                    copy.write_row(row)
         except psycopg.Error as err:
             # As SQLAlchemy wraps an INSERT's error, so the same translation applies.
             raise sa.exc.DBAPIError.instance(statement, None, err, psycopg.Error) from None

@@ -144,6 +144,10 @@ class SqliteBackend(Backend):
 
         return engine
 
+    def one_of(self, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+        values = sa.func.json_each(sa.bindparam(name, type_=sa.JSON())).table_valued("value")
+        return column.in_(sa.select(values.c.value))
+
     def autocommit_read_options(self) -> dict[str, Any]:
         # Not SQLAlchemy's AUTOCOMMIT level: resetting it hands transaction control back to
         # the sqlite3 module.

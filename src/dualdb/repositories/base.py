@@ -463,7 +463,10 @@ class Repository(Generic[R]):
         # A large batch by the driver's bulk path (COPY on Postgres), then read back.  Not for
         # a signed-in user: Postgres refuses COPY FROM into a table whose row-level security
         # applies to the role.
-        if self._scope.user_id is None and self._scope.backend.copy_rows(conn, self.table, values):
+        names = list(values[0])
+        if self._scope.user_id is None and self._scope.backend.copy_rows(
+            conn, self.table, names, [[v[n] for n in names] for v in values]
+        ):
             # One array parameter, not one per key: the backends with a bulk path take arrays
             # (``uuid[]`` on Postgres, the only one today).
             keys = sa.bindparam("keys", [v[key] for v in values], type_=UUIDArray())

@@ -28,7 +28,6 @@ from dualdb.transfer.rows import (
     TableSpec,
     count_rows,
     read_pages,
-    scope_clause,
 )
 
 
@@ -44,11 +43,11 @@ class DatabaseSource:
 
     def count(self, spec: TableSpec) -> int:
         """Rows of ``spec`` in scope."""
-        return count_rows(self._conn, spec, scope_clause(spec, self._projects))
+        return count_rows(self._conn, spec, self._projects)
 
     def pages(self, spec: TableSpec) -> Iterator[list[Row]]:
         """Rows of ``spec`` in scope, in key order."""
-        yield from read_pages(self._conn, spec, scope_clause(spec, self._projects), self._batch)
+        yield from read_pages(self._conn, spec, self._projects, self._batch)
 
 
 @contextmanager

@@ -321,8 +321,8 @@ def _insert(conn: sa.Connection, spec: TableSpec, rows: Sequence[Row]) -> int:
     batch, else one ``executemany`` of a statement compiled once, on the driver."""
     if not rows:
         return 0
-    params = [to_params(spec, r) for r in rows]
-    if not backend_of(conn).copy_rows(conn, spec.table, params):
+    if not backend_of(conn).copy_rows(conn, spec.table, spec.columns, rows):
+        params = [to_params(spec, r) for r in rows]
         _insert_statement(spec.name, conn.dialect).many(conn.connection.dbapi_connection, params)
     return len(rows)
 

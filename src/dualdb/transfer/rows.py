@@ -17,6 +17,7 @@ exact decimals).  Postgres' ``jsonb`` keeps neither key order nor the spelling o
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import re
@@ -27,9 +28,12 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
 
 from dualdb import schema
+from dualdb.backends import Backend, backend_for, backend_of
 from dualdb.errors import InvalidInput, UnreadableRow
+from dualdb.hotpath import Statement
 from dualdb.types import (
     JSONB,
     UUID,
@@ -360,65 +364,100 @@ class Checksum:
 
 
 # --- reading a database --------------------------------------------------------------------
+#
+# A copy reads every row twice (to write it, then to verify it) and the target's rows once:
+# the statements are compiled once per dialect and run on the driver's connection
+# (:mod:`dualdb.hotpath`), with every list of keys or projects bound as one parameter
+# (:meth:`~dualdb.backends.base.Backend.one_of`).
 
 
-def scope_clause(spec: TableSpec, projects: Sequence[uuid.UUID] | None) -> sa.ColumnElement[bool]:
-    """The rows of ``spec`` that belong to ``projects`` (every row when None)."""
-    if projects is None:
-        return sa.true()
-    ids = [str(p) for p in projects]
+def scope_clause(spec: TableSpec, backend: Backend) -> sa.ColumnElement[bool]:
+    """The rows of ``spec`` that belong to the projects bound to ``projects`` (a list of
+    project ids)."""
     p = TRANSFER_TABLES["projects"]
+    chosen = backend.one_of(p.c.id, "projects")
     if spec.name == "users":
-        owners = sa.select(p.c.user_id).where(p.c.id.in_(ids))
-        return spec.column("id").in_(owners)
+        return spec.column("id").in_(sa.select(p.c.user_id).where(chosen))
     if spec.name == "projects":
-        return spec.column("id").in_(ids)
+        return backend.one_of(spec.column("id"), "projects")
     if spec.name == "shot_generations":
         shots = TRANSFER_TABLES["shots"]
-        return spec.column("shot_id").in_(sa.select(shots.c.id).where(shots.c.project_id.in_(ids)))
+        in_scope = backend.one_of(shots.c.project_id, "projects")
+        return spec.column("shot_id").in_(sa.select(shots.c.id).where(in_scope))
     if spec.name == "task_dependencies":
         tasks = TRANSFER_TABLES["tasks"]
-        return spec.column("task_id").in_(sa.select(tasks.c.id).where(tasks.c.project_id.in_(ids)))
-    return spec.column("project_id").in_(ids)
+        in_scope = backend.one_of(tasks.c.project_id, "projects")
+        return spec.column("task_id").in_(sa.select(tasks.c.id).where(in_scope))
+    return backend.one_of(spec.column("project_id"), "projects")
 
 
-def _after(spec: TableSpec, last: Row) -> sa.ColumnElement[bool]:
-    """Keys after ``last`` in key order (keyset paging; UUIDs sort alike on both backends)."""
+def _after(spec: TableSpec) -> sa.ColumnElement[bool]:
+    """Keys after the one bound to ``after_0``, ``after_1`` … in key order (keyset paging;
+    UUIDs sort alike on both backends)."""
     cols = [spec.table.c[spec.columns[i]] for i in spec.key]
-    vals = [last[i] for i in spec.key]
+    vals = [sa.bindparam(f"after_{j}", type_=c.type) for j, c in enumerate(cols)]
     clause: sa.ColumnElement[bool] = cols[-1] > vals[-1]
     for col, val in zip(reversed(cols[:-1]), reversed(vals[:-1]), strict=True):
         clause = sa.or_(col > val, sa.and_(col == val, clause))
     return clause
 
 
-def read_pages(
-    conn: sa.Connection, spec: TableSpec, where: sa.ColumnElement[bool], batch: int
-) -> Iterator[list[Row]]:
-    """The rows of ``spec`` matching ``where``, in key order, ``batch`` at a time."""
+@functools.lru_cache(maxsize=256)
+def _page_statement(table: str, scoped: bool, after: bool, dialect: Dialect) -> Statement:
+    """A page of ``table`` in key order, at most ``limit`` rows (of the bound ``projects``
+    when ``scoped``; after the bound key when ``after``)."""
+    spec = SPEC[table]
+    query = sa.select(spec.table)
+    if scoped:
+        query = query.where(scope_clause(spec, backend_for(dialect.name)))
+    if after:
+        query = query.where(_after(spec))
     order = [spec.table.c[spec.columns[i]] for i in spec.key]
-    last: Row | None = None
+    return Statement(query.order_by(*order).limit(sa.bindparam("limit", type_=sa.Integer)), dialect)
+
+
+def _run(conn: sa.Connection, statement: Statement, values: dict[str, Any]) -> list[Any]:
+    return statement.rows(conn.connection.dbapi_connection, values)
+
+
+def read_pages(
+    conn: sa.Connection, spec: TableSpec, projects: Sequence[uuid.UUID] | None, batch: int
+) -> Iterator[list[Row]]:
+    """The rows of ``spec`` of ``projects`` (every row when None), in key order, ``batch``
+    at a time."""
+    scope = {} if projects is None else {"projects": [str(p) for p in projects]}
+    values: dict[str, Any] = {"limit": batch, **scope}
+    statement = _page_statement(spec.name, projects is not None, False, conn.dialect)
     while True:
-        query = sa.select(spec.table).where(where)
-        if last is not None:
-            query = query.where(_after(spec, last))
-        page = [to_portable(spec, r) for r in conn.execute(query.order_by(*order).limit(batch))]
+        page = [to_portable(spec, r) for r in _run(conn, statement, values)]
         if not page:
             return
         yield page
-        last = page[-1]
         if len(page) < batch:
             return
+        values.update({f"after_{j}": page[-1][i] for j, i in enumerate(spec.key)})
+        statement = _page_statement(spec.name, projects is not None, True, conn.dialect)
 
 
-def count_rows(conn: sa.Connection, spec: TableSpec, where: sa.ColumnElement[bool]) -> int:
-    """How many rows of ``spec`` match ``where``."""
-    query = sa.select(sa.func.count()).select_from(spec.table).where(where)
-    return int(conn.execute(query).scalar_one())
+def count_rows(conn: sa.Connection, spec: TableSpec, projects: Sequence[uuid.UUID] | None) -> int:
+    """How many rows of ``spec`` belong to ``projects`` (every row when None)."""
+    query = sa.select(sa.func.count()).select_from(spec.table)
+    if projects is None:
+        return int(conn.execute(query).scalar_one())
+    query = query.where(scope_clause(spec, backend_of(conn)))
+    return int(conn.execute(query, {"projects": [str(p) for p in projects]}).scalar_one())
 
 
 #: Most keys in one ``IN (…)`` list (well under SQLite's bound-parameter limit).
 IN_CHUNK = 900
+
+
+@functools.lru_cache(maxsize=64)
+def _by_key_statement(table: str, column: str, dialect: Dialect) -> Statement:
+    """The rows of ``table`` whose ``column`` is one of the bound ``keys``."""
+    spec = SPEC[table]
+    one_of = backend_for(dialect.name).one_of(spec.column(column), "keys")
+    return Statement(sa.select(spec.table).where(one_of), dialect)
 
 
 def fetch_by_key(
@@ -426,23 +465,17 @@ def fetch_by_key(
 ) -> dict[tuple[Any, ...], Row]:
     """The rows of a single-key table whose key is in ``keys``, by key."""
     (pos,) = spec.key
-    column = spec.table.c[spec.columns[pos]]
-    wanted = list(keys)
+    statement = _by_key_statement(spec.name, spec.columns[pos], conn.dialect)
     found: dict[tuple[Any, ...], Row] = {}
-    for i in range(0, len(wanted), IN_CHUNK):
-        query = sa.select(spec.table).where(column.in_(wanted[i : i + IN_CHUNK]))
-        for r in conn.execute(query):
-            row = to_portable(spec, r)
-            found[spec.key_of(row)] = row
+    for r in _run(conn, statement, {"keys": list(keys)}):
+        row = to_portable(spec, r)
+        found[spec.key_of(row)] = row
     return found
 
 
 def fetch_edges(conn: sa.Connection, task_ids: Iterable[str]) -> list[Row]:
     """The ``task_dependencies`` rows of ``task_ids``, in key order."""
     spec = SPEC["task_dependencies"]
-    wanted = sorted(set(task_ids))
-    rows: list[Row] = []
-    for i in range(0, len(wanted), IN_CHUNK):
-        query = sa.select(spec.table).where(spec.column("task_id").in_(wanted[i : i + IN_CHUNK]))
-        rows.extend(to_portable(spec, r) for r in conn.execute(query))
-    return sorted(rows)
+    statement = _by_key_statement(spec.name, "task_id", conn.dialect)
+    rows = _run(conn, statement, {"keys": sorted(set(task_ids))})
+    return sorted(to_portable(spec, r) for r in rows)

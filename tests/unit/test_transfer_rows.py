@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from dualdb.errors import InvalidInput
 from dualdb.transfer.rows import (
+    _SPACE_OUTSIDE_STRINGS,
     SPEC,
     _canonical,
     canonical_json,
@@ -74,7 +75,10 @@ def test_minify_gives_the_compact_text_of_any_spacing(document: Any) -> None:
     for indent in (None, 2):
         spaced = json.dumps(document, ensure_ascii=False, indent=indent)
         assert minify_json(spaced) == compact
+        # The quick test for "needs minifying" agrees with minifying.
+        assert bool(_SPACE_OUTSIDE_STRINGS.match(spaced)) == (spaced != compact)
     assert minify_json(compact) == compact
+    assert _SPACE_OUTSIDE_STRINGS.match(compact) is None
 
 
 def test_minify_keeps_strings_and_numbers_as_written() -> None:

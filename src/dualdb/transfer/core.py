@@ -322,14 +322,14 @@ def _insert(conn: sa.Connection, spec: TableSpec, rows: Sequence[Row]) -> int:
     if not rows:
         return 0
     if not backend_of(conn).copy_rows(conn, spec.table, spec.columns, rows):
-        params = [to_params(spec, r) for r in rows]
-        _insert_statement(spec.name, conn.dialect).many(conn.connection.dbapi_connection, params)
+        statement = _insert_statement(spec.name, conn.dialect)
+        statement.many(conn.connection.dbapi_connection, spec.columns, rows)
     return len(rows)
 
 
 @functools.lru_cache(maxsize=64)
 def _insert_statement(table: str, dialect: Dialect) -> Statement:
-    # Every column is given, each bound under its own name (as :func:`to_params` names it).
+    # Every column is given, in the table's order (as rows hold them).
     return Statement(SPEC[table].table.insert(), dialect)
 
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -97,7 +97,7 @@ class TableSpec:
     #: Positions of the UUID and timestamp columns (another tool may have stored a form of
     #: its own), of the ``uuid[]`` columns and of the JSON columns: what :func:`to_portable`
     #: looks at.
-    texts: tuple[tuple[int, Kind], ...] = ()
+    texts: tuple[tuple[int, Kind, Callable[[str], object]], ...] = ()
     lists: tuple[int, ...] = ()
     documents: tuple[int, ...] = ()
 
@@ -108,6 +108,13 @@ class TableSpec:
     def column(self, name: str) -> sa.Column[Any]:
         """The transfer table's column ``name``."""
         return self.table.c[name]
+
+
+#: dualdb's own text of a UUID and of a timestamp.
+_CANONICAL = {
+    Kind.UUID: re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"),
+    Kind.TIME: re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z"),
+}
 
 
 def _spec(canonical: sa.Table) -> TableSpec:
@@ -133,7 +140,9 @@ def _spec(canonical: sa.Table) -> TableSpec:
         kinds,
         key,
         derived=canonical is schema.task_dependencies,
-        texts=tuple((i, k) for i, k in enumerate(kinds) if k in (Kind.UUID, Kind.TIME)),
+        texts=tuple(
+            (i, k, _CANONICAL[k].match) for i, k in enumerate(kinds) if k in (Kind.UUID, Kind.TIME)
+        ),
         lists=tuple(i for i, k in enumerate(kinds) if k is Kind.UUIDS),
         documents=tuple(i for i, k in enumerate(kinds) if k is Kind.JSON),
     )
@@ -147,11 +156,13 @@ TRANSFER_TABLES: dict[str, sa.Table] = {s.name: s.table for s in SPECS}
 
 # --- values --------------------------------------------------------------------------------
 
-# A JSON string literal (captured: re.split keeps it).
-_JSON_STRING = re.compile(r'("(?:[^"\\]|\\.)*")', re.DOTALL)
+# A JSON string literal (captured: re.split keeps it), written "unrolled" so that runs of
+# plain characters are taken in one step.
+_JSON_STRING = re.compile(r'("[^"\\]*(?:\\.[^"\\]*)*")', re.DOTALL)
 # Whitespace outside JSON strings: jsonb prints it (``{"a": 1}``), dualdb's own compact text
-# has none.  One scan in C, where most texts need no minifying.
-_SPACE_OUTSIDE_STRINGS = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^"\s])*\s', re.DOTALL)
+# has none.  One scan in C, where most texts need no minifying; the possessive quantifiers
+# (Python 3.11) never backtrack, so a text without such whitespace fails in linear time.
+_SPACE_OUTSIDE_STRINGS = re.compile(r'(?:"[^"\\]*+(?:\\.[^"\\]*+)*+"|[^"\s]++)*+\s', re.DOTALL)
 
 
 def minify_json(text: str) -> str:
@@ -233,9 +244,9 @@ def to_portable(spec: TableSpec, values: Sequence[Any]) -> Row:
     out = list(values)
     # Called for every row copied, dumped or verified: the common case (dualdb's own text)
     # costs one regular-expression match per value.
-    for i, kind in spec.texts:
+    for i, kind, canonical in spec.texts:
         value = out[i]
-        if value is not None and not (type(value) is str and _CANONICAL[kind].match(value)):
+        if value is not None and not (type(value) is str and canonical(value)):
             out[i] = _canonical_text(spec, out, i, kind)
     for i in spec.lists:
         if out[i] is not None:
@@ -265,13 +276,6 @@ def _uuid_list(spec: TableSpec, row: list[Any], i: int) -> list[str]:
         return [v if isinstance(v, str) and canonical(v) else str(to_uuid(v)) for v in items]
     except (ValueError, TypeError, RecursionError) as err:
         raise UnreadableRow(spec.name, row[spec.key[0]], spec.columns[i], str(err)) from None
-
-
-#: dualdb's own text of a UUID and of a timestamp.
-_CANONICAL = {
-    Kind.UUID: re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"),
-    Kind.TIME: re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z"),
-}
 
 
 def _canonical_text(spec: TableSpec, row: list[Any], i: int, kind: Kind) -> str:

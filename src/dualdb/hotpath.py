@@ -23,7 +23,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["Statement"]
+__all__ = ["Statement", "bind_converter"]
 
 #: A value converter (None: the value as the driver gives it).
 Converter = Callable[[Any], Any] | None
@@ -53,7 +53,7 @@ class Statement:
         self._params: list[tuple[str, Converter, Any]] = [
             (
                 name,
-                _bind_converter(binds[name].type, dialect),
+                bind_converter(binds[name].type, dialect),
                 None if binds[name].required else binds[name].effective_value,
             )
             for name in names
@@ -162,7 +162,7 @@ class Statement:
         return wrapped
 
 
-def _bind_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Converter:
+def bind_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Converter:
     """A parameter's converter: the type's own, behind its fast path where it has one."""
     generic = type_.dialect_impl(dialect).bind_processor(dialect)
     hot = getattr(type_, "hot_bind_processor", None)

@@ -407,8 +407,8 @@ def _encode_exact(value: Any) -> str:
     return _dumps(value)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+#: Built once: json.dumps given options builds an encoder on every call.
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
 class SerialisedJSON(str):
@@ -593,6 +593,20 @@ class Timestamp(sa.types.TypeDecorator[datetime]):
             raise ValueError(f"not a datetime: {value!r}")
         text = format_timestamp(value)  # also rejects naive datetimes
         return value.astimezone(UTC) if dialect.name == "postgresql" else text
+
+    def hot_bind_processor(self, dialect: Dialect, fallback: Converter) -> Converter:
+        """The parameter converter of :mod:`dualdb.hotpath`: on Postgres a UTC datetime at
+        once (what :meth:`process_bind_param` would return), anything else through
+        ``fallback`` (the same checks)."""
+        if dialect.name != "postgresql":
+            return fallback
+
+        def convert(value: Any) -> Any:
+            if value.__class__ is datetime and value.tzinfo is UTC:
+                return value
+            return value if fallback is None else fallback(value)
+
+        return convert
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL, Engine
 
 from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, TransactionHook, WorkWaiter
 from dualdb.claims import AUTHENTICATED_ROLE, SERVICE_ROLE, Claims
+from dualdb.hotpath import bind_converter
 from dualdb.schema import POSTGRES_FUNCTIONS, POSTGRES_TRIGGERS
 
 #: Batches of at least this many rows are written with ``COPY`` (:meth:`PostgresBackend.copy_rows`).
@@ -275,11 +276,12 @@ class PostgresBackend(Backend):
         # building and parsing INSERT statements; below COPY_FROM_ROWS it gains nothing.
         if len(rows) < COPY_FROM_ROWS:
             return False
-        # The columns' own bind conversions: COPY gets what an INSERT would have bound.
+        # The columns' own bind conversions (with the hot path's shortcuts for values already
+        # in the driver's form): COPY gets what an INSERT would have bound.
         convert = [
             (i, f)
             for i, name in enumerate(columns)
-            if (f := table.c[name].type.bind_processor(conn.dialect)) is not None
+            if (f := bind_converter(table.c[name].type, conn.dialect)) is not None
         ]
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         dbapi = conn.connection.dbapi_connection

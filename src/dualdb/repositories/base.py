@@ -29,7 +29,7 @@ from dualdb.errors import InvalidInput, NotFound, PermissionDenied, UnreadableRo
 from dualdb.hotpath import Statement
 from dualdb.records import Page, Record
 from dualdb.scope import Scope
-from dualdb.types import Unreadable, UUIDArray, format_timestamp, parse_timestamp
+from dualdb.types import Unreadable, format_timestamp, parse_timestamp
 
 R = TypeVar("R", bound=Record)
 
@@ -467,16 +467,23 @@ class Repository(Generic[R]):
         if self._scope.user_id is None and self._scope.backend.copy_rows(
             conn, self.table, names, [[v[n] for n in names] for v in values]
         ):
-            # One array parameter, not one per key: the backends with a bulk path take arrays
-            # (``uuid[]`` on Postgres, the only one today).
-            keys = sa.bindparam("keys", [v[key] for v in values], type_=UUIDArray())
-            rows = list(conn.execute(sa.select(self.table).where(key_column == sa.any_(keys))))
-        else:
-            rows = list(
-                conn.execute(self.table.insert().returning(*self.table.c), list(values)).all()
+            # Read back on the hot path: the keys as one parameter, records by position.
+            read_back = self._compiled(
+                "read back",
+                lambda: sa.select(*self._record_columns).where(
+                    self._scope.backend.one_of(key_column, "keys")
+                ),
             )
-        by_key = {row._mapping[key]: row for row in rows}
-        return [self._record(by_key[v[key]]) for v in values]
+            dbapi = conn.connection.dbapi_connection
+            made = [
+                self._from_values(r)
+                for r in read_back.rows(dbapi, {"keys": [v[key] for v in values]})
+            ]
+            by_key = {getattr(record, key): record for record in made}
+            return [by_key[v[key]] for v in values]
+        rows = list(conn.execute(self.table.insert().returning(*self.table.c), list(values)).all())
+        by_row_key = {row._mapping[key]: row for row in rows}
+        return [self._record(by_row_key[v[key]]) for v in values]
 
     def _update(self, key: uuid.UUID, values: dict[str, Any]) -> R:
         """One ``UPDATE … RETURNING`` of a row the acting user may write."""

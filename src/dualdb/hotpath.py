@@ -134,7 +134,8 @@ class Statement:
         if self._positional and order == list(range(len(names))) and not convert:
             params = rows
         else:
-            listed = [[row[i] for i in order] for row in rows]
+            in_order = order == list(range(len(names)))
+            listed = [list(row) if in_order else [row[i] for i in order] for row in rows]
             for values in listed:
                 for j, f in convert:
                     values[j] = f(values[j])

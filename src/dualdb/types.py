@@ -563,7 +563,7 @@ class UUIDArrayText(sa.types.TypeDecorator[list[str]]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None or dialect.name == "postgresql":
             return value
-        return json.dumps(value, separators=(",", ":"))
+        return _dumps(value) if value else "[]"  # most tasks depend on nothing
 
     def column_expression(self, column: Any) -> Any:
         return _OnPostgres(column, "({})::text[]")

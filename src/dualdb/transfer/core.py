@@ -416,11 +416,14 @@ def verify_rows(
                     key = spec.key_of(row)
                     if key in left_out:
                         continue
-                    line = canonical_line(spec, row)
-                    ours.add_line(line)
+                    line = (canonical_line(spec, row) + "\n").encode()
+                    ours.add_encoded(line)
                     if (other := found.get(key)) is not None:
                         # The same text has the same canonical line: made once.
-                        theirs.add_line(line if other == row else canonical_line(spec, other))
+                        if other == row:
+                            theirs.add_encoded(line)
+                        else:
+                            theirs.add_line(canonical_line(spec, other))
             if ours.rows != theirs.rows:
                 raise VerificationFailed(
                     spec.name, f"{ours.rows} rows in the source, {theirs.rows} in the target"

@@ -103,6 +103,8 @@ class TableSpec:
 
     def key_of(self, row: Row) -> tuple[Any, ...]:
         """The primary key of ``row``."""
+        if len(self.key) == 1:
+            return (row[self.key[0]],)  # most tables: no generator per row
         return tuple(row[i] for i in self.key)
 
     def column(self, name: str) -> sa.Column[Any]:
@@ -357,9 +359,12 @@ class Checksum:
 
     def add_line(self, line: str) -> None:
         """Count a row whose canonical line is ``line``, and hash it."""
+        self.add_encoded((line + "\n").encode())
+
+    def add_encoded(self, data: bytes) -> None:
+        """Count a row whose canonical line and newline, UTF-8 encoded, are ``data``."""
         self.rows += 1
-        self._hash.update(line.encode())
-        self._hash.update(b"\n")
+        self._hash.update(data)
 
     @property
     def digest(self) -> str:

@@ -85,7 +85,8 @@ class Statement:
         for type_, column in zip(self._types, description, strict=True):
             generic = type_.dialect_impl(self._dialect).result_processor(self._dialect, column[1])
             hot = getattr(type_, "hot_result_processor", None)
-            converters.append(generic if hot is None else hot(self._dialect, generic))
+            convert = generic if hot is None else hot(self._dialect, column[1], generic)
+            converters.append(convert)
         return _row_converter(converters)
 
     @property

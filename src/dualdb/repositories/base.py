@@ -143,11 +143,12 @@ class Repository(Generic[R]):
         given = self._given(filters)  # validates every filter first
         after = self._decode(cursor) if cursor is not None else None
         rows, convert = self._page(given, size + 1, after)
+        build = self._build
         items: list[R] = []
         unreadable: list[UnreadableRow] = []
         for row in rows[:size]:
             try:
-                items.append(self._from_values(convert(row)))
+                items.append(build(convert(row)))
             except UnreadableRow as err:
                 unreadable.append(err)
         more = len(rows) > size
@@ -211,12 +212,13 @@ class Repository(Generic[R]):
         it goes, as a hand-written loop does, instead of giving the garbage collector work
         (holding each page converted cost a scan about a sixth of its time in collections).
         """
+        build = self._build
         after: list[Any] | None = None
         while True:
             rows, convert = self._page(given, batch_size, after)
             for row in rows:
                 try:
-                    record = self._from_values(convert(row))
+                    record = build(convert(row))
                 except UnreadableRow as problem:
                     log.warning("skipped an unreadable row: %s", problem)
                     continue
@@ -564,8 +566,14 @@ class Repository(Generic[R]):
         return {}
 
     def _from_values(self, values: Sequence[Any]) -> R:
-        record: R = self.record.from_values(values)  # type: ignore[assignment]
-        return record
+        return self._build(values)
+
+    @functools.cached_property
+    def _build(self) -> Callable[[Sequence[Any]], R]:
+        """:meth:`Record.from_values` of :attr:`record`, typed as this repository's records
+        (bound once: a scan calls it for every row)."""
+        build: Callable[[Sequence[Any]], R] = self.record.from_values  # type: ignore[assignment]
+        return build
 
     def _record(self, row: Any) -> R:
         record: R = self.record.from_row(row)  # type: ignore[assignment]

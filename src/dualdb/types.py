@@ -145,13 +145,17 @@ _DECODE_ERRORS = (ValueError, TypeError, RecursionError, OverflowError)
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
+#: ``SafeUUID.unknown``, looked up once (an enum member costs a lookup per use).
+_UNKNOWN_SAFETY: Final = _uuid.SafeUUID.unknown
+
+
 def _uuid_of_canonical(text: str) -> _uuid.UUID:
     """The UUID of text already matched by ``_CANONICAL_UUID``, built from its integer the way
     unpickling builds one (``UUID.__setstate__``): ``UUID(text)`` would check and strip the
     text again, which costs a scan a third of its UUID decoding."""
     made = object.__new__(_uuid.UUID)
     object.__setattr__(made, "int", int(text.replace("-", ""), 16))
-    object.__setattr__(made, "is_safe", _uuid.SafeUUID.unknown)
+    object.__setattr__(made, "is_safe", _UNKNOWN_SAFETY)
     return made
 
 

@@ -53,6 +53,9 @@ def _as_is(values: Sequence[Any]) -> Sequence[Any]:
     return values
 
 
+#: Encodes a cursor's values (one encoder: ``json.dumps`` with separators makes one per call).
+_CURSOR_JSON = json.JSONEncoder(separators=(",", ":"))
+
 #: Default page size of ``list``.
 DEFAULT_LIMIT = 50
 #: Rows fetched per round trip by ``iter``.
@@ -288,7 +291,7 @@ class Repository(Generic[R]):
                 values.append(str(value))
             else:
                 values.append(value)
-        raw = json.dumps([self.entity, *values], separators=(",", ":")).encode()
+        raw = _CURSOR_JSON.encode([self.entity, *values]).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     def _decode(self, cursor: str) -> list[Any]:

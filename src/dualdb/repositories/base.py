@@ -145,13 +145,12 @@ class Repository(Generic[R]):
         size = v.limit("limit", limit)
         given = self._given(filters)  # validates every filter first
         after = self._decode(cursor) if cursor is not None else None
-        rows, convert = self._page(given, size + 1, after)
-        build = self._build
+        rows, build, convert = self._page(given, size + 1, after)
         items: list[R] = []
         unreadable: list[UnreadableRow] = []
         for row in rows[:size]:
             try:
-                items.append(build(convert(row)))
+                items.append(build(row))
             except UnreadableRow as err:
                 unreadable.append(err)
         more = len(rows) > size
@@ -160,9 +159,11 @@ class Repository(Generic[R]):
 
     def _page(
         self, given: Mapping[str, Any], limit: int, after: Sequence[Any] | None
-    ) -> tuple[Sequence[Any], RowConverter]:
+    ) -> tuple[Sequence[Any], Callable[[Any], R], RowConverter]:
         """Up to ``limit`` rows in list order, after the sort key ``after`` (None: from the
-        start): the rows as fetched, and the function that converts one into a record's values.
+        start): the rows as fetched, the function that builds a row's record
+        (:class:`UnreadableRow` if a value does not decode), and the one that gives its values
+        (a value that does not decode as its :class:`Unreadable` marker).
 
         The caller converts each row as it uses it, so a long scan never holds a page of
         converted rows (see :meth:`_batches`).
@@ -176,14 +177,14 @@ class Repository(Generic[R]):
             stmt = sa.select(*self._record_columns).where(*self._where(*clauses))
             stmt = stmt.order_by(*cols).limit(limit)
             rows = self._scope.fetch(lambda conn: conn.execute(stmt).all())
-            return rows, _as_is
+            return rows, self._build, _as_is
         values: dict[str, Any] = {f"f_{k}": x for k, x in given.items()}
         if after is not None:
             values.update((f"k_{i}", k) for i, k in enumerate(after))
         values["limit"] = limit
         statement = self._page_statement(tuple(sorted(given)), after is not None)
         fetched = self._scope.rows(statement, values, converted=False)
-        return fetched, statement.convert
+        return fetched, statement.builder(self._make, self._build), statement.convert
 
     def _page_statement(self, filtered: tuple[str, ...], after: bool) -> Statement:
         """A page's statement, compiled once per shape: which filters, whether after a key."""
@@ -215,13 +216,12 @@ class Repository(Generic[R]):
         it goes, as a hand-written loop does, instead of giving the garbage collector work
         (holding each page converted cost a scan about a sixth of its time in collections).
         """
-        build = self._build
         after: list[Any] | None = None
         while True:
-            rows, convert = self._page(given, batch_size, after)
+            rows, build, convert = self._page(given, batch_size, after)
             for row in rows:
                 try:
-                    record = build(convert(row))
+                    record = build(row)
                 except UnreadableRow as problem:
                     log.warning("skipped an unreadable row: %s", problem)
                     continue
@@ -573,10 +573,15 @@ class Repository(Generic[R]):
 
     @functools.cached_property
     def _build(self) -> Callable[[Sequence[Any]], R]:
-        """:meth:`Record.from_values` of :attr:`record`, typed as this repository's records
-        (bound once: a scan calls it for every row)."""
+        """:meth:`Record.from_values` of :attr:`record`, typed as this repository's records."""
         build: Callable[[Sequence[Any]], R] = self.record.from_values  # type: ignore[assignment]
         return build
+
+    @functools.cached_property
+    def _make(self) -> Callable[..., R]:
+        """:attr:`record`'s constructor (values known to be readable), typed likewise."""
+        make: Callable[..., R] = self.record  # type: ignore[assignment]
+        return make
 
     def _record(self, row: Any) -> R:
         record: R = self.record.from_row(row)  # type: ignore[assignment]

@@ -311,8 +311,12 @@ class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
 
             def native(value: Any) -> Any:
                 # psycopg loads uuid[] as a list of uuid.UUID; a NULL element is unreadable.
-                if value.__class__ is list and all(u.__class__ is uuid_class for u in value):
-                    return value
+                if value.__class__ is list:
+                    for item in value:
+                        if item.__class__ is not uuid_class:
+                            break
+                    else:
+                        return value
                 return value if value is None or fallback is None else fallback(value)
 
             return native

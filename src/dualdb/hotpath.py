@@ -104,7 +104,8 @@ class Statement:
                 strict.append(None if generic is None else _strict(generic))
             else:
                 converters.append(hot(self._dialect, column[1], generic))
-                # The fast path as it is; only what it hands to the fallback can be unreadable.
+                # The fast path as it is: a hot converter gives a marker only through its
+                # fallback (types.*.hot_result_processor), so only the fallback needs to raise.
                 strict.append(
                     hot(self._dialect, column[1], None if generic is None else _strict(generic))
                 )

@@ -15,18 +15,29 @@ business; this module only executes on a DBAPI connection it is given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from dualdb.types import Unreadable
+
 __all__ = ["Statement", "bind_converter"]
+
+T = TypeVar("T")
 
 #: A value converter (None: the value as the driver gives it).
 Converter = Callable[[Any], Any] | None
+#: Converts a driver row into the columns' values.
+RowConverter = Callable[[Sequence[Any]], Sequence[Any]]
+
+
+class _UnreadableValue(Exception):
+    """A value of the row decoded to an :class:`~dualdb.types.Unreadable` marker (see
+    :meth:`Statement.builder`)."""
 
 
 class Statement:
@@ -64,7 +75,11 @@ class Statement:
         self._types = [c.type for c in selected]
         #: Whether the statement returns rows (a SELECT, or a write with RETURNING).
         self._returns_rows = bool(self._types)
-        self._converters: list[tuple[int, Callable[[Any], Any]]] | None = None
+        #: Converts one driver row into the columns' values (built at the first run).
+        self._convert: RowConverter | None = None
+        #: The same converters, raising _UnreadableValue instead of giving a marker.
+        self._strict: list[Converter] = []
+        self._builders: dict[Hashable, Callable[[Sequence[Any]], Any]] = {}
 
     def _bound(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         out: list[Any] = []
@@ -75,24 +90,39 @@ class Statement:
             return out
         return {name: value for (name, _, _), value in zip(self._params, out, strict=True)}
 
-    def _convert_with(self, description: Sequence[Any]) -> list[tuple[int, Callable[[Any], Any]]]:
-        """The columns' result converters, by position (built at the first run, from the
-        driver's types); columns the driver already gives as they are have none."""
-        if self._converters is None:
-            converters: list[tuple[int, Callable[[Any], Any]]] = []
-            for i, (type_, column) in enumerate(zip(self._types, description, strict=True)):
-                generic = type_.dialect_impl(self._dialect).result_processor(
-                    self._dialect, column[1]
+    def _converters_for(self, description: Sequence[Any]) -> None:
+        """The columns' result converters, by position, from the driver's types (columns the
+        driver already gives as they are have none): :attr:`convert`, and the strict ones of
+        :meth:`builder`."""
+        converters: list[Converter] = []
+        strict: list[Converter] = []
+        for type_, column in zip(self._types, description, strict=True):
+            generic = type_.dialect_impl(self._dialect).result_processor(self._dialect, column[1])
+            hot = getattr(type_, "hot_result_processor", None)
+            if hot is None:
+                converters.append(generic)
+                strict.append(None if generic is None else _strict(generic))
+            else:
+                converters.append(hot(self._dialect, column[1], generic))
+                # The fast path as it is: a hot converter gives a marker only through its
+                # fallback (types.*.hot_result_processor), so only the fallback needs to raise.
+                strict.append(
+                    hot(self._dialect, column[1], None if generic is None else _strict(generic))
                 )
-                hot = getattr(type_, "hot_result_processor", None)
-                convert = generic if hot is None else hot(self._dialect, generic)
-                if convert is not None:
-                    converters.append((i, convert))
-            self._converters = converters
-        return self._converters
+        self._strict = strict
+        self._convert = _row_function(converters, None)
 
-    def rows(self, dbapi_conn: Any, values: Mapping[str, Any]) -> list[Sequence[Any]]:
-        """Run the statement with ``values``; its rows, converted (none for a plain write).
+    @property
+    def convert(self) -> RowConverter:
+        """Converts one row :meth:`fetch` returned into the columns' values (the statement
+        must have run once)."""
+        if self._convert is None:
+            raise RuntimeError("the statement has not run yet")
+        return self._convert
+
+    def fetch(self, dbapi_conn: Any, values: Mapping[str, Any]) -> list[Any]:
+        """Run the statement with ``values``; the driver's rows as they are (none for a plain
+        write), for the caller to :attr:`convert` one at a time.
 
         A driver error is raised as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError`, as
         SQLAlchemy's own path would (so :func:`dualdb.engine.translate` maps it the same way).
@@ -103,26 +133,17 @@ class Statement:
             cursor = dbapi_conn.execute(self.sql, params)
             if not self._returns_rows:
                 return []
-            fetched = cursor.fetchall()
-            converters = self._converters
-            if converters is None:
-                converters = self._convert_with(cursor.description)
+            fetched: list[Any] = cursor.fetchall()
+            if self._convert is None:  # the first run: the driver's types are known now
+                self._converters_for(cursor.description)
         except self._dialect.loaded_dbapi.Error as err:
             raise self._wrapped(err, params, dbapi_conn) from err
-        if not converters:
-            return list(fetched)
-        out: list[Sequence[Any]] = []
-        for row in fetched:
-            converted = list(row)
-            for i, convert in converters:
-                converted[i] = convert(converted[i])
-            out.append(converted)
-        return out
+        return fetched
 
     def many(self, dbapi_conn: Any, names: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Run the statement (a write without ``RETURNING``) once per row of ``rows``, each
         the values of its parameters ``names`` in that order, as one ``executemany``; errors
-        as in :meth:`rows`.
+        as in :meth:`fetch`.
 
         Rows go to the driver as they are where the order is the driver's and no value needs
         converting: a bulk write pays for nothing per row but what the driver does.
@@ -161,6 +182,80 @@ class Statement:
             dialect=self._dialect,
         )
         return wrapped
+
+    def builder(
+        self, make: Callable[..., T], otherwise: Callable[[Sequence[Any]], T]
+    ) -> Callable[[Sequence[Any]], T]:
+        """A function of a row :meth:`fetch` returned: ``make(*values)``, its values converted
+        (the statement must have run once).
+
+        A row with a value that does not decode is ``otherwise(values)``, the values with
+        their :class:`~dualdb.types.Unreadable` markers (:meth:`Record.from_values
+        <dualdb.records.Record.from_values>`, which raises).  Every other row goes straight
+        to ``make``: only a fallback converter can give a marker, so the values need no
+        search for one (about a tenth of building a record).
+        """
+        build = self._builders.get(make)
+        if build is None:
+            if self._convert is None:
+                raise RuntimeError("the statement has not run yet")
+            fast, convert = _row_function(self._strict, make), self._convert
+
+            def build(row: Sequence[Any]) -> T:
+                try:
+                    made: T = fast(row)
+                    return made
+                except _UnreadableValue:
+                    return otherwise(convert(row))
+
+            self._builders[make] = build
+        return build
+
+    def rows(self, dbapi_conn: Any, values: Mapping[str, Any]) -> list[Sequence[Any]]:
+        """Run the statement with ``values``; its rows, converted (none for a plain write).
+
+        Errors as :meth:`fetch`.
+        """
+        fetched = self.fetch(dbapi_conn, values)
+        if not fetched:
+            return []
+        return list(map(self.convert, fetched))
+
+
+def _row_function(converters: Sequence[Converter], make: Callable[..., Any] | None) -> Any:
+    """One function converting a whole row: ``lambda row: (c0(row[0]), row[1], …)``, or with
+    ``make``, ``lambda row: make(c0(row[0]), row[1], …)``.
+
+    Generated, as :mod:`dataclasses` generates ``__init__``: a loop over the columns costs a
+    wide row (a task's 15 columns) about a tenth of its conversion, and a scan converts
+    millions.
+    """
+    if make is None and all(convert is None for convert in converters):
+        return _as_is
+    names: dict[str, Any] = {f"c{i}": c for i, c in enumerate(converters) if c is not None}
+    names["make"] = make
+    items = "".join(
+        f"row[{i}], " if convert is None else f"c{i}(row[{i}]), "
+        for i, convert in enumerate(converters)
+    )
+    # The text is ours (column positions and names): nothing of the caller's is evaluated.
+    return eval(f"lambda row: {'make' if make else ''}({items})", names)
+
+
+def _strict(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``convert``, raising :class:`_UnreadableValue` where it would give a marker."""
+
+    def strict(value: Any) -> Any:
+        out = convert(value)
+        if out.__class__ is Unreadable:
+            raise _UnreadableValue
+        return out
+
+    return strict
+
+
+def _as_is(row: Sequence[Any]) -> Sequence[Any]:
+    return row
 
 
 def bind_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Converter:

@@ -140,12 +140,13 @@ def release_pinned(engine: sa.Engine) -> None:
 
 
 def _run_on(
-    conn: sa.Connection, statement: Statement, values: Mapping[str, Any]
-) -> list[Sequence[Any]]:
+    conn: sa.Connection, statement: Statement, values: Mapping[str, Any], converted: bool
+) -> list[Any]:
     """``statement`` on the driver's connection under ``conn``; a connection found dead is
     invalidated, as SQLAlchemy does for a statement of its own."""
+    run = statement.rows if converted else statement.fetch
     try:
-        return statement.rows(conn.connection.dbapi_connection, values)
+        return run(conn.connection.dbapi_connection, values)
     except exc.DBAPIError as err:
         if err.connection_invalidated:
             conn.invalidate()
@@ -241,18 +242,24 @@ class Scope:
             raise AssertionError("unreachable")
 
     def rows(
-        self, statement: Statement, values: Mapping[str, Any], refine: Refine | None = None
-    ) -> list[Sequence[Any]]:
+        self,
+        statement: Statement,
+        values: Mapping[str, Any],
+        refine: Refine | None = None,
+        *,
+        converted: bool = True,
+    ) -> list[Any]:
         """Run ``statement`` (compiled once, :mod:`dualdb.hotpath`): one ``SELECT`` (or, on a
         backend with :attr:`~dualdb.backends.Backend.autocommit_writes`, one write), no
-        transaction of its own; its converted rows.
+        transaction of its own; its converted rows (``converted=False``: the driver's rows,
+        for the caller to convert one at a time with :attr:`Statement.convert`).
 
         The same connection rules as :meth:`fetch` — inside a session or another call it runs
         there; a scope that sets its actor per transaction opens one — but without
         SQLAlchemy's execution machinery, on the driver's connection.
         """
         try:
-            return self._rows(statement, values)
+            return self._rows(statement, values, converted)
         except (exc.DBAPIError, exc.StatementError) as err:
             # As translated_errors() does (a context manager costs more than this lookup).
             refined = refine(err) if refine and isinstance(err, exc.DBAPIError) else None
@@ -261,16 +268,17 @@ class Scope:
                 raise
             raise mapped from None
 
-    def _rows(self, statement: Statement, values: Mapping[str, Any]) -> list[Sequence[Any]]:
+    def _rows(self, statement: Statement, values: Mapping[str, Any], converted: bool) -> list[Any]:
         if (current := self._connection or self._current()) is not None:
-            return _run_on(current, statement, values)
+            return _run_on(current, statement, values, converted)
         if self.on_begin is not None:
             with self._transaction({READ_ONLY: True}) as conn:
-                return _run_on(conn, statement, values)
+                return _run_on(conn, statement, values, converted)
+        run = statement.rows if converted else statement.fetch
         for attempt in range(_ATTEMPTS):
             leased = self._lease()
             try:
-                return statement.rows(leased.dbapi_connection, values)
+                return run(leased.dbapi_connection, values)
             except exc.DBAPIError as err:
                 if err.connection_invalidated:
                     self._invalidate(leased)

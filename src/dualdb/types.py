@@ -143,8 +143,26 @@ _DECODE_ERRORS = (ValueError, TypeError, RecursionError, OverflowError)
 
 #: How :class:`UUID` is stored on SQLite (lowercase, hyphenated), as a regular expression.
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+#: ``SafeUUID.unknown``, looked up once (an enum member costs a lookup per use).
+_UNKNOWN_SAFETY: Final = _uuid.SafeUUID.unknown
+
+
+def _uuid_of_canonical(text: str) -> _uuid.UUID:
+    """The UUID of text already matched by ``_CANONICAL_UUID``, built from its integer the way
+    unpickling builds one (``UUID.__setstate__``): ``UUID(text)`` would check and strip the
+    text again, which costs a scan a third of its UUID decoding."""
+    made = object.__new__(_uuid.UUID)
+    object.__setattr__(made, "int", int(text.replace("-", ""), 16))
+    object.__setattr__(made, "is_safe", _UNKNOWN_SAFETY)
+    return made
+
+
 #: A value converter (None: the value as the driver gives it).
 Converter = Callable[[Any], Any] | None
+#: The type code (OID) psycopg describes a ``uuid`` column with (built-in OIDs never change).
+PG_UUID_OID: Final = 2950
 
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -222,12 +240,17 @@ class UUID(sa.types.TypeDecorator[_uuid.UUID]):
 
         return convert
 
-    def hot_result_processor(self, dialect: Dialect, fallback: Converter) -> Converter:
-        """The result converter of :mod:`dualdb.hotpath`: the stored canonical form at once,
-        anything else through ``fallback`` (SQLAlchemy's own processor: the same verdict)."""
-        uuid_class, match = _uuid.UUID, _CANONICAL_UUID.match
+    def hot_result_processor(
+        self, dialect: Dialect, coltype: object, fallback: Converter
+    ) -> Converter:
+        """The result converter of :mod:`dualdb.hotpath` for a column the driver describes as
+        ``coltype``: the stored canonical form at once, anything else through ``fallback``
+        (SQLAlchemy's own processor: the same verdict)."""
+        uuid_class, match, made = _uuid.UUID, _CANONICAL_UUID.match, _uuid_of_canonical
 
         if dialect.name == "postgresql":
+            if coltype == PG_UUID_OID:
+                return None  # psycopg loads a uuid column as uuid.UUID (or None) already
 
             def native(value: Any) -> Any:
                 if value.__class__ is uuid_class:
@@ -238,7 +261,7 @@ class UUID(sa.types.TypeDecorator[_uuid.UUID]):
 
         def text(value: Any) -> Any:
             if value.__class__ is str and match(value):
-                return uuid_class(value)
+                return made(value)
             return value if value is None or fallback is None else fallback(value)
 
         return text
@@ -275,6 +298,46 @@ class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
             return [to_uuid(v) for v in items]
         except _DECODE_ERRORS as err:
             return Unreadable.of(value, err)  # type: ignore[return-value]
+
+    def hot_result_processor(
+        self, dialect: Dialect, coltype: object, fallback: Converter
+    ) -> Converter:
+        """The result converter of :mod:`dualdb.hotpath`: a list of canonical UUIDs (SQLite:
+        JSON text) at once, anything else through ``fallback`` (the same verdict)."""
+        uuid_class, match, loads = _uuid.UUID, _CANONICAL_UUID.match, json.loads
+        made = _uuid_of_canonical
+
+        if dialect.name == "postgresql":
+
+            def native(value: Any) -> Any:
+                # psycopg loads uuid[] as a list of uuid.UUID; a NULL element is unreadable.
+                if value.__class__ is list:
+                    for item in value:
+                        if item.__class__ is not uuid_class:
+                            break
+                    else:
+                        return value
+                return value if value is None or fallback is None else fallback(value)
+
+            return native
+
+        def text(value: Any) -> Any:
+            if value.__class__ is str:
+                try:
+                    items = loads(value)
+                except _DECODE_ERRORS:
+                    items = None
+                if items.__class__ is list:
+                    uuids = []
+                    for item in items:
+                        if item.__class__ is not str or not match(item):
+                            break  # not canonical: the fallback's verdict
+                        uuids.append(made(item))
+                    else:
+                        return uuids
+            return value if value is None or fallback is None else fallback(value)
+
+        return text
 
 
 class _JSONStorage(sa.types.Text):
@@ -482,6 +545,26 @@ class JSONB(_JSONOnPostgres, sa.types.TypeDecorator[Any]):
             return Unreadable.of(value, err)
         return JSON_NULL if parsed is None else parsed
 
+    def hot_result_processor(
+        self, dialect: Dialect, coltype: object, fallback: Converter
+    ) -> Converter:
+        """The result converter of :mod:`dualdb.hotpath`: JSON text (what both backends hand
+        back) parsed at once; anything else, and text that does not parse, through
+        ``fallback`` (the same verdict: its :class:`Unreadable`)."""
+        loads = json.loads
+
+        def text(value: Any) -> Any:
+            if value.__class__ is str:
+                try:
+                    parsed = loads(value)
+                except _DECODE_ERRORS:
+                    pass
+                else:
+                    return JSON_NULL if parsed is None else parsed
+            return value if value is None or fallback is None else fallback(value)
+
+        return text
+
 
 class JSONText(_JSONOnPostgres, sa.types.TypeDecorator[str]):
     """A :class:`JSONB` column read and written as its JSON text, untouched.
@@ -618,7 +701,9 @@ class Timestamp(sa.types.TypeDecorator[datetime]):
         except _DECODE_ERRORS as err:
             return Unreadable.of(value, err)  # type: ignore[return-value]
 
-    def hot_result_processor(self, dialect: Dialect, fallback: Converter) -> Converter:
+    def hot_result_processor(
+        self, dialect: Dialect, coltype: object, fallback: Converter
+    ) -> Converter:
         """The result converter of :mod:`dualdb.hotpath`: the stored canonical form at once,
         anything else through ``fallback`` (SQLAlchemy's own processor: the same verdict)."""
         parse = datetime.fromisoformat

@@ -551,12 +551,15 @@ class Repository(Generic[R]):
 
     def _update_statement(self, columns: tuple[str, ...]) -> Statement:
         """``UPDATE … RETURNING`` of ``columns``, compiled once per set of columns."""
-        key = sa.bindparam("key", type_=self.table.c.id.type)
         return self._compiled(
             ("update", columns),
             lambda: (
                 self.table.update()
-                .where(*self._where(self.table.c.id == key))
+                .where(
+                    *self._where(
+                        self.table.c.id == sa.bindparam("key", type_=self.table.c.id.type)
+                    )
+                )
                 .values(self._bound(columns))
                 .returning(*self._record_columns)
             ),

@@ -81,6 +81,11 @@ def test_minify_gives_the_compact_text_of_any_spacing(document: Any) -> None:
     assert _SPACE_OUTSIDE_STRINGS.match(compact) is None
 
 
+def test_an_integer_past_pythons_digit_limit_takes_the_exact_path() -> None:
+    digits = "1" * 5000
+    assert canonical_json(f'{{"n": {digits}}}') == f'{{"n":{digits}}}'
+
+
 def test_minify_keeps_strings_and_numbers_as_written() -> None:
     assert minify_json('{"a b": "c  d", "n": 1.10, "e": "\\" x "}') == (
         '{"a b":"c  d","n":1.10,"e":"\\" x "}'

@@ -556,9 +556,7 @@ class Repository(Generic[R]):
             lambda: (
                 self.table.update()
                 .where(
-                    *self._where(
-                        self.table.c.id == sa.bindparam("key", type_=self.table.c.id.type)
-                    )
+                    *self._where(self.table.c.id == sa.bindparam("key", type_=self.table.c.id.type))
                 )
                 .values(self._bound(columns))
                 .returning(*self._record_columns)

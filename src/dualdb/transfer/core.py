@@ -249,7 +249,10 @@ def _write_table(
                 except sa.exc.IntegrityError:
                     if look_up:
                         raise
-                    look_up = True  # a key was there after all: the page again, looked up
+                    # A key was there after all: the page again, looked up.  Only the page's
+                    # rows are: a task still waiting from an earlier page that someone else
+                    # wrote meanwhile fails this again, as a Conflict naming the key.
+                    look_up = True
         table.inserted += outcome.inserted
         table.identical += outcome.identical
         table.conflicting += outcome.conflicting
@@ -258,6 +261,10 @@ def _write_table(
         done += len(page)
         if progress is not None:
             progress(spec.name, done, total)
+    if done != total:
+        # The pages and the count read one snapshot: a difference is a paging fault, which
+        # would otherwise go unseen (verification reads the same pages).
+        raise VerificationFailed(spec.name, f"{total} rows in the source, {done} were read")
     while waiting:
         with translated_errors(), dst.engine.begin() as conn:
             inserted, still = _insert_tasks(conn, spec, waiting)

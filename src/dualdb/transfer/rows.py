@@ -188,9 +188,11 @@ def canonical_json(text: str) -> str:
     try:
         # Most documents have no fractional or exponent numbers: then the C parser and
         # encoder give the same text as the exact path below (Python ints are exact, keys
-        # sort as str, strings encode alike), many times faster.
+        # sort as str, strings encode alike), many times faster.  Anything it refuses (an
+        # integer past Python's 4,300-digit limit, or text that is not JSON) goes to the
+        # exact path, which gives the verdict.
         value = json.loads(text, parse_float=_has_fraction, parse_constant=_refuse_constant)
-    except _Fractional:
+    except (_Fractional, ValueError, RecursionError):
         value = json.loads(
             text, parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant
         )
@@ -438,13 +440,16 @@ def read_pages(
     values: dict[str, Any] = {"limit": batch, **scope}
     statement = _page_statement(spec.name, projects is not None, False, conn.dialect)
     while True:
-        page = [to_portable(spec, r) for r in _run(conn, statement, values)]
-        if not page:
+        stored = _run(conn, statement, values)
+        if not stored:
             return
-        yield page
-        if len(page) < batch:
+        yield [to_portable(spec, r) for r in stored]
+        if len(stored) < batch:
             return
-        values.update({f"after_{j}": page[-1][i] for j, i in enumerate(spec.key)})
+        # The next page starts after the last key as the database stores it: a key another
+        # tool stored in a form of its own (an upper-case UUID on SQLite) sorts where its
+        # stored text does, not where dualdb's form of it would.
+        values.update({f"after_{j}": stored[-1][i] for j, i in enumerate(spec.key)})
         statement = _page_statement(spec.name, projects is not None, True, conn.dialect)
 
 

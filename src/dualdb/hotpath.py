@@ -151,11 +151,11 @@ class Statement:
         at = {name: i for i, name in enumerate(names)}
         order = [at[name] for name, _, _ in self._params]
         convert = [(j, f) for j, (_, f, _) in enumerate(self._params) if f is not None]
+        in_order = order == list(range(len(names)))
         params: Sequence[Any]
-        if self._positional and order == list(range(len(names))) and not convert:
+        if self._positional and in_order and not convert:
             params = rows
         else:
-            in_order = order == list(range(len(names)))
             listed = [list(row) if in_order else [row[i] for i in order] for row in rows]
             for values in listed:
                 for j, f in convert:

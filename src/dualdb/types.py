@@ -267,6 +267,15 @@ class UUID(sa.types.TypeDecorator[_uuid.UUID]):
         return text
 
 
+def _uuid_array_storage(dialect: Dialect, *, as_uuid: bool) -> sa.types.TypeEngine[Any]:
+    """How a list of UUIDs is stored: ``uuid[]`` on Postgres (items bound and read as
+    :class:`uuid.UUID` or as text), JSON text on SQLite."""
+    if dialect.name == "postgresql":
+        item = postgresql.UUID(as_uuid=True) if as_uuid else postgresql.UUID(as_uuid=False)
+        return dialect.type_descriptor(postgresql.ARRAY(item))
+    return dialect.type_descriptor(sa.types.Text())
+
+
 class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
     """A list of UUIDs: ``uuid[]`` on Postgres, a JSON array of canonical strings on SQLite."""
 
@@ -274,9 +283,7 @@ class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.ARRAY(postgresql.UUID(as_uuid=True)))
-        return dialect.type_descriptor(sa.types.Text())
+        return _uuid_array_storage(dialect, as_uuid=True)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
@@ -639,9 +646,7 @@ class UUIDArrayText(sa.types.TypeDecorator[list[str]]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.ARRAY(postgresql.UUID(as_uuid=False)))
-        return dialect.type_descriptor(sa.types.Text())
+        return _uuid_array_storage(dialect, as_uuid=False)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None or dialect.name == "postgresql":

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 import sqlalchemy as sa
 import uuid_utils.compat as uuid_utils
@@ -32,6 +32,29 @@ from dualdb.scope import Scope
 from dualdb.types import Unreadable, format_timestamp, parse_timestamp
 
 R = TypeVar("R", bound=Record)
+
+
+class _InOrder(Sequence[list[Any]]):
+    """Rows given as dicts, seen as lists of the values of ``names``, each made when read: a
+    backend without a bulk path (or a batch too small for it) reads none."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], names: list[str]) -> None:
+        self._rows = rows
+        self._names = names
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> list[Any]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[list[Any]]: ...
+    def __getitem__(self, i: int | slice) -> list[Any] | list[list[Any]]:
+        if isinstance(i, slice):
+            return [[row[n] for n in self._names] for row in self._rows[i]]
+        row = self._rows[i]
+        return [row[n] for n in self._names]
+
 
 log = logging.getLogger("dualdb")
 
@@ -517,7 +540,7 @@ class Repository(Generic[R]):
         # applies to the role.
         names = list(values[0])
         if self._scope.user_id is None and self._scope.backend.copy_rows(
-            conn, self.table, names, [[v[n] for n in names] for v in values]
+            conn, self.table, names, _InOrder(values, names)
         ):
             # Read back on the hot path: the keys as one parameter, records by position.
             read_back = self._compiled(

@@ -208,12 +208,12 @@ class TaskQueue:
         return statement
 
     def _function(self, verb: str, **params: Any) -> list[Task] | None:
-        """Postgres: the database's function for ``verb`` in a transaction of its own on the
-        driver's connection — None where the scope does not drive (session, RLS actor)."""
+        """Postgres: the database's function for ``verb``, one statement that is its own
+        transaction, on the driver's connection — None where the scope does not drive
+        (session, RLS actor)."""
         if not (self._scope.backend.queue_functions and self._scope.drives):
             return None
-        with self._scope.driver_write() as driver:
-            return [Task.from_values(r) for r in self._statement(verb).rows(driver, params)]
+        return [Task.from_values(r) for r in self._scope.write_rows(self._statement(verb), params)]
 
     # --- verbs ---------------------------------------------------------------------------
 

@@ -249,8 +249,7 @@ class Scope:
         *,
         converted: bool = True,
     ) -> list[Any]:
-        """Run ``statement`` (compiled once, :mod:`dualdb.hotpath`): one ``SELECT`` (or, on a
-        backend with :attr:`~dualdb.backends.Backend.autocommit_writes`, one write), no
+        """Run ``statement`` (compiled once, :mod:`dualdb.hotpath`): one ``SELECT``, no
         transaction of its own; its converted rows (``converted=False``: the driver's rows,
         for the caller to convert one at a time with :attr:`Statement.convert`).
 
@@ -258,8 +257,20 @@ class Scope:
         there; a scope that sets its actor per transaction opens one — but without
         SQLAlchemy's execution machinery, on the driver's connection.
         """
+        return self._statement(statement, values, refine, converted, write=False)
+
+    def _statement(
+        self,
+        statement: Statement,
+        values: Mapping[str, Any],
+        refine: Refine | None,
+        converted: bool,
+        *,
+        write: bool,
+    ) -> list[Any]:
+        """:meth:`rows` and a one-statement write: errors translated, or ``refine``'d."""
         try:
-            return self._rows(statement, values, converted)
+            return self._rows(statement, values, converted, write)
         except (exc.DBAPIError, exc.StatementError) as err:
             # As translated_errors() does (a context manager costs more than this lookup).
             refined = refine(err) if refine and isinstance(err, exc.DBAPIError) else None
@@ -268,21 +279,33 @@ class Scope:
                 raise
             raise mapped from None
 
-    def _rows(self, statement: Statement, values: Mapping[str, Any], converted: bool) -> list[Any]:
+    def _rows(
+        self, statement: Statement, values: Mapping[str, Any], converted: bool, write: bool
+    ) -> list[Any]:
         if (current := self._connection or self._current()) is not None:
             return _run_on(current, statement, values, converted)
         if self.on_begin is not None:
+            assert not write  # write_rows takes this path only where the scope drives
             with self._transaction({READ_ONLY: True}) as conn:
                 return _run_on(conn, statement, values, converted)
         run = statement.rows if converted else statement.fetch
         for attempt in range(_ATTEMPTS):
             leased = self._lease()
+            driver = leased.dbapi_connection
+            sent = False
             try:
-                return run(leased.dbapi_connection, values)
+                if write and self.backend.may_be_dead(driver):
+                    # Ask the server with a statement that writes nothing: a dead connection
+                    # fails here and is replaced, before the write is sent.
+                    self._send(driver, "SELECT 1")
+                # A read is sent again on a fresh connection if this one turns out dead; a
+                # write never is: the server may have run it before the connection went.
+                sent = write
+                return run(driver, values)
             except exc.DBAPIError as err:
                 if err.connection_invalidated:
                     self._invalidate(leased)
-                if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
+                if sent or not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
                     raise
             finally:
                 if self._pins is None:
@@ -294,15 +317,18 @@ class Scope:
     ) -> list[Sequence[Any]]:
         """Run ``statement``, one write, in a transaction: its converted rows (``RETURNING``).
 
-        :meth:`write` for a call that is one statement, on the driver's connection
-        (:meth:`driver_write`).  Inside a session, another call, or a scope that sets its
-        actor per transaction, it runs through :meth:`write` instead (savepoint, joined
-        transaction, actor hook).
+        :meth:`write` for a call that is one statement, on the driver's connection, without
+        ``BEGIN``/``COMMIT``: one statement is atomic on its own, and is one round trip.  A
+        pooled connection the server may have ended
+        (:meth:`~dualdb.backends.Backend.may_be_dead`) is checked first and replaced once; a
+        connection lost once the write was sent raises
+        :class:`~dualdb.errors.DatabaseUnavailable` (the write is not sent again).  Inside a
+        session, another call, or a scope that sets its actor per transaction, it runs
+        through :meth:`write` instead (savepoint, joined transaction, actor hook).
         """
-        if self.drives and self.backend.autocommit_writes:
-            return self.rows(statement, values, refine)  # one statement: its own transaction
-        write = self.driver_write() if self.drives else self._write_driver()
-        with write as driver:
+        if self.drives:
+            return self._statement(statement, values, refine, True, write=True)
+        with self._write_driver() as driver:
             try:
                 return statement.rows(driver, values)
             except exc.DBAPIError as err:

@@ -89,11 +89,6 @@ class Backend(ABC):
     pin_connections: ClassVar[bool] = False
     #: How a transaction that writes begins (the hot path sends it itself).
     begin_write: ClassVar[str] = "BEGIN"
-    #: A write of one statement runs as its own transaction, without BEGIN/COMMIT: it is
-    #: atomic either way, and no connection can die under it (a local file).  Where one can
-    #: (a server), the explicit BEGIN is what shows a dead connection before anything was
-    #: written, so that it can be replaced.
-    autocommit_writes: ClassVar[bool] = False
     #: Postgres-only triggers and functions the migrations create (``dualdb check``).
     extra_triggers: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: The SQLAlchemy driver dualdb uses (``sqlite+pysqlite``, ``postgresql+psycopg``).
@@ -102,6 +97,13 @@ class Backend(ABC):
     library: ClassVar[str]
     #: The URL schemes users write for this backend, besides :attr:`driver`.
     schemes: ClassVar[tuple[str, ...]]
+
+    def may_be_dead(self, driver: Any) -> bool:
+        """Whether the idle driver connection ``driver`` may have been ended by the server,
+        looked at without a round trip.  Where it may, the caller asks the server (one
+        statement that writes nothing) before it sends a write.  Never, by default: a local
+        file's connection cannot be ended from outside."""
+        return False
 
     def check_url(self, url: URL) -> None:
         """Raise :class:`~dualdb.errors.ConfigError` when ``url`` cannot name a database."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import threading
 import time
 from collections.abc import Sequence
@@ -180,6 +181,15 @@ class ListenWaiter(WorkWaiter):
             conn.close()
 
 
+def _readable(socket: int) -> bool:
+    """Whether ``socket`` has anything to read, without waiting."""
+    if hasattr(select, "poll"):
+        poll = select.poll()  # any descriptor number (select() stops at FD_SETSIZE)
+        poll.register(socket, select.POLLIN)
+        return bool(poll.poll(0))
+    return bool(select.select([socket], [], [], 0)[0])  # Windows: no poll()
+
+
 class PostgresBackend(Backend):
     """PostgreSQL 15+ (Supabase's, or a bare one with the stand-ins of migration 0004)."""
 
@@ -193,6 +203,20 @@ class PostgresBackend(Backend):
     driver = "postgresql+psycopg"
     library = "psycopg 3"
     schemes = ("postgres", "postgresql")
+
+    def may_be_dead(self, driver: Any) -> bool:
+        # A server (or pooler) that ends a connection says so, a FATAL message, and closes
+        # it: an idle connection with anything to read may be dead.  Looking costs a poll of
+        # the socket, not a round trip.  (It may also hold a notice or a notification: the
+        # caller's check then finds it alive.)  A connection dropped with no word (a network
+        # partition) shows only when a statement is sent; a write is then not sent again.
+        if driver.closed or driver.broken:
+            return True
+        try:
+            socket = driver.pgconn.socket
+        except psycopg.OperationalError:
+            return True
+        return _readable(socket)
 
     def transaction_pooler(self, url: URL, explicit: bool | None) -> bool:
         if explicit is not None:
@@ -213,7 +237,8 @@ class PostgresBackend(Backend):
             # PgBouncer/Supavisor in transaction mode cannot keep prepared statements.
             connect_args["prepare_threshold"] = None
         # No pool_pre_ping (a round trip per call): a dead connection shows at the explicit
-        # BEGIN below (or at a one-statement read), and Scope retries those once.
+        # BEGIN below, at a one-statement read, or to may_be_dead before a one-statement
+        # write, and Scope replaces it once.
         engine = sa.create_engine(
             target.url,
             pool_recycle=PG_POOL_RECYCLE_S,

@@ -86,10 +86,10 @@ class SqliteBackend(Backend):
     text_storage = True
     remote = False
     pin_connections = True
+    # A one-statement write runs without it (dualdb.scope.Scope.write_rows): an autocommit
+    # write statement takes the write lock before it reads (waiting up to the busy timeout),
+    # exactly as BEGIN IMMEDIATE would.
     begin_write = "BEGIN IMMEDIATE"
-    # An autocommit write statement takes the write lock before it reads (waiting up to the
-    # busy timeout), exactly as BEGIN IMMEDIATE would.
-    autocommit_writes = True
     driver = "sqlite+pysqlite"
     library = "the standard library's sqlite3"
     schemes = ("sqlite",)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -207,6 +207,16 @@ class TaskQueue:
             statement = self._compiled[name] = Statement(source, self._scope.engine.dialect)
         return statement
 
+    def _driver_tasks(self, name: str, driver: Any, params: Mapping[str, Any]) -> list[Task]:
+        """Run statement ``name`` on the driver's connection: the tasks it returns
+        (:class:`~dualdb.errors.UnreadableRow` if one does not decode)."""
+        statement = self._statement(name)
+        fetched = statement.fetch(driver, params)
+        if not fetched:
+            return []
+        build = statement.builder(Task, Task.from_values)
+        return [build(row) for row in fetched]
+
     def _function(self, verb: str, **params: Any) -> list[Task] | None:
         """Postgres: the database's function for ``verb``, one statement that is its own
         transaction, on the driver's connection — None where the scope does not drive
@@ -270,53 +280,94 @@ class TaskQueue:
             fast = self._claim_fast(worker, count, types)
         except _FullPath:
             fast = None  # an unreadable row: the full path fails it and claims another
-        if fast is not None:
-            return sorted(fast, key=lambda t: (t.created_at, t.id))
+        if fast is None:
+            claimed: list[Task] = []
+            with self._scope.write() as conn:
+                self._claim_into(conn, claimed, worker, types, count, 0)
+            fast = claimed
+        # SQLite's RETURNING has no order; Postgres' function returns oldest first.
+        return sorted(fast, key=lambda t: (t.created_at, t.id))
+
+    def _claim_into(
+        self,
+        conn: sa.Connection,
+        claimed: list[Task],
+        worker: str,
+        types: list[str] | None,
+        wanted: int,
+        unreadable: int,
+    ) -> None:
+        """Claim up to ``wanted`` tasks into ``claimed``, in ``conn``'s transaction: a row that
+        does not decode is marked Failed, saying why, and another claimed in its place (until
+        ``unreadable``, the bad rows met so far, reaches :data:`MAX_UNREADABLE_PER_CLAIM`)."""
         if self._scope.backend.queue_functions:
             stmt: sa.Executable = _SQL_VERBS["claim_many"]
         else:
             stmt = self._claim_many_typed if types is not None else self._claim_many_any
-        claimed: list[Task] = []
-        with self._scope.write() as conn:
-            unreadable = 0
-            wanted = count
-            while wanted > 0:
-                rows = conn.execute(
-                    stmt, {"worker": worker, "types": types, "max_tasks": wanted, **self._at()}
-                ).all()
-                bad = 0
-                for row in rows:
-                    try:
-                        claimed.append(Task.from_row(row))
-                    except UnreadableRow as err:
-                        # Failed, saying why, and not returned: the others go on.
-                        self._fail_unreadable(conn, row, err)
-                        bad += 1
-                unreadable += bad
-                if len(rows) < wanted or unreadable >= MAX_UNREADABLE_PER_CLAIM:
-                    break  # nothing more is ready (or too many bad rows for one call)
-                wanted = bad  # take others in the places of the unreadable ones
-        # SQLite's RETURNING has no order; Postgres' function returns oldest first.
-        claimed.sort(key=lambda t: (t.created_at, t.id))
-        return claimed
+        while wanted > 0 and unreadable < MAX_UNREADABLE_PER_CLAIM:
+            rows = conn.execute(
+                stmt, {"worker": worker, "types": types, "max_tasks": wanted, **self._at()}
+            ).all()
+            bad = 0
+            for row in rows:
+                try:
+                    claimed.append(Task.from_row(row))
+                except UnreadableRow as err:
+                    # Failed, saying why, and not returned: the others go on.
+                    self._fail_unreadable(conn, row._mapping["id"], err)
+                    bad += 1
+            unreadable += bad
+            if len(rows) < wanted:
+                break  # nothing more is ready
+            wanted = bad  # take others in the places of the unreadable ones
 
     def _claim_fast(self, worker: str, count: int, types: list[str] | None) -> list[Task] | None:
         """The claim on the hot path, or None where it does not apply (a session, an RLS
-        actor, a type filter on SQLite); :class:`_FullPath` if a claimed row is unreadable."""
-        try:
-            if self._scope.backend.queue_functions:
-                return self._function("claim_many", worker=worker, types=types, max_tasks=count)
-            if types is not None or not self._scope.drives:
+        actor, a type filter on SQLite); :class:`_FullPath` if a claimed row is unreadable
+        and the claim was rolled back (SQLite)."""
+        if self._scope.backend.queue_functions:
+            if not self._scope.drives:
                 return None
+            params = {"worker": worker, "types": types, "max_tasks": count}
+            return self._claim_committed(
+                self._scope.write_rows(self._statement("claim_many"), params),
+                worker,
+                types,
+                count,
+            )
+        if types is not None or not self._scope.drives:
+            return None
+        try:
             with self._scope.driver_write() as driver:
                 params = {"worker": worker, "max_tasks": count, **self._at()}
-                rows = self._statement("claim").rows(driver, params)
-                return [Task.from_values(r) for r in rows]
+                return self._driver_tasks("claim", driver, params)
         except UnreadableRow:
             raise _FullPath from None
 
-    def _fail_unreadable(self, conn: sa.Connection, row: Any, err: UnreadableRow) -> None:
-        key = row._mapping["id"]
+    def _claim_committed(
+        self, rows: list[Sequence[Any]], worker: str, types: list[str] | None, count: int
+    ) -> list[Task]:
+        """The tasks of a claim that is already committed (one statement, Postgres): the rows
+        that do not decode are this worker's now, so they are marked Failed, saying why, and
+        others are claimed in their places — what a claim does in one transaction
+        (:meth:`_claim_into`), in a second one."""
+        claimed: list[Task] = []
+        unreadable: list[tuple[Any, UnreadableRow]] = []
+        for values in rows:
+            try:
+                claimed.append(Task.from_values(values))
+            except UnreadableRow as err:
+                unreadable.append((values[0], err))
+        if unreadable:
+            with self._scope.write() as conn:
+                for key, err in unreadable:
+                    self._fail_unreadable(conn, key, err)
+                if len(rows) == count:  # more may be ready
+                    wanted = len(unreadable)
+                    self._claim_into(conn, claimed, worker, types, wanted, wanted)
+        return claimed
+
+    def _fail_unreadable(self, conn: sa.Connection, key: Any, err: UnreadableRow) -> None:
         # Not even its id decodes (SQLite text another tool wrote): address it as stored.
         which = (
             sa.type_coerce(tasks.c.id, sa.Text()) == sa.literal(key.stored, sa.Text())
@@ -471,10 +522,10 @@ class TaskQueue:
             return None
         with self._scope.driver_write() as driver:
             params = {"key": key, "worker": worker, "location": location, **self._at()}
-            if not self._statement("complete").rows(driver, params):
+            if not self._statement("complete").fetch(driver, params):
                 raise _FullPath
             # Read back: the triggers may have written the row after the update returned it.
-            return Task.from_values(self._statement("task").rows(driver, {"key": key})[0])
+            return self._driver_tasks("task", driver, {"key": key})[0]
 
     def fail(
         self,

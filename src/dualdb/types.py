@@ -185,13 +185,14 @@ def to_uuid(value: object) -> _uuid.UUID:
 
 def format_timestamp(value: datetime) -> str:
     """The fixed-width UTC text form used on SQLite: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
-    if value.tzinfo is None or value.utcoffset() is None:
+    offset = value.utcoffset()
+    if offset is None:
         raise ValueError("naive datetime: pass an aware datetime (e.g. datetime.now(UTC))")
-    v = value.astimezone(UTC)
-    return (
-        f"{v.year:04d}-{v.month:02d}-{v.day:02d}T"
-        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
-    )
+    if offset:
+        value = value.astimezone(UTC)
+    # isoformat pads the year to four digits (strftime's %Y does not, below 1000) and, with
+    # this timespec, always writes the microseconds; "+00:00" becomes "Z".
+    return value.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -8,13 +8,11 @@ none of this exists on SQLite.
 from __future__ import annotations
 
 import select
-import tempfile
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
-from psycopg import pq
 from sqlalchemy import event, exc
 
 import dualdb
@@ -23,6 +21,7 @@ from dualdb.config import Settings, Target, resolve
 from dualdb.engine import create_engine, ping
 from dualdb.errors import DatabaseUnavailable, MigrationError
 from tests.conftest import PgServer
+from tests.integration.driver_trace import driver_statements
 
 POSTGRES_ONLY = [
     pytest.mark.postgres_only,
@@ -262,84 +261,42 @@ def test_a_write_whose_connection_dies_mid_transaction_is_not_retried(
         assert db.projects.create("later", user.id).name == "later"
 
 
-def _traced(engine: sa.Engine, call: Any) -> list[str]:
-    """What the pooled connection (the only one) sent while ``call`` ran: libpq's trace of
-    the frontend's protocol messages (``Parse``, ``Bind``, ``Execute``, ``Sync`` …)."""
-    assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
-    with tempfile.TemporaryFile("w+") as trace:
-        leased = engine.raw_connection()
-        pgconn = leased.dbapi_connection.pgconn  # type: ignore[union-attr]
-        pgconn.trace(trace.fileno())
-        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-        leased.close()
-        try:
-            call()
-        finally:
-            leased = engine.raw_connection()
-            assert leased.dbapi_connection.pgconn is pgconn  # type: ignore[union-attr]
-            pgconn.untrace()
-            leased.close()
-        trace.seek(0)
-        return [line.split("\t")[2].strip() for line in trace if line.startswith("F\t")]
-
-
-@postgres_only
-def test_a_one_statement_write_is_one_round_trip(migrated_url: str) -> None:
-    """No BEGIN/COMMIT around a write that is one statement, nor around a queue verb: one
-    Sync (one round trip), and the statement is its own transaction."""
-    with dualdb.connect(migrated_url) as db:
-        user = db.users.create(email="trip@example.invalid")
-        project = db.projects.create("one", user.id)
-        db.tasks.create(project.id, "render", {})
-
-        calls = {
-            "update": lambda: db.projects.update(project.id, name="two"),
-            "create": lambda: db.projects.create("three", user.id),
-            "claim": lambda: db.tasks.claim("w1"),
-            "delete": lambda: db.projects.delete(project.id),
-        }
-        for name, call in calls.items():
-            sent = _traced(db.engine, call)
-            assert sent.count("Sync") == 1, (name, sent)
-            assert "Query" not in sent, (name, sent)  # no simple-protocol BEGIN/COMMIT
-        assert db.projects.find(project.id) is None
-        assert [p.name for p in db.projects.list().items] == ["three"]
-
-        remaining = db.projects.list().items[0].id
-
-        def in_a_session() -> None:
-            with db.session() as s:
-                s.projects.update(remaining, name="four")
-
-        # Control: a session is a transaction of its own: BEGIN … COMMIT around the write.
-        sent = _traced(db.engine, in_a_session)
-        assert sent.count("Query") >= 2, sent  # BEGIN and COMMIT, in the simple protocol
-
-
 @postgres_only
 def test_a_connection_with_a_notification_waiting_is_kept(migrated_url: str) -> None:
     """Something to read on an idle pooled connection is not always a dead server: here a
-    notification.  The write asks the server once, then runs on the same connection."""
+    notification.  The write asks the server once (``SELECT 1``), then runs on the same
+    connection."""
     with dualdb.connect(migrated_url) as db:
         user = db.users.create(email="notify@example.invalid")
         project = db.projects.create("before", user.id)
-        with db.engine.connect() as conn:
-            conn.exec_driver_sql("LISTEN dualdb_test_channel")
-            conn.commit()  # LISTEN takes effect at commit
-            pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
-        with psycopg.connect(migrated_url.replace("+psycopg", ""), autocommit=True) as other:
-            other.execute("NOTIFY dualdb_test_channel, 'hello'")
-        leased = db.engine.raw_connection()
-        socket = leased.dbapi_connection.pgconn.socket  # type: ignore[union-attr]
-        leased.close()
-        assert select.select([socket], [], [], 10)[0]  # the notification has arrived
-
-        sent = _traced(db.engine, lambda: db.projects.update(project.id, name="after"))
-        # The check (SELECT 1, in the simple protocol), then the write.
-        assert (sent.count("Query"), sent.count("Sync")) == (1, 1), sent
+        with driver_statements(db) as seen:
+            with db.engine.connect() as conn:
+                conn.exec_driver_sql("LISTEN dualdb_test_channel")
+                conn.commit()  # LISTEN takes effect at commit
+                dbapi = conn.connection.dbapi_connection
+                assert dbapi is not None
+                pid = dbapi.info.backend_pid  # type: ignore[attr-defined]
+                socket = dbapi.pgconn.socket  # type: ignore[attr-defined]
+            assert db.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+            with psycopg.connect(migrated_url.replace("+psycopg", ""), autocommit=True) as other:
+                other.execute("NOTIFY dualdb_test_channel, 'hello'")
+            assert select.select([socket], [], [], 10)[0]  # the notification has arrived
+            db.projects.update(project.id, name="after")
+            with db.engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+        # LISTEN's transaction; the check, then the write; the control's SELECT.
+        assert [s.split(" ", 1)[0] for s in seen] == [
+            "BEGIN",
+            "LISTEN",
+            "COMMIT",
+            "SELECT",
+            "UPDATE",
+            "BEGIN",
+            "SELECT",
+            "ROLLBACK",
+        ], seen
+        assert seen[3] == "SELECT 1", seen
         assert db.projects.get(project.id).name == "after"
-        with db.engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
 
 
 @postgres_only

@@ -1,7 +1,7 @@
 """The statements a single-row call sends, and the verdicts left to the database's keys.
 
-A get is one ``SELECT`` (no ``BEGIN``); an update is one ``UPDATE … RETURNING`` and a
-create one ``INSERT … RETURNING`` inside the write transaction — no ping, no pre-check, no
+A get is one ``SELECT``; an update is one ``UPDATE … RETURNING`` and a create one ``INSERT …
+RETURNING``, each its own transaction (no ``BEGIN``/``COMMIT``) — no ping, no pre-check, no
 read-back.  A missing parent is then the foreign key's violation, reported as the same
 ``NotFound`` (same words) the pre-check gave, on both backends.
 """
@@ -18,26 +18,47 @@ from dualdb.errors import NotFound
 from tests.integration.driver_trace import driver_statements, pg_round_trips
 
 
-def sent(db: dualdb.Database, call: Callable[[], object]) -> list[str]:
-    """The statements ``call`` sends, as the driver sees them, ``BEGIN``/``COMMIT`` left out."""
-    with driver_statements(db) as seen:
-        call()
-    return [s for s in seen if s.split(" ", 1)[0] not in ("BEGIN", "COMMIT")]
-
-
 def test_single_row_calls_are_one_statement(db: dualdb.Database) -> None:
+    """Not even BEGIN or COMMIT: one statement is a transaction of its own."""
     user = db.users.create(email="rt@example.invalid")
     project = db.projects.create("one", user.id)
-    with driver_statements(db) as seen:
-        db.projects.get(project.id)
-    assert len(seen) == 1 and seen[0].startswith("SELECT"), seen  # no BEGIN or COMMIT either
-    update = sent(db, lambda: db.projects.update(project.id, name="two"))
-    assert len(update) == 1 and update[0].startswith("UPDATE projects"), update
-    create = sent(db, lambda: db.projects.create("three", user.id))
-    assert len(create) == 1 and create[0].startswith("INSERT INTO projects"), create
-    shot = sent(db, lambda: db.shots.create(project.id, "s"))
-    assert len(shot) == 1 and shot[0].startswith("INSERT INTO shots"), shot
+    gone = db.projects.create("gone", user.id)
+    calls: list[tuple[Callable[[], object], str]] = [
+        (lambda: db.projects.get(project.id), "SELECT"),
+        (lambda: db.projects.update(project.id, name="two"), "UPDATE projects"),
+        (lambda: db.projects.create("three", user.id), "INSERT INTO projects"),
+        (lambda: db.shots.create(project.id, "s"), "INSERT INTO shots"),
+        (lambda: db.projects.delete(gone.id), "DELETE FROM projects"),
+    ]
+    for call, start in calls:
+        with driver_statements(db) as seen:
+            call()
+        # SQLite's trace callback repeats a statement for each trigger program it runs
+        # (a project's delete cascades): still the one statement, and nothing else.
+        assert seen and all(s.startswith(start) for s in seen), seen
+        assert len(set(seen)) == 1, seen
     assert db.projects.get(project.id).name == "two"
+    assert db.projects.find(gone.id) is None
+
+
+@pytest.mark.postgres_only
+def test_single_row_writes_and_queue_verbs_are_one_round_trip(db: dualdb.Database) -> None:
+    """On Postgres every worker verb is one function call, sent as one statement."""
+    user = db.users.create()
+    project = db.projects.create("p", user.id)
+    first = db.tasks.create(project.id, "render", {})
+    db.tasks.create(project.id, "render", {}, depends_on=[first.id], status="Pending")
+    calls: list[Callable[[], object]] = [
+        lambda: db.projects.update(project.id, name="q"),
+        lambda: db.tasks.claim("w1"),
+        lambda: db.tasks.heartbeat(first.id, "w1"),
+        lambda: db.tasks.complete(first.id, "w1", "files/a.mp4"),
+    ]
+    for call in calls:
+        with pg_round_trips(db) as trips:
+            call()
+        assert trips == [1]
+    assert db.tasks.get(first.id).status == "Complete"
 
 
 def test_a_missing_parent_reads_as_before(db: dualdb.Database) -> None:

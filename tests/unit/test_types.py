@@ -50,6 +50,20 @@ def test_timestamp_text_round_trips_and_sorts(dt: datetime) -> None:
     assert back.tzinfo is UTC
 
 
+@given(st.datetimes(timezones=st.timezones()))
+def test_timestamp_text_is_every_field_of_the_utc_instant(dt: datetime) -> None:
+    try:
+        v = dt.astimezone(UTC)
+    except OverflowError:
+        with pytest.raises(OverflowError):
+            format_timestamp(dt)
+        return
+    assert format_timestamp(dt) == (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d}T"
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
+    )
+
+
 @given(st.lists(st.datetimes(timezones=st.timezones()), min_size=2, max_size=20))
 def test_text_order_is_time_order(values: list[datetime]) -> None:
     assert sorted(values, key=lambda v: v.timestamp()) == sorted(values, key=format_timestamp)

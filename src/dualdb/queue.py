@@ -520,10 +520,18 @@ class TaskQueue:
             return None if done is None else done[0]
         if not self._scope.drives:
             return None
+        backend = self._scope.backend
         with self._scope.driver_write() as driver:
             params = {"key": key, "worker": worker, "location": location, **self._at()}
-            if not self._statement("complete").fetch(driver, params):
+            before = backend.rows_written(driver)
+            complete = self._statement("complete")
+            returned = complete.fetch(driver, params)
+            if not returned:
                 raise _FullPath
+            if before is not None and backend.rows_written(driver) == before + 1:
+                # The update wrote its own row and nothing else: no trigger wrote to it after
+                # RETURNING gave it, so that row is the task as stored.
+                return complete.builder(Task, Task.from_values)(returned[0])
             # Read back: the triggers may have written the row after the update returned it.
             return self._driver_tasks("task", driver, {"key": key})[0]
 

@@ -393,21 +393,19 @@ class Scope:
 
     def _send(self, driver: Any, sql: str) -> None:
         """One statement without parameters, a driver error raised as SQLAlchemy's."""
-        dialect = self.engine.dialect
-        cursor = driver.cursor()
         try:
-            cursor.execute(sql)
-        except dialect.loaded_dbapi.Error as err:
+            # Both drivers (sqlite3, psycopg) have Connection.execute: a cursor per call.
+            driver.execute(sql)
+        except self.engine.dialect.loaded_dbapi.Error as err:
+            dialect = self.engine.dialect
             raise exc.DBAPIError.instance(
                 sql,
                 None,
                 err,
                 dialect.loaded_dbapi.Error,
-                connection_invalidated=dialect.is_disconnect(err, driver, cursor),
+                connection_invalidated=dialect.is_disconnect(err, driver, None),
                 dialect=dialect,
             ) from err
-        finally:
-            cursor.close()
 
     def _roll_back(self, leased: PoolProxiedConnection, driver: Any) -> None:
         """End a failed hot-path write; a connection that cannot even roll back is dropped."""

@@ -109,6 +109,7 @@ def test_complete_only_by_the_claiming_worker_and_only_in_progress(
         db.tasks.complete(t.id, "w2", "x.png")
     done = db.tasks.complete(t.id, "w1", "files/out.mp4")
     assert (done.status, done.output_location) == ("Complete", "files/out.mp4")
+    assert done == db.tasks.get(t.id)  # the task as stored
     # A retry of the same call (lost reply) is answered, not refused…
     assert db.tasks.complete(t.id, "w1", "files/out.mp4") == done
     # …but a different result is a conflict.
@@ -124,6 +125,7 @@ def test_complete_creates_the_shot_generation_exactly_once(db: Database, project
     db.tasks.claim("w")
     done = db.tasks.complete(t.id, "w", "files/a.png")
     assert done.generation_processed_at is not None
+    assert done == db.tasks.get(t.id)  # what the database's trigger wrote after the update
     gens = db.shots.generations(shot.id)
     assert [(g.location, g.tasks, g.type) for g in gens] == [
         ("files/a.png", [t.id], "single_image")

@@ -105,6 +105,13 @@ class Backend(ABC):
         file's connection cannot be ended from outside."""
         return False
 
+    def rows_written(self, driver: Any) -> int | None:
+        """How many rows the driver connection ``driver`` has inserted, updated or deleted
+        since it was opened, triggers' writes included — None where the driver cannot say
+        without a round trip.  Two readings around a statement show whether anything but
+        the statement's own rows was written."""
+        return None
+
     def check_url(self, url: URL) -> None:
         """Raise :class:`~dualdb.errors.ConfigError` when ``url`` cannot name a database."""
         return None

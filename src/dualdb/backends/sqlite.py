@@ -94,6 +94,9 @@ class SqliteBackend(Backend):
     library = "the standard library's sqlite3"
     schemes = ("sqlite",)
 
+    def rows_written(self, driver: Any) -> int | None:
+        return int(driver.total_changes)  # sqlite3_total_changes(): trigger programs count
+
     def same_database(self, a: Target, b: Target) -> bool:
         # One file, however its path was written.
         return Path(a.url.database or "").resolve() == Path(b.url.database or "").resolve()

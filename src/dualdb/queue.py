@@ -360,8 +360,8 @@ class TaskQueue:
                 unreadable.append((values[0], err))
         if unreadable:
             with self._scope.write() as conn:
-                for key, err in unreadable:
-                    self._fail_unreadable(conn, key, err)
+                for key, why in unreadable:
+                    self._fail_unreadable(conn, key, why)
                 if len(rows) == count:  # more may be ready
                     wanted = len(unreadable)
                     self._claim_into(conn, claimed, worker, types, wanted, wanted)

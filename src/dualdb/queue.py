@@ -17,8 +17,8 @@ On Postgres the workers' verbs (claim, heartbeat, complete, fail, release_claim,
 requeue_stale) are SQL functions in the database (migration 0008), which workers in any
 language call; this module calls the same functions, so the semantics have one implementation
 there.  They claim with ``FOR UPDATE SKIP LOCKED``.  SQLite has no stored functions: this
-module runs the same statements itself, where ``BEGIN IMMEDIATE`` makes the single ``UPDATE …
-RETURNING`` of a claim atomic.
+module runs the same statements itself: a claim is a single ``UPDATE … RETURNING``, atomic
+because SQLite's write statement takes the write lock before it reads.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ _TASK_COLUMNS = tuple(tasks.c[name] for name in Task.field_names())
 
 
 class _FullPath(Exception):
-    """The hot path met what only the full path handles: its transaction is rolled back
-    (nothing was written) and the verb runs again through SQLAlchemy."""
+    """The hot path met what only the full path handles, having written nothing: the verb
+    runs again through SQLAlchemy, which gives the verdict."""
 
 
 def _held_by(key: Any, worker: Any) -> tuple[sa.ColumnElement[bool], ...]:
@@ -153,28 +153,21 @@ class TaskQueue:
         return [] if owned is None else [project_id.in_(owned)]
 
     def _clock(self, minus: timedelta | None = None) -> sa.ColumnElement[datetime]:
-        """The queue's clock, read inside the transaction (so after any lock wait).
+        """The queue's clock, read by each statement as it runs (so after any lock wait).
 
         Postgres uses the server's ``clock_timestamp()``: one clock for workers on many
-        machines, evaluated after the statement's snapshot, so a task never appears to start
-        before the dependency it waited for completed.  SQLite (one machine) reads the app
-        clock after ``BEGIN IMMEDIATE`` has taken the write lock.
+        machines.  SQLite (one machine) reads the app's clock through a function dualdb
+        registers on its connections, once per statement, after the statement took the
+        write lock (:meth:`~dualdb.backends.Backend.clock`).  Either way a task never appears
+        to start before the dependency it waited for completed.  ``minus`` (how long ago):
+        on SQLite, whose stored times are text, the app's clock now, minus it.
         """
+        clock = self._scope.backend.clock()
+        if minus is None:
+            return sa.type_coerce(clock, Timestamp())
         if self._scope.backend.server_clock:
-            server: sa.ColumnElement[datetime] = sa.func.clock_timestamp(
-                type_=sa.DateTime(timezone=True)
-            )
-            if minus is not None:
-                server = server - minus
-            return sa.type_coerce(server, Timestamp())
-        if minus is not None:
-            return sa.literal(_now() - minus, Timestamp())
-        # A parameter, so statements can be built once; :meth:`_at` supplies its value.
-        return sa.bindparam("now", type_=Timestamp())
-
-    def _at(self) -> dict[str, Any]:
-        """The parameters of :meth:`_clock` — call it inside the transaction, after the lock."""
-        return {} if self._scope.backend.server_clock else {"now": _now()}
+            return sa.type_coerce(clock - minus, Timestamp())
+        return sa.literal(_now() - minus, Timestamp())
 
     def _worker_verb(self, verb: str) -> None:
         """Workers act as the service: a signed-in user never runs tasks (as through the API,
@@ -268,18 +261,16 @@ class TaskQueue:
 
         Each is set ``In Progress`` as :meth:`claim` sets one; the list is empty when nothing
         is ready.  One statement: ``dualdb.claim_tasks(…, max_tasks)`` on Postgres, one
-        ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`` inside ``BEGIN IMMEDIATE`` on
-        SQLite.  A row that does not decode is marked Failed and left out (the claim then
-        tries to take another in its place), as :meth:`claim` does.
+        ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`` on SQLite (which takes the write
+        lock before it reads, as ``BEGIN IMMEDIATE`` would).  A row that does not decode is
+        marked Failed and left out (the claim then tries to take another in its place), as
+        :meth:`claim` does.
         """
         self._worker_verb("claim")
         worker = v.text("worker_id", worker_id, max_len=v.MAX_WORKER_ID)
         count = v.limit("limit", limit)
         types = v.task_types("task_types", task_types)
-        try:
-            fast = self._claim_fast(worker, count, types)
-        except _FullPath:
-            fast = None  # an unreadable row: the full path fails it and claims another
+        fast = self._claim_fast(worker, count, types)
         if fast is None:
             claimed: list[Task] = []
             with self._scope.write() as conn:
@@ -305,9 +296,7 @@ class TaskQueue:
         else:
             stmt = self._claim_many_typed if types is not None else self._claim_many_any
         while wanted > 0 and unreadable < MAX_UNREADABLE_PER_CLAIM:
-            rows = conn.execute(
-                stmt, {"worker": worker, "types": types, "max_tasks": wanted, **self._at()}
-            ).all()
+            rows = conn.execute(stmt, {"worker": worker, "types": types, "max_tasks": wanted}).all()
             bad = 0
             for row in rows:
                 try:
@@ -322,33 +311,25 @@ class TaskQueue:
             wanted = bad  # take others in the places of the unreadable ones
 
     def _claim_fast(self, worker: str, count: int, types: list[str] | None) -> list[Task] | None:
-        """The claim on the hot path, or None where it does not apply (a session, an RLS
-        actor, a type filter on SQLite); :class:`_FullPath` if a claimed row is unreadable
-        and the claim was rolled back (SQLite)."""
-        if self._scope.backend.queue_functions:
-            if not self._scope.drives:
-                return None
-            params = {"worker": worker, "types": types, "max_tasks": count}
-            return self._claim_committed(
-                self._scope.write_rows(self._statement("claim_many"), params),
-                worker,
-                types,
-                count,
-            )
-        if types is not None or not self._scope.drives:
+        """The claim on the hot path, one statement that is its own transaction, or None where
+        it does not apply (a session, an RLS actor, a type filter on SQLite)."""
+        if not self._scope.drives:
             return None
-        try:
-            with self._scope.driver_write() as driver:
-                params = {"worker": worker, "max_tasks": count, **self._at()}
-                return self._driver_tasks("claim", driver, params)
-        except UnreadableRow:
-            raise _FullPath from None
+        if self._scope.backend.queue_functions:
+            statement = self._statement("claim_many")
+        elif types is None:
+            statement = self._statement("claim")
+        else:
+            return None  # SQLite's typed claim: an expanding IN, on the full path
+        params = {"worker": worker, "types": types, "max_tasks": count}
+        rows = self._scope.write_rows(statement, params)
+        return self._claim_committed(rows, worker, types, count)
 
     def _claim_committed(
         self, rows: list[Sequence[Any]], worker: str, types: list[str] | None, count: int
     ) -> list[Task]:
-        """The tasks of a claim that is already committed (one statement, Postgres): the rows
-        that do not decode are this worker's now, so they are marked Failed, saying why, and
+        """The tasks of a claim that is already committed (one statement): the rows that do
+        not decode are this worker's now, so they are marked Failed, saying why, and
         others are claimed in their places — what a claim does in one transaction
         (:meth:`_claim_into`), in a second one."""
         claimed: list[Task] = []
@@ -382,7 +363,6 @@ class TaskQueue:
                 error=f"unreadable row: {err}"[: v.MAX_ERROR],
                 updated_at=self._clock(),
             ),
-            self._at(),
         )
 
     # The hot statements are built once per repository: building them cost more than running
@@ -397,8 +377,8 @@ class TaskQueue:
         return self._claim_many_statement(typed=True)
 
     def _claim_many_statement(self, typed: bool) -> sa.Update:
-        # UPDATE … WHERE id IN (SELECT id … LIMIT n), inside BEGIN IMMEDIATE; the clock is a
-        # parameter read after the write lock was taken (:meth:`_at`).
+        # UPDATE … WHERE id IN (SELECT id … LIMIT n): the write lock is taken before the pick
+        # reads, and the clock read after it (:meth:`_clock`).
         pick = self._ready_pick(typed, sa.bindparam("max_tasks", type_=sa.Integer()))
         now = self._clock()
         return (
@@ -460,7 +440,6 @@ class TaskQueue:
         """Update the task ``worker`` holds (In Progress, visible); Conflict saying why if not."""
         row = conn.execute(
             tasks.update().where(*_held_by(key, worker)).values(**values).returning(*tasks.c),
-            self._at(),
         ).first()
         if row is None:
             self._explain_refusal(conn, key, worker, verb)
@@ -497,7 +476,7 @@ class TaskQueue:
         with self._scope.write() as conn:
             if self._scope.backend.queue_functions:
                 return self._call(conn, "complete", key=key, worker=worker, location=location)
-            params = {"key": key, "worker": worker, "location": location, **self._at()}
+            params = {"key": key, "worker": worker, "location": location}
             row = conn.execute(self._complete_statement, params).first()
             if row is None:
                 task = self._visible_task(conn, key)
@@ -521,8 +500,8 @@ class TaskQueue:
         if not self._scope.drives:
             return None
         backend = self._scope.backend
-        with self._scope.driver_write() as driver:
-            params = {"key": key, "worker": worker, "location": location, **self._at()}
+        with self._scope.driver() as driver:
+            params = {"key": key, "worker": worker, "location": location}
             before = backend.rows_written(driver)
             complete = self._statement("complete")
             returned = complete.fetch(driver, params)
@@ -532,7 +511,8 @@ class TaskQueue:
                 # The update wrote its own row and nothing else: no trigger wrote to it after
                 # RETURNING gave it, so that row is the task as stored.
                 return complete.builder(Task, Task.from_values)(returned[0])
-            # Read back: the triggers may have written the row after the update returned it.
+            # Read back: the triggers may have written the row after the update returned it
+            # (committed: a Complete task changes no more, but for another tool's write).
             return self._driver_tasks("task", driver, {"key": key})[0]
 
     def fail(
@@ -615,7 +595,6 @@ class TaskQueue:
                 .where(tasks.c.id == key, tasks.c.status.in_(UNFINISHED))
                 .values(status=CANCELLED, error=why, updated_at=self._clock())
                 .returning(*tasks.c),
-                self._at(),
             ).first()
             if row is None:  # finished meanwhile (another transaction, on Postgres)
                 raise Conflict(
@@ -658,7 +637,6 @@ class TaskQueue:
                 .where(tasks.c.id == key, tasks.c.status == PENDING, *self._owner_filter())
                 .values(status=QUEUED, updated_at=self._clock())
                 .returning(*tasks.c),
-                self._at(),
             ).first()
             if row is None:
                 task = self._visible_task(conn, key)
@@ -738,7 +716,6 @@ class TaskQueue:
                         else f"failed after {stale.attempts} attempts: {gone}",
                     )
                     .returning(*tasks.c),
-                    self._at(),
                 ).one()
                 changed.append(Task.from_row(row))
                 changed += self._tasks(conn, waiting)

@@ -257,20 +257,8 @@ class Scope:
         there; a scope that sets its actor per transaction opens one — but without
         SQLAlchemy's execution machinery, on the driver's connection.
         """
-        return self._statement(statement, values, refine, converted, write=False)
-
-    def _statement(
-        self,
-        statement: Statement,
-        values: Mapping[str, Any],
-        refine: Refine | None,
-        converted: bool,
-        *,
-        write: bool,
-    ) -> list[Any]:
-        """:meth:`rows` and a one-statement write: errors translated, or ``refine``'d."""
         try:
-            return self._rows(statement, values, converted, write)
+            return self._rows(statement, values, converted)
         except (exc.DBAPIError, exc.StatementError) as err:
             # As translated_errors() does (a context manager costs more than this lookup).
             refined = refine(err) if refine and isinstance(err, exc.DBAPIError) else None
@@ -279,33 +267,21 @@ class Scope:
                 raise
             raise mapped from None
 
-    def _rows(
-        self, statement: Statement, values: Mapping[str, Any], converted: bool, write: bool
-    ) -> list[Any]:
+    def _rows(self, statement: Statement, values: Mapping[str, Any], converted: bool) -> list[Any]:
         if (current := self._connection or self._current()) is not None:
             return _run_on(current, statement, values, converted)
         if self.on_begin is not None:
-            assert not write  # write_rows takes this path only where the scope drives
             with self._transaction({READ_ONLY: True}) as conn:
                 return _run_on(conn, statement, values, converted)
         run = statement.rows if converted else statement.fetch
         for attempt in range(_ATTEMPTS):
             leased = self._lease()
-            driver = leased.dbapi_connection
-            sent = False
             try:
-                if write and self.backend.may_be_dead(driver):
-                    # Ask the server with a statement that writes nothing: a dead connection
-                    # fails here and is replaced, before the write is sent.
-                    self._send(driver, "SELECT 1")
-                # A read is sent again on a fresh connection if this one turns out dead; a
-                # write never is: the server may have run it before the connection went.
-                sent = write
-                return run(driver, values)
+                return run(leased.dbapi_connection, values)
             except exc.DBAPIError as err:
                 if err.connection_invalidated:
                     self._invalidate(leased)
-                if sent or not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
+                if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
                     raise
             finally:
                 if self._pins is None:
@@ -326,9 +302,7 @@ class Scope:
         session, another call, or a scope that sets its actor per transaction, it runs
         through :meth:`write` instead (savepoint, joined transaction, actor hook).
         """
-        if self.drives:
-            return self._statement(statement, values, refine, True, write=True)
-        with self._write_driver() as driver:
+        with self.driver() if self.drives else self._write_driver() as driver:
             try:
                 return statement.rows(driver, values)
             except exc.DBAPIError as err:
@@ -355,20 +329,24 @@ class Scope:
         return self._connection is None and self.on_begin is None and self._current() is None
 
     @contextmanager
-    def driver_write(self) -> Iterator[Any]:
-        """The driver's connection in a write transaction of its own: ``BEGIN`` (``BEGIN
-        IMMEDIATE`` on SQLite), the block, ``COMMIT`` (``ROLLBACK`` if the block raises).
+    def driver(self) -> Iterator[Any]:
+        """The driver's connection, for a call whose writes are each one statement: no
+        ``BEGIN``/``COMMIT``, every statement a transaction of its own (one round trip).
 
         Only where :attr:`drives`; the block runs :mod:`dualdb.hotpath` statements on the
-        connection it is given and calls nothing that opens a transaction of its own.  As in
-        :meth:`write`, a connection found dead at ``BEGIN`` is replaced once.
+        connection it is given and calls nothing that opens a transaction of its own.  A
+        pooled connection the server may have ended
+        (:meth:`~dualdb.backends.Backend.may_be_dead`) is asked first, with a statement that
+        writes nothing, and replaced once; a connection lost in the block raises
+        :class:`~dualdb.errors.DatabaseUnavailable`: what was sent is never sent again.
         """
         with translated_errors():
             for attempt in range(_ATTEMPTS):
                 leased = self._lease()
                 driver = leased.dbapi_connection
                 try:
-                    self._send(driver, self.backend.begin_write)
+                    if self.backend.may_be_dead(driver):
+                        self._send(driver, "SELECT 1")
                 except exc.DBAPIError as err:
                     if err.connection_invalidated:
                         self._invalidate(leased)
@@ -381,12 +359,11 @@ class Scope:
             else:
                 raise AssertionError("unreachable")
             try:
-                try:
-                    yield driver
-                    self._send(driver, "COMMIT")
-                except BaseException:
-                    self._roll_back(leased, driver)
-                    raise
+                yield driver
+            except exc.DBAPIError as err:
+                if err.connection_invalidated:
+                    self._invalidate(leased)
+                raise
             finally:
                 if self._pins is None:
                     leased.close()
@@ -406,13 +383,6 @@ class Scope:
                 connection_invalidated=dialect.is_disconnect(err, driver, None),
                 dialect=dialect,
             ) from err
-
-    def _roll_back(self, leased: PoolProxiedConnection, driver: Any) -> None:
-        """End a failed hot-path write; a connection that cannot even roll back is dropped."""
-        try:
-            driver.rollback()
-        except self.engine.dialect.loaded_dbapi.Error:
-            self._invalidate(leased)
 
     def _lease(self) -> PoolProxiedConnection:
         """A pooled connection in autocommit: this thread's pinned one, or one checked out."""

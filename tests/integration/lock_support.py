@@ -10,13 +10,15 @@ the other and the test proves nothing about the lock.  A sleep only hopes the ra
 * SQLite: one write lock for the whole file, which the holder has, as its transaction has
   written (dualdb takes it up front with ``BEGIN IMMEDIATE``).  The racer's connection reports
   its statements (``set_trace_callback`` fires when a statement starts, before SQLite waits
-  for the lock); once the last one it started is its own ``BEGIN IMMEDIATE``, it is waiting for
-  the holder, and a probe connection that may not wait (``timeout=0``) confirms the write lock
-  is taken.
+  for the lock); once the last one it started needs the write lock — its own ``BEGIN
+  IMMEDIATE``, or a write statement that is its own transaction (dualdb's one-statement
+  writes), which takes the lock before it reads — it is waiting for the holder, and a probe
+  connection that may not wait (``timeout=0``) confirms the write lock is taken.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -29,6 +31,11 @@ import sqlalchemy as sa
 
 import dualdb
 
+#: A statement that waits for SQLite's write lock as it starts.
+_NEEDS_THE_WRITE_LOCK = re.compile(
+    r"\s*(BEGIN IMMEDIATE|INSERT|UPDATE|DELETE|REPLACE|WITH\b.*\b(INSERT|UPDATE|DELETE)\b)",
+    re.S | re.I,
+)
 #: How long a racer may take to reach the lock before the test gives up.
 DEADLINE_S = 30.0
 #: How often the watch looks again while the racer is on its way.
@@ -86,7 +93,7 @@ class LockWatch:
 
     def _sqlite_blocked(self) -> bool:
         seen = list(self.statements)
-        if not seen or not seen[-1].startswith("BEGIN IMMEDIATE"):
+        if not seen or not _NEEDS_THE_WRITE_LOCK.match(seen[-1]):
             return False  # not at the lock yet (or, if it got past it, the poll ends at is_alive)
         probe = sqlite3.connect(self.url.database or "", timeout=0, isolation_level=None)
         try:

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import sqlite3
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 import dualdb
 from dualdb.errors import InvalidInput, PermissionDenied
+from dualdb.scope import release_pinned
 from tests.integration.dal_support import World
 from tests.integration.test_unreadable_rows import DEEP, poison
 
@@ -32,6 +37,8 @@ def test_claim_many_takes_the_oldest_ready_tasks_in_order(
         assert (task.status, task.worker_id, task.attempts) == ("In Progress", "gpu-1", 1)
         assert task.generation_started_at is not None
         assert task.heartbeat_at == task.generation_started_at
+    # One reading of the clock per claimed task, for all three columns.
+    assert all(t.updated_at == t.generation_started_at for t in first)
     rest = db.tasks.claim_many("gpu-2", 1000)
     assert [t.id for t in rest] == oldest[3:]
     assert db.tasks.claim_many("gpu-3", 10) == []
@@ -146,3 +153,39 @@ def test_processes_racing_claim_many_never_share_a_task(
     counts = db.tasks.counts()
     assert counts["Complete"] == len(ids) and counts["In Progress"] == 0
     assert {t.attempts for t in db.tasks.iter(batch_size=1000)} == {1}
+
+
+@pytest.mark.sqlite_only
+def test_the_claims_clock_is_read_after_the_write_lock_wait(
+    db: dualdb.Database, world: World, migrated_url: str
+) -> None:
+    """Another writer holds SQLite's write lock; a claim started meanwhile waits for it.  Its
+    time is read once it has the lock — never before the other writer's commit (a dependency
+    completed there would otherwise seem to finish after its dependent started)."""
+    path = migrated_url.removeprefix("sqlite:///")
+    started = threading.Event()
+
+    def on_statement(dbapi_conn: Any, _record: Any) -> None:
+        # Called as a statement starts, before it waits for the lock.
+        dbapi_conn.set_trace_callback(lambda _sql: started.set())
+
+    release_pinned(db.engine)
+    db.engine.dispose()  # the next connection is traced
+    event.listen(db.engine, "connect", on_statement)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    claimed: list[Any] = []
+    claimer = threading.Thread(target=lambda: claimed.append(db.tasks.claim("late")))
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        claimer.start()
+        assert started.wait(30)  # the claim has begun, and waits for the lock
+        released_after = datetime.now(UTC)
+    finally:
+        blocker.execute("COMMIT")
+        if claimer.is_alive() or claimer.ident is not None:
+            claimer.join(60)
+        blocker.close()
+        event.remove(db.engine, "connect", on_statement)
+    assert claimed and claimed[0] is not None
+    assert claimed[0].generation_started_at is not None
+    assert claimed[0].generation_started_at >= released_after

@@ -105,6 +105,12 @@ class Backend(ABC):
         file's connection cannot be ended from outside."""
         return False
 
+    @abstractmethod
+    def clock(self) -> sa.ColumnElement[Any]:
+        """The time now, read by the database as the statement runs — after the statement
+        has taken its locks, never before — as a SQL expression of the backend's stored
+        timestamp form."""
+
     def rows_written(self, driver: Any) -> int | None:
         """How many rows the driver connection ``driver`` has inserted, updated or deleted
         since it was opened, triggers' writes included — None where the driver cannot say

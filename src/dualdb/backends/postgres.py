@@ -204,6 +204,11 @@ class PostgresBackend(Backend):
     library = "psycopg 3"
     schemes = ("postgres", "postgresql")
 
+    def clock(self) -> sa.ColumnElement[Any]:
+        # The server's clock (one for every worker machine), as the statement runs; not
+        # now(), which is the transaction's start.
+        return sa.func.clock_timestamp(type_=sa.DateTime(timezone=True))
+
     def may_be_dead(self, driver: Any) -> bool:
         # A server (or pooler) that ends a connection says so, a FATAL message, and closes
         # it: an idle connection with anything to read may be dead.  Looking costs a poll of

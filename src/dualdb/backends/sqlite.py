@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from sqlalchemy.engine import URL, Engine
 
 from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, WorkWaiter
 from dualdb.errors import ConfigError, DatabaseUnavailable, MigrationError
+from dualdb.types import format_timestamp
 
 if TYPE_CHECKING:
     from dualdb.target import Target
@@ -32,6 +34,21 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: keeps the largest size it ever reached (behind a long reader it grows to hundreds of MB) for
 #: as long as any connection is open.
 SQLITE_JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
+#: The SQL function dualdb registers on its connections: the app's clock, as stored.
+CLOCK_FUNCTION = "dualdb_now"
+
+
+def _clock_text() -> str:
+    return format_timestamp(datetime.now(UTC))
+
+
+#: ``WITH dualdb_clock AS MATERIALIZED (SELECT dualdb_now() AS now)``, once per statement that
+#: reads the clock (:meth:`SqliteBackend.clock`).
+_CLOCK = (
+    sa.select(getattr(sa.func, CLOCK_FUNCTION)().label("now"))
+    .cte("dualdb_clock")
+    .prefix_with("MATERIALIZED")
+)
 #: How often (seconds) an idle worker checks ``PRAGMA data_version``: the pickup delay it adds
 #: at most.  Each check costs ~0.1 ms of CPU (the wake-up and a read of the WAL index in
 #: shared memory): about 1% of a core while idle; every 5 ms would cost twice that.
@@ -94,6 +111,13 @@ class SqliteBackend(Backend):
     library = "the standard library's sqlite3"
     schemes = ("sqlite",)
 
+    def clock(self) -> sa.ColumnElement[Any]:
+        # The statement's materialized CTE (one, however many columns and rows it sets) calls
+        # the function once, where the statement first needs it: after the statement's
+        # OP_Transaction took the write lock (a bound parameter would be read before the
+        # lock wait).  A plain subquery would call it once per use.
+        return sa.select(_CLOCK.c.now).scalar_subquery()
+
     def rows_written(self, driver: Any) -> int | None:
         return int(driver.total_changes)  # sqlite3_total_changes(): trigger programs count
 
@@ -134,6 +158,8 @@ class SqliteBackend(Backend):
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute(f"PRAGMA journal_size_limit={SQLITE_JOURNAL_SIZE_LIMIT}")
             cur.close()
+            # Not deterministic: SQLite calls it as each statement runs (Backend.clock).
+            dbapi_conn.create_function(CLOCK_FUNCTION, 0, _clock_text)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:

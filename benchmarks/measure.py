@@ -403,7 +403,8 @@ def claim_plan(
     if db.backend == "sqlite":
         with sqlite_statements(db) as seen:
             task = db.tasks.claim(worker_id, task_types=task_types)
-        statement = next(s for s in seen if s.lstrip().upper().startswith("UPDATE"))
+        # The claim is one UPDATE (behind the WITH of the queue's clock, Backend.clock).
+        statement = next(s for s in seen if "UPDATE TASKS" in s.upper())
         return task, explain(db, statement)
     task = db.tasks.claim(worker_id, task_types=task_types)
     notices: list[str] = []

@@ -511,9 +511,13 @@ class TaskQueue:
                 # The update wrote its own row and nothing else: no trigger wrote to it after
                 # RETURNING gave it, so that row is the task as stored.
                 return complete.builder(Task, Task.from_values)(returned[0])
-            # Read back: the triggers may have written the row after the update returned it
-            # (committed: a Complete task changes no more, but for another tool's write).
-            return self._driver_tasks("task", driver, {"key": key})[0]
+            # Read back: the triggers may have written the row after the update returned it.
+            # Committed already: a Complete task changes no more, but another tool may have
+            # deleted it meanwhile.
+            stored = self._driver_tasks("task", driver, {"key": key})
+            if not stored:
+                raise NotFound(f"task {key} not found")
+            return stored[0]
 
     def fail(
         self,

@@ -302,14 +302,34 @@ class Scope:
         session, another call, or a scope that sets its actor per transaction, it runs
         through :meth:`write` instead (savepoint, joined transaction, actor hook).
         """
-        with self.driver() if self.drives else self._write_driver() as driver:
+        if not self.drives:
+            with self._write_driver() as driver:
+                try:
+                    return statement.rows(driver, values)
+                except exc.DBAPIError as err:
+                    refined = refine(err) if refine is not None else None
+                    if refined is None:
+                        raise
+                    raise refined from None
+        # What driver() does, without its two context managers: most of a call's own cost
+        # on SQLite's local file.
+        try:
+            leased = self._lease_alive()
             try:
-                return statement.rows(driver, values)
+                return statement.rows(leased.dbapi_connection, values)
             except exc.DBAPIError as err:
-                refined = refine(err) if refine is not None else None
-                if refined is None:
-                    raise
-                raise refined from None
+                if err.connection_invalidated:
+                    self._invalidate(leased)
+                raise
+            finally:
+                if self._pins is None:
+                    leased.close()
+        except (exc.DBAPIError, exc.StatementError) as err:
+            refined = refine(err) if refine and isinstance(err, exc.DBAPIError) else None
+            mapped = refined or translate(err)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     @contextmanager
     def _write_driver(self) -> Iterator[Any]:
@@ -324,7 +344,7 @@ class Scope:
 
     @property
     def drives(self) -> bool:
-        """Whether a call may run its own transaction on the driver (:meth:`driver_write`):
+        """Whether a call may run its own statements on the driver (:meth:`driver`):
         not inside a session or another call, and no actor to set per transaction."""
         return self._connection is None and self.on_begin is None and self._current() is None
 
@@ -341,25 +361,9 @@ class Scope:
         :class:`~dualdb.errors.DatabaseUnavailable`: what was sent is never sent again.
         """
         with translated_errors():
-            for attempt in range(_ATTEMPTS):
-                leased = self._lease()
-                driver = leased.dbapi_connection
-                try:
-                    if self.backend.may_be_dead(driver):
-                        self._send(driver, "SELECT 1")
-                except exc.DBAPIError as err:
-                    if err.connection_invalidated:
-                        self._invalidate(leased)
-                    if self._pins is None:
-                        leased.close()
-                    if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
-                        raise
-                    continue  # nothing was written: start again on a fresh connection
-                break
-            else:
-                raise AssertionError("unreachable")
+            leased = self._lease_alive()
             try:
-                yield driver
+                yield leased.dbapi_connection
             except exc.DBAPIError as err:
                 if err.connection_invalidated:
                     self._invalidate(leased)
@@ -367,6 +371,25 @@ class Scope:
             finally:
                 if self._pins is None:
                     leased.close()
+
+    def _lease_alive(self) -> PoolProxiedConnection:
+        """:meth:`_lease`, a connection the server may have ended asked first (``SELECT 1``:
+        nothing written) and replaced once."""
+        for attempt in range(_ATTEMPTS):
+            leased = self._lease()
+            if not self.backend.may_be_dead(leased.dbapi_connection):
+                return leased
+            try:
+                self._send(leased.dbapi_connection, "SELECT 1")
+                return leased
+            except exc.DBAPIError as err:
+                if err.connection_invalidated:
+                    self._invalidate(leased)
+                if self._pins is None:
+                    leased.close()
+                if not err.connection_invalidated or attempt + 1 == _ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def _send(self, driver: Any, sql: str) -> None:
         """One statement without parameters, a driver error raised as SQLAlchemy's."""

@@ -500,10 +500,11 @@ class TaskQueue:
         if not self._scope.drives:
             return None
         backend = self._scope.backend
-        with self._scope.driver() as driver:
-            params = {"key": key, "worker": worker, "location": location}
+        complete = self._statement("complete")
+        params = {"key": key, "worker": worker, "location": location}
+
+        def run(driver: Any) -> Task:
             before = backend.rows_written(driver)
-            complete = self._statement("complete")
             returned = complete.fetch(driver, params)
             if not returned:
                 raise _FullPath
@@ -518,6 +519,8 @@ class TaskQueue:
             if not stored:
                 raise NotFound(f"task {key} not found")
             return stored[0]
+
+        return self._scope.on_driver(run)
 
     def fail(
         self,

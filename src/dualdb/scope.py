@@ -153,6 +153,13 @@ def _run_on(
         raise
 
 
+def _mapped(err: exc.StatementError, refine: Refine | None) -> DualdbError | None:
+    """What a driver error is raised as: ``refine``'s reading of it, else
+    :func:`~dualdb.engine.translate`'s (None: as it is)."""
+    refined = refine(err) if refine and isinstance(err, exc.DBAPIError) else None
+    return refined or translate(err)
+
+
 class Scope:
     """Connections for repositories, plus who is acting (``user_id``; None is unscoped)."""
 
@@ -261,8 +268,7 @@ class Scope:
             return self._rows(statement, values, converted)
         except (exc.DBAPIError, exc.StatementError) as err:
             # As translated_errors() does (a context manager costs more than this lookup).
-            refined = refine(err) if refine and isinstance(err, exc.DBAPIError) else None
-            mapped = refined or translate(err)
+            mapped = _mapped(err, refine)
             if mapped is None:
                 raise
             raise mapped from None
@@ -311,22 +317,11 @@ class Scope:
                     if refined is None:
                         raise
                     raise refined from None
-        # What driver() does, without its two context managers: most of a call's own cost
-        # on SQLite's local file.
+        # No context manager (translated_errors): most of a call's own cost on SQLite.
         try:
-            leased = self._lease_alive()
-            try:
-                return statement.rows(leased.dbapi_connection, values)
-            except exc.DBAPIError as err:
-                if err.connection_invalidated:
-                    self._invalidate(leased)
-                raise
-            finally:
-                if self._pins is None:
-                    leased.close()
+            return self._on_driver(lambda driver: statement.rows(driver, values))
         except (exc.DBAPIError, exc.StatementError) as err:
-            refined = refine(err) if refine and isinstance(err, exc.DBAPIError) else None
-            mapped = refined or translate(err)
+            mapped = _mapped(err, refine)
             if mapped is None:
                 raise
             raise mapped from None
@@ -344,33 +339,36 @@ class Scope:
 
     @property
     def drives(self) -> bool:
-        """Whether a call may run its own statements on the driver (:meth:`driver`):
+        """Whether a call may run its own statements on the driver (:meth:`on_driver`):
         not inside a session or another call, and no actor to set per transaction."""
         return self._connection is None and self.on_begin is None and self._current() is None
 
-    @contextmanager
-    def driver(self) -> Iterator[Any]:
-        """The driver's connection, for a call whose writes are each one statement: no
-        ``BEGIN``/``COMMIT``, every statement a transaction of its own (one round trip).
+    def on_driver(self, work: Callable[[Any], T]) -> T:
+        """``work(driver)`` on the driver's connection, for a call whose writes are each one
+        statement: no ``BEGIN``/``COMMIT``, every statement a transaction of its own (one
+        round trip); driver errors raised as :mod:`dualdb.errors`.
 
-        Only where :attr:`drives`; the block runs :mod:`dualdb.hotpath` statements on the
+        Only where :attr:`drives`; ``work`` runs :mod:`dualdb.hotpath` statements on the
         connection it is given and calls nothing that opens a transaction of its own.  A
         pooled connection the server may have ended
         (:meth:`~dualdb.backends.Backend.may_be_dead`) is asked first, with a statement that
-        writes nothing, and replaced once; a connection lost in the block raises
+        writes nothing, and replaced once; a connection lost in ``work`` raises
         :class:`~dualdb.errors.DatabaseUnavailable`: what was sent is never sent again.
         """
         with translated_errors():
-            leased = self._lease_alive()
-            try:
-                yield leased.dbapi_connection
-            except exc.DBAPIError as err:
-                if err.connection_invalidated:
-                    self._invalidate(leased)
-                raise
-            finally:
-                if self._pins is None:
-                    leased.close()
+            return self._on_driver(work)
+
+    def _on_driver(self, work: Callable[[Any], T]) -> T:
+        leased = self._lease_alive()
+        try:
+            return work(leased.dbapi_connection)
+        except exc.DBAPIError as err:
+            if err.connection_invalidated:
+                self._invalidate(leased)
+            raise
+        finally:
+            if self._pins is None:
+                leased.close()
 
     def _lease_alive(self) -> PoolProxiedConnection:
         """:meth:`_lease`, a connection the server may have ended asked first (``SELECT 1``:

@@ -24,6 +24,7 @@ because SQLite's write statement takes the write lock before it reads.
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -34,7 +35,14 @@ from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
 
 from dualdb import validation as v
 from dualdb.access import owned_projects
-from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied, UnreadableRow
+from dualdb.errors import (
+    Conflict,
+    DualdbError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    UnreadableRow,
+)
 from dualdb.hotpath import Statement
 from dualdb.records import Task
 from dualdb.schema import (
@@ -45,6 +53,8 @@ from dualdb.schema import (
 )
 from dualdb.scope import Scope
 from dualdb.types import UNFINISHED_STATUSES, TaskStatus, Timestamp, Unreadable
+
+log = logging.getLogger("dualdb")
 
 #: Attempts (claims) a task gets before a stale or failed-with-retry task is marked Failed.
 DEFAULT_MAX_ATTEMPTS = 3
@@ -303,7 +313,7 @@ class TaskQueue:
                     claimed.append(Task.from_row(row))
                 except UnreadableRow as err:
                     # Failed, saying why, and not returned: the others go on.
-                    self._fail_unreadable(conn, row._mapping["id"], err)
+                    self._fail_unreadable(conn, row._mapping["id"], err, worker)
                     bad += 1
             unreadable += bad
             if len(rows) < wanted:
@@ -340,15 +350,28 @@ class TaskQueue:
             except UnreadableRow as err:
                 unreadable.append((values[0], err))
         if unreadable:
-            with self._scope.write() as conn:
-                for key, why in unreadable:
-                    self._fail_unreadable(conn, key, why)
-                if len(rows) == count:  # more may be ready
-                    wanted = len(unreadable)
-                    self._claim_into(conn, claimed, worker, types, wanted, wanted)
+            readable = len(claimed)
+            try:
+                with self._scope.write() as conn:
+                    for key, why in unreadable:
+                        self._fail_unreadable(conn, key, why, worker)
+                    if len(rows) == count:  # more may be ready
+                        wanted = len(unreadable)
+                        self._claim_into(conn, claimed, worker, types, wanted, wanted)
+            except DualdbError as err:
+                # The claimed readable tasks are this worker's whatever happens here: hand
+                # them over (the unreadable ones stay In Progress until requeue_stale).
+                del claimed[readable:]  # claimed in the transaction that was rolled back
+                log.warning(
+                    "could not fail %d unreadable claimed task(s): %s", len(unreadable), err
+                )
         return claimed
 
-    def _fail_unreadable(self, conn: sa.Connection, key: Any, err: UnreadableRow) -> None:
+    def _fail_unreadable(
+        self, conn: sa.Connection, key: Any, err: UnreadableRow, worker: str
+    ) -> None:
+        """Mark Failed, saying why, a task ``worker`` has just claimed and cannot read (still
+        its own: another writer may have changed it since a claim that committed)."""
         # Not even its id decodes (SQLite text another tool wrote): address it as stored.
         which = (
             sa.type_coerce(tasks.c.id, sa.Text()) == sa.literal(key.stored, sa.Text())
@@ -357,7 +380,7 @@ class TaskQueue:
         )
         conn.execute(
             tasks.update()
-            .where(which)
+            .where(which, tasks.c.status == RUNNING, tasks.c.worker_id == worker)
             .values(
                 status=FAILED,
                 error=f"unreadable row: {err}"[: v.MAX_ERROR],

@@ -1,10 +1,12 @@
 """Where repository statements run: one transaction per call, or inside a session.
 
 A :class:`Scope` hands out connections.  Without a fixed connection each outermost call gets
-its own transaction (``BEGIN IMMEDIATE`` on SQLite for writes, a deferred ``BEGIN`` for reads);
-calls nested inside it reuse that transaction.  A pooled connection the server dropped is
-replaced where that is safe: at the start of a transaction, before anything was written, and
-for a one-statement read (:meth:`Scope.fetch`) — never in the middle of a write.  Inside a
+its own transaction (``BEGIN IMMEDIATE`` on SQLite for writes, a deferred ``BEGIN`` for reads),
+or, for a call that is one statement, none: the statement is its own transaction; calls nested
+inside a transaction reuse it.  A pooled connection the server dropped is replaced where that
+is safe: at the start of a transaction, before a one-statement write is sent (a look at the
+idle connection, :meth:`~dualdb.backends.Backend.may_be_dead`), and for a one-statement read
+(:meth:`Scope.fetch`) — never once a write was sent.  Inside a
 :class:`~dualdb.database.Session` every write call runs in a SAVEPOINT, so a call that fails
 leaves no partial write and the session stays usable — identically on SQLite and Postgres
 (where an error would otherwise abort the whole transaction).
@@ -37,8 +39,8 @@ T = TypeVar("T")
 #: or None to leave it to :func:`dualdb.engine.translate`.
 Refine = Callable[[exc.DBAPIError], DualdbError | None]
 
-#: Tries at the start of a transaction (or of a one-statement read) when the connection
-#: turns out dead: the first, and one on a fresh connection.
+#: Tries at the start of a transaction, of a one-statement read, or before a one-statement
+#: write is sent, when the connection turns out dead: the first, and one on a fresh one.
 _ATTEMPTS = 2
 
 
@@ -395,24 +397,39 @@ class Scope:
             # Both drivers (sqlite3, psycopg) have Connection.execute: a cursor per call.
             driver.execute(sql)
         except self.engine.dialect.loaded_dbapi.Error as err:
-            dialect = self.engine.dialect
-            raise exc.DBAPIError.instance(
-                sql,
-                None,
-                err,
-                dialect.loaded_dbapi.Error,
-                connection_invalidated=dialect.is_disconnect(err, driver, None),
-                dialect=dialect,
-            ) from err
+            raise self._driver_error(err, sql, driver) from err
+
+    def _driver_error(self, err: Any, sql: str | None, driver: Any) -> exc.StatementError:
+        """The driver's error as SQLAlchemy's, as its own statements raise it."""
+        dialect = self.engine.dialect
+        wrapped: exc.StatementError = exc.DBAPIError.instance(
+            sql,
+            None,
+            err,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=dialect.is_disconnect(err, driver, None),
+            dialect=dialect,
+        )
+        return wrapped
 
     def _lease(self) -> PoolProxiedConnection:
-        """A pooled connection in autocommit: this thread's pinned one, or one checked out."""
-        if self._pins is not None:
-            return self._pins.get()
-        return self.engine.raw_connection()
+        """A pooled connection in autocommit: this thread's pinned one, or one checked out.
+
+        A failure to connect is raised as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError`
+        (the pool hands the driver's own error up), so it is translated like any other.
+        """
+        try:
+            if self._pins is not None:
+                return self._pins.get()
+            return self.engine.raw_connection()
+        except self.engine.dialect.loaded_dbapi.Error as err:
+            raise self._driver_error(err, None, None) from err
 
     def _invalidate(self, leased: PoolProxiedConnection) -> None:
-        leased.invalidate()
+        """Drop a connection found dead.  As SQLAlchemy's own statements do on a disconnect,
+        every pooled connection made before it goes too, at its next checkout: what ended
+        one (a restart, a failover) ended them all, and the retry must not meet another."""
+        self.engine.pool._invalidate(leased)
         if self._pins is not None:
             self._pins.discard()
 

@@ -20,6 +20,8 @@ from dualdb import migrations
 from dualdb.config import Settings, Target, resolve
 from dualdb.engine import create_engine, ping
 from dualdb.errors import DatabaseUnavailable, MigrationError
+from dualdb.hotpath import Statement
+from dualdb.scope import Scope
 from tests.conftest import PgServer
 from tests.integration.driver_trace import driver_statements
 
@@ -218,6 +220,41 @@ def test_calls_after_the_server_killed_the_pooled_connection_succeed(
         with db.scope.read():
             assert db.shots.get(shot.id).name == "opening"
         assert db.projects.get(project.id).name == "after"
+
+
+@postgres_only
+def test_a_write_after_a_restart_ended_every_pooled_connection_succeeds(
+    migrated_url: str, pg_server: PgServer
+) -> None:
+    """A restart ends every pooled connection, not one: the write that finds its connection
+    dead drops the others with it, and its retry does not meet another dead one."""
+    with dualdb.connect(migrated_url) as db:
+        user = db.users.create(email="restart@example.invalid")
+        project = db.projects.create("before", user.id)
+        with db.engine.connect() as a, db.engine.connect() as b:
+            pids = [int(c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()) for c in (a, b)]
+        assert db.engine.pool.checkedin() == 2  # type: ignore[attr-defined]
+        for pid in pids:
+            _terminate(pg_server, pid)
+        assert db.projects.update(project.id, name="after").name == "after"
+        assert db.tasks.claim("w1") is None  # a worker verb on the pool that remains
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() not in pids
+
+
+def test_a_server_out_of_reach_is_database_unavailable_on_the_hot_path() -> None:
+    """Nothing listens there: a read and a write on the driver's connection raise the same
+    typed error as SQLAlchemy's own path, not the driver's."""
+    engine = create_engine(resolve("postgresql://postgres@127.0.0.1:1/postgres"))
+    try:
+        scope = Scope(engine)
+        one = Statement(sa.select(sa.literal_column("1")), engine.dialect)
+        with pytest.raises(DatabaseUnavailable):
+            scope.rows(one, {})
+        with pytest.raises(DatabaseUnavailable):
+            scope.write_rows(one, {})
+    finally:
+        engine.dispose()
 
 
 @postgres_only

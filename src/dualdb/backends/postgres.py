@@ -3,9 +3,11 @@
 Connections are in psycopg's autocommit mode and every transaction starts with an explicit
 ``BEGIN`` (the round trip psycopg would make anyway), so a connection the server dropped
 shows at ``BEGIN``, before anything was written, where :class:`~dualdb.scope.Scope` replaces
-it and starts again — no ping per checkout.  Old connections are recycled
-(:data:`PG_POOL_RECYCLE_S`); behind Supabase's transaction pooler there are no prepared
-statements.  Scoped sessions switch role per transaction (:func:`act_as_user`,
+it and starts again — no ping per checkout.  A call that is one statement sends no ``BEGIN``:
+before a write, :meth:`PostgresBackend.may_be_dead` looks at the idle connection's socket
+(the server's farewell is waiting there) and the scope asks the server only then.  Old
+connections are recycled (:data:`PG_POOL_RECYCLE_S`); behind Supabase's transaction pooler
+there are no prepared statements.  Scoped sessions switch role per transaction (:func:`act_as_user`,
 :func:`act_as_service`, as PostgREST does), and the
 workers' queue verbs are the database's own SQL functions (migration 0008).
 """

@@ -87,8 +87,6 @@ class Backend(ABC):
     #: Each thread keeps one pooled connection for its one-statement calls: checking one out
     #: costs more than the statement (a local file); the pool then has no size limit.
     pin_connections: ClassVar[bool] = False
-    #: How a transaction that writes begins (the engine's "begin" hook sends it).
-    begin_write: ClassVar[str] = "BEGIN"
     #: Postgres-only triggers and functions the migrations create (``dualdb check``).
     extra_triggers: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: The SQLAlchemy driver dualdb uses (``sqlite+pysqlite``, ``postgresql+psycopg``).

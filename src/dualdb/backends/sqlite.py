@@ -103,10 +103,6 @@ class SqliteBackend(Backend):
     text_storage = True
     remote = False
     pin_connections = True
-    # A one-statement write runs without it (dualdb.scope.Scope.write_rows): an autocommit
-    # write statement takes the write lock before it reads (waiting up to the busy timeout),
-    # exactly as BEGIN IMMEDIATE would.
-    begin_write = "BEGIN IMMEDIATE"
     driver = "sqlite+pysqlite"
     library = "the standard library's sqlite3"
     schemes = ("sqlite",)
@@ -169,7 +165,9 @@ class SqliteBackend(Backend):
             if options.get(READ_ONLY):
                 conn.exec_driver_sql("BEGIN")
             else:
-                conn.exec_driver_sql(self.begin_write)
+                # A one-statement write needs none (Scope.write_rows): an autocommit write
+                # statement takes the write lock before it reads, as BEGIN IMMEDIATE does.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
 

@@ -391,7 +391,11 @@ def explain(db: dualdb.Database, statement: str, parameters: Any = None) -> list
 
 
 def claim_plan(
-    db: dualdb.Database, worker_id: str, task_types: list[str] | None = None
+    db: dualdb.Database,
+    worker_id: str,
+    task_types: list[str] | None = None,
+    *,
+    generic: bool = False,
 ) -> tuple[Task | None, list[str]]:
     """Claim with ``db.tasks.claim(worker_id, task_types)``; the task, and its claim's plan.
 
@@ -399,6 +403,8 @@ def claim_plan(
     Postgres: dualdb calls migration 0008's ``dualdb.claim_tasks``, whose statements
     ``EXPLAIN`` cannot see, so the same call is replayed in a transaction that is rolled
     back, with ``auto_explain`` reporting the plan of the ``UPDATE`` inside the function.
+    ``generic`` (Postgres): the replay's plan is the generic one PL/pgSQL caches and reuses
+    for the session (``plan_cache_mode = force_generic_plan``), not one made for its values.
     """
     if db.backend == "sqlite":
         with sqlite_statements(db) as seen:
@@ -417,6 +423,7 @@ def claim_plan(
             "SET LOCAL auto_explain.log_min_duration = 0",
             "SET LOCAL auto_explain.log_nested_statements = on",
             "SET LOCAL auto_explain.log_level = notice",
+            *(["SET LOCAL plan_cache_mode = force_generic_plan"] if generic else []),
         ):
             conn.exec_driver_sql(setting)
         conn.exec_driver_sql(

@@ -67,3 +67,38 @@ def test_claim_reads_the_ready_index_behind_blocked_tasks(
         f"ahead of the first ready one. Plan:\n{text}\n"
         "Make the planner use the partial ready index (on SQLite: INDEXED BY)."
     )
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize(
+    ("task_types", "index"),
+    [(None, "ix_tasks_ready"), (["render"], "ix_tasks_ready_by_type"),
+     (["render", "upscale"], "ix_tasks_ready")],
+    ids=["any-type", "one-type", "two-types"],
+)  # fmt: skip
+def test_a_claim_of_one_task_is_planned_once_per_session(
+    migrated_url: str, backend: str, task_types: list[str] | None, index: str
+) -> None:
+    """PL/pgSQL reuses a statement's generic plan only when it is as cheap as a fresh one.
+
+    0008's claim joined the picked rows to ``tasks``; its generic plan (``max_tasks``
+    unknown) hashed the whole table, so every claim was planned again (~350 µs, more than
+    the claim itself).  Migration 0012's claim of one task has one plan, the right one: the
+    generic plan reads the ready index and the primary key, and nothing in full.
+    """
+    with dualdb.connect(migrated_url) as db:
+        user = db.users.create()
+        project = db.projects.create(name="plan", user_id=user.id)
+        db.tasks.create_many(
+            {"project_id": project.id, "task_type": kind, "params": {}}
+            for kind in ["render", "upscale", "caption"] * (CHAIN // 3)
+        )
+        task, plan = claim_plan(db, "plan-test", task_types, generic=True)
+
+    assert task is not None
+    text = "\n".join(plan)
+    assert re.search(rf"\b{index}\b", text) and re.search(r"\bpk_tasks\b", text), text
+    assert not re.search(r"Seq Scan|Hash", text), (
+        f"the claim's generic plan reads tasks in full, so PL/pgSQL plans it afresh on "
+        f"every call:\n{text}"
+    )

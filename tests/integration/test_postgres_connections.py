@@ -7,7 +7,9 @@ none of this exists on SQLite.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import select
+import threading
 from typing import Any
 
 import psycopg
@@ -17,11 +19,12 @@ from sqlalchemy import event, exc
 
 import dualdb
 from dualdb import migrations
+from dualdb import scope as scope_module
 from dualdb.config import Settings, Target, resolve
 from dualdb.engine import create_engine, ping
 from dualdb.errors import DatabaseUnavailable, MigrationError
 from dualdb.hotpath import Statement
-from dualdb.scope import Scope
+from dualdb.scope import SPARES, Scope, release_pinned
 from tests.conftest import PgServer
 from tests.integration.driver_trace import driver_statements
 
@@ -132,12 +135,24 @@ def test_an_explicit_setting_can_deny_pooler_mode_on_port_6543() -> None:
 # --- dropped connections ---------------------------------------------------------------------
 
 
-def _kill_pooled_connection(engine: sa.Engine, pg_server: PgServer) -> int:
+def _kill_pooled_connection(engine: sa.Engine, pg_server: PgServer) -> list[int]:
+    """End, from outside, every connection ``engine`` has open, as a restart would: those in
+    its pool and those dualdb's one-statement calls keep between them (``scope._Spares``),
+    whichever the next call takes.  One is opened first if there is none."""
     with engine.connect() as conn:
-        pid = int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() or 0)
-    assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
-    _terminate(pg_server, pid)
-    return pid
+        conn.execute(sa.text("SELECT 1"))
+    assert pg_server.admin_url is not None
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+        pids = [
+            int(pid)
+            for (pid,) in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+                (engine.url.database, "dualdb"),
+            )
+        ]
+    for pid in pids:
+        _terminate(pg_server, pid)
+    return pids
 
 
 def _kill_pooled_connection_of(conn: sa.Connection, pg_server: PgServer) -> None:
@@ -186,7 +201,7 @@ def test_a_connection_killed_server_side_is_replaced(db_url: str, pg_server: PgS
         dead = _kill_pooled_connection(engine, pg_server)
         ping(engine)  # the dead connection fails at BEGIN: replaced, and the read done again
         with engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() != dead
+            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() not in dead
     finally:
         engine.dispose()
 
@@ -232,10 +247,11 @@ def test_a_write_after_a_restart_ended_every_pooled_connection_succeeds(
         user = db.users.create(email="restart@example.invalid")
         project = db.projects.create("before", user.id)
         with db.engine.connect() as a, db.engine.connect() as b:
-            pids = [int(c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()) for c in (a, b)]
+            for c in (a, b):
+                c.exec_driver_sql("SELECT 1")
         assert db.engine.pool.checkedin() == 2  # type: ignore[attr-defined]
-        for pid in pids:
-            _terminate(pg_server, pid)
+        pids = _kill_pooled_connection(db.engine, pg_server)  # and the spare the calls kept
+        assert len(pids) == 3, pids
         assert db.projects.update(project.id, name="after").name == "after"
         assert db.tasks.claim("w1") is None  # a worker verb on the pool that remains
         with db.engine.connect() as conn:
@@ -306,6 +322,8 @@ def test_a_connection_with_a_notification_waiting_is_kept(migrated_url: str) -> 
     with dualdb.connect(migrated_url) as db:
         user = db.users.create(email="notify@example.invalid")
         project = db.projects.create("before", user.id)
+        # Every connection in the pool, where the write will take the one that listens.
+        release_pinned(db.engine)
         with driver_statements(db) as seen:
             with db.engine.connect() as conn:
                 conn.exec_driver_sql("LISTEN dualdb_test_channel")
@@ -319,6 +337,7 @@ def test_a_connection_with_a_notification_waiting_is_kept(migrated_url: str) -> 
                 other.execute("NOTIFY dualdb_test_channel, 'hello'")
             assert select.select([socket], [], [], 10)[0]  # the notification has arrived
             db.projects.update(project.id, name="after")
+            release_pinned(db.engine)
             with db.engine.connect() as conn:
                 assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
         # LISTEN's transaction; the check, then the write; the control's SELECT.
@@ -347,6 +366,93 @@ def test_no_ping_per_checkout(db_url: str, pg_server: PgServer) -> None:
             conn.execute(sa.text("SELECT 1"))
     finally:
         engine.dispose()
+
+
+def _server_connections(url: str) -> list[int]:
+    """The backend pids of dualdb's connections to ``url``'s database, seen by the server."""
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'dualdb' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [int(pid) for (pid,) in rows]
+
+
+@postgres_only
+def test_one_statement_calls_keep_a_few_connections_between_them(migrated_url: str) -> None:
+    """Calls that are one statement give their connection to the next one (scope._Spares):
+    one thread works on one connection; many threads use the pool, and keep at most
+    ``SPARES`` once they are done; ``close()`` gives every one back."""
+    with dualdb.connect(migrated_url) as db:
+        pool: Any = db.engine.pool
+        user = db.users.create(email="spares@example.invalid")
+        project = db.projects.create("spares", user.id)
+        for i in range(20):
+            assert db.projects.get(project.id).id == project.id
+            db.projects.update(project.id, name=f"n{i}")
+        assert pool.checkedout() == 1 and pool.checkedin() == 0
+        assert len(_server_connections(migrated_url)) == 1
+
+        start = threading.Barrier(6)
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                start.wait(timeout=30)
+                for i in range(30):
+                    db.projects.get(project.id)
+                    db.projects.update(project.id, name=f"t{i}")
+            except BaseException as err:  # reported below
+                failures.append(err)
+
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not failures
+        assert 1 <= pool.checkedout() <= SPARES
+    assert _server_connections(migrated_url) == []  # closed: none kept
+
+
+@postgres_only
+def test_a_spare_goes_back_to_the_pool_after_a_while(
+    migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection does not go round the spares for ever: after ``SPARE_S`` it goes back
+    to the pool once, whose checkout applies ``pool_recycle`` and the pool's invalidations."""
+    with dualdb.connect(migrated_url) as db:
+        pool: Any = db.engine.pool
+        user = db.users.create(email="spare-age@example.invalid")
+        assert pool.checkedout() == 1
+        monkeypatch.setattr(scope_module, "SPARE_S", 0.0)
+        assert db.users.get(user.id) == user
+        assert pool.checkedout() == 0 and pool.checkedin() == 1
+
+
+def _spare_in_child(db: dualdb.Database, key: str, out: Any) -> None:
+    name = db.users.get(key).email  # the hot path, in the child
+    leases: Any = db.scope._leases
+    out.put((name, [c.dbapi_connection.info.backend_pid for c, _ in leases._free]))
+
+
+@postgres_only
+def test_a_forked_child_never_uses_its_parents_spare(migrated_url: str) -> None:
+    """A connection two processes share mixes their messages: a child starts with none."""
+    with dualdb.connect(migrated_url) as db:
+        user = db.users.create(email="fork@example.invalid")
+        assert db.users.get(user.id) == user
+        (parent_pid,) = _server_connections(migrated_url)
+        ctx = mp.get_context("fork")
+        out = ctx.Queue()
+        child = ctx.Process(target=_spare_in_child, args=(db, str(user.id), out))
+        child.start()
+        email, child_spares = out.get(timeout=60)
+        child.join(timeout=60)
+        assert child.exitcode == 0 and email == "fork@example.invalid"
+        assert len(child_spares) == 1 and parent_pid not in child_spares
+        assert db.users.get(user.id) == user  # the parent's spare still works
+        assert _server_connections(migrated_url) == [parent_pid]
 
 
 # --- sslmode ---------------------------------------------------------------------------------

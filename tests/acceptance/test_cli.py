@@ -72,7 +72,8 @@ def test_sqlite_path_env_var_is_honoured(tmp_path: Path) -> None:
 def test_cli_on_both_backends(db_url: str, tmp_path: Path) -> None:
     status = dualdb("status", "--url", db_url, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
-    assert ", ".join(migrations.revisions()) in status.stdout
+    # The table wraps long cells at the terminal's width: compare the words.
+    assert ", ".join(migrations.revisions()) in " ".join(status.stdout.split())
     assert dualdb("check", "--url", db_url, cwd=tmp_path).returncode == 1
     assert dualdb("migrate", "0001", "--url", db_url, cwd=tmp_path).returncode == 0
     half = dualdb("status", "--url", db_url, "--json", cwd=tmp_path).stdout

@@ -263,3 +263,25 @@ def bind_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Convert
     generic = type_.dialect_impl(dialect).bind_processor(dialect)
     hot = getattr(type_, "hot_bind_processor", None)
     return generic if hot is None else hot(dialect, generic)
+
+
+def row_binder(
+    table: sa.Table, columns: Sequence[str], dialect: Dialect
+) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """A function of a row of values of ``columns``: the row as an ``INSERT`` of them would
+    bind it (each column's :func:`bind_converter`), for a backend's bulk path."""
+    convert = [
+        (i, f)
+        for i, name in enumerate(columns)
+        if (f := bind_converter(table.c[name].type, dialect)) is not None
+    ]
+    if not convert:
+        return _as_is
+
+    def bind(row: Sequence[Any]) -> Sequence[Any]:
+        bound = list(row)
+        for i, f in convert:
+            bound[i] = f(bound[i])
+        return bound
+
+    return bind

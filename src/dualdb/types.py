@@ -296,6 +296,26 @@ class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
             return items
         return json.dumps([str(u) for u in items], separators=(",", ":"))
 
+    def hot_bind_processor(self, dialect: Dialect, fallback: Converter) -> Converter:
+        """The parameter converter of :mod:`dualdb.hotpath`: a list of :class:`uuid.UUID`
+        at once (as :meth:`process_bind_param` binds it), anything else through
+        ``fallback`` (the same checks)."""
+        uuid_class = _uuid.UUID
+        native = dialect.name == "postgresql"
+
+        def convert(value: Any) -> Any:
+            if value.__class__ is list:
+                for item in value:
+                    if item.__class__ is not uuid_class:
+                        break
+                else:
+                    if native:
+                        return value
+                    return "[" + ",".join([f'"{item}"' for item in value]) + "]"
+            return value if fallback is None else fallback(value)
+
+        return convert
+
     def process_result_value(self, value: Any, dialect: Dialect) -> list[_uuid.UUID] | None:
         if value is None:
             return None
@@ -542,6 +562,23 @@ class JSONB(_JSONOnPostgres, sa.types.TypeDecorator[Any]):
             return str(value)
         return dump_json(value)
 
+    def hot_bind_processor(self, dialect: Dialect, fallback: Converter) -> Converter:
+        """The parameter converter of :mod:`dualdb.hotpath`: ``None`` and text serialised
+        already (:class:`SerialisedJSON`) at once, where the storage type binds text as it
+        is; anything else through ``fallback``."""
+        if self.impl_instance.dialect_impl(dialect).bind_processor(dialect) is not None:
+            return fallback
+        serialised = SerialisedJSON
+
+        def convert(value: Any) -> Any:
+            if value is None:
+                return None
+            if value.__class__ is serialised:
+                return str(value)
+            return value if fallback is None else fallback(value)
+
+        return convert
+
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
@@ -684,15 +721,17 @@ class Timestamp(sa.types.TypeDecorator[datetime]):
         return value.astimezone(UTC) if dialect.name == "postgresql" else text
 
     def hot_bind_processor(self, dialect: Dialect, fallback: Converter) -> Converter:
-        """The parameter converter of :mod:`dualdb.hotpath`: on Postgres a UTC datetime at
-        once (what :meth:`process_bind_param` would return), anything else through
-        ``fallback`` (the same checks)."""
-        if dialect.name != "postgresql":
-            return fallback
+        """The parameter converter of :mod:`dualdb.hotpath`: ``None``, and a UTC datetime
+        at once (what :meth:`process_bind_param` would return: itself on Postgres, its text
+        on SQLite), anything else through ``fallback`` (the same checks)."""
+        native = dialect.name == "postgresql"
 
         def convert(value: Any) -> Any:
+            if value is None:
+                return None
             if value.__class__ is datetime and value.tzinfo is UTC:
-                return value
+                # format_timestamp, for an offset it knows is zero.
+                return value if native else value.isoformat(timespec="microseconds")[:26] + "Z"
             return value if fallback is None else fallback(value)
 
         return convert

@@ -1,6 +1,8 @@
-"""Large ``create_many`` batches: on Postgres they go in with ``COPY`` (from
-``dualdb.backends.postgres.COPY_FROM_ROWS`` rows, unscoped); the results, the database's rules
-and the errors are those of a small batch's ``INSERT``, on both backends.
+"""Large ``create_many`` batches go in through the driver (unscoped): ``COPY`` on Postgres
+(from ``dualdb.backends.postgres.COPY_FROM_ROWS`` rows), multi-row ``INSERT`` statements of up
+to 1,000 rows on SQLite (from ``dualdb.backends.sqlite.BULK_ROWS``), then are read back; the
+results, the database's rules and the errors are those of a small batch's ``INSERT``, on both
+backends.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dualdb.backends.postgres import COPY_FROM_ROWS
 from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from tests.integration.dal_support import World
 
-#: Above the COPY threshold (the same batch goes through INSERT on SQLite).
+#: Above both thresholds; on SQLite two statements (1,000 rows, then 200), so a row refused
+#: in the second leaves nothing of the first.
 LARGE = COPY_FROM_ROWS + 200
 
 

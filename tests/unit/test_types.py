@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
 
+from dualdb.hotpath import bind_converter
 from dualdb.types import (
     JSON_NULL,
+    JSONB,
     TASK_STATUSES,
+    Timestamp,
+    UUIDArray,
     dump_json,
     format_timestamp,
     parse_timestamp,
+    serialise_json,
     to_uuid,
 )
 
@@ -91,3 +102,56 @@ def test_json_null_is_distinct_and_serialises_as_null() -> None:
 def test_json_refuses_what_it_cannot_hold(bad: object) -> None:
     with pytest.raises(ValueError):
         dump_json(bad)
+
+
+_DIALECTS = [sqlite_dialect(), psycopg_dialect()]
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _outcome(convert: Any, value: Any) -> tuple[str, Any, type]:
+    """What ``convert`` makes of ``value``: the result and its type, or the error's type."""
+    try:
+        got = convert(value) if convert else value
+    except (ValueError, TypeError) as err:
+        return ("refused", None, type(err))
+    return ("bound", got, type(got))
+
+
+def _serialised(documents: list[object]) -> list[object]:
+    out: list[object] = []
+    for document in documents:
+        with contextlib.suppress(ValueError):  # refused before it could be bound
+            out.append(serialise_json(document))
+    return out
+
+
+@pytest.mark.parametrize("dialect", _DIALECTS, ids=lambda d: d.name)
+@given(
+    stamps=st.lists(st.none() | st.datetimes(timezones=st.timezones()), max_size=4),
+    lists=st.lists(st.lists(st.uuids() | st.uuids().map(str), max_size=3), max_size=4),
+    documents=st.lists(_JSON, max_size=4),
+)
+def test_hot_bind_converters_bind_what_the_types_bind(
+    dialect: Dialect,
+    stamps: list[datetime | None],
+    lists: list[list[uuid.UUID | str]],
+    documents: list[object],
+) -> None:
+    """The hot path's shortcuts (``hot_bind_processor``) give what SQLAlchemy's own bind
+    processing of the type gives, value for value and type for type (or refuse alike)."""
+    cases: list[tuple[TypeEngine[Any], list[Any]]] = [
+        (Timestamp(), [*stamps, datetime(2026, 1, 1)]),  # naive: refused
+        (UUIDArray(), [*lists, "not a list"]),
+        (JSONB(), [*documents, *_serialised(documents)]),
+    ]
+    for type_, values in cases:
+        hot = bind_converter(type_, dialect)
+        generic = type_.dialect_impl(dialect).bind_processor(dialect)
+        for value in values:
+            assert _outcome(hot, value) == _outcome(generic, value), (type_, value)

@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, Engine
 
 from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, TransactionHook, WorkWaiter
 from dualdb.claims import AUTHENTICATED_ROLE, SERVICE_ROLE, Claims
-from dualdb.hotpath import bind_converter
+from dualdb.hotpath import row_binder
 from dualdb.schema import POSTGRES_FUNCTIONS, POSTGRES_TRIGGERS
 
 #: Batches of at least this many rows are written with ``COPY`` (:meth:`PostgresBackend.copy_rows`).
@@ -310,22 +310,14 @@ class PostgresBackend(Backend):
             return False
         # The columns' own bind conversions (with the hot path's shortcuts for values already
         # in the driver's form): COPY gets what an INSERT would have bound.
-        convert = [
-            (i, f)
-            for i, name in enumerate(columns)
-            if (f := bind_converter(table.c[name].type, conn.dialect)) is not None
-        ]
+        bind = row_binder(table, columns, conn.dialect)
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         dbapi = conn.connection.dbapi_connection
         assert isinstance(dbapi, psycopg.Connection)
         try:
             with dbapi.cursor() as cur, cur.copy(statement) as copy:
                 for row in rows:
-                    if convert:
-                        row = list(row)
-                        for i, f in convert:
-                            row[i] = f(row[i])
-                    copy.write_row(row)
+                    copy.write_row(bind(row))
         except psycopg.Error as err:
             # As SQLAlchemy wraps an INSERT's error, so the same translation applies.
             raise sa.exc.DBAPIError.instance(statement, None, err, psycopg.Error) from None

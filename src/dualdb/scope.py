@@ -155,6 +155,7 @@ class _Spares:
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = weakref.ref(engine)
+        self._at_rest = backend_of(engine).at_rest
         #: (connection, when it was checked out); append and pop are atomic.
         self._free: deque[tuple[PoolProxiedConnection, float]] = deque()
         #: id(connection) → (when it was checked out, :attr:`_invalidations` then).
@@ -182,6 +183,7 @@ class _Spares:
         if (
             invalidations == self._invalidations
             and connection.is_valid
+            and self._at_rest(connection.dbapi_connection)  # else the pool resets it
             and len(self._free) < SPARES
             and time.monotonic() - since < SPARE_S
         ):

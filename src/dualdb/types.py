@@ -756,8 +756,12 @@ class Timestamp(sa.types.TypeDecorator[datetime]):
         if dialect.name == "postgresql":
 
             def native(value: Any) -> Any:
-                if value.__class__ is datetime and value.tzinfo is not None:
-                    return value.astimezone(UTC)
+                if value.__class__ is datetime:
+                    zone = value.tzinfo
+                    if zone is UTC:  # the session is in UTC (PostgresBackend.create_engine)
+                        return value
+                    if zone is not None:
+                        return value.astimezone(UTC)
                 return value if value is None or fallback is None else fallback(value)
 
             return native

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import select
 import threading
+from datetime import UTC
 from typing import Any
 
 import psycopg
@@ -106,6 +107,29 @@ def test_prepared_statements_are_off_behind_the_pooler_on_a_real_server(db_url: 
     forced = resolve(db_url, settings=Settings.model_validate({"DUALDB_TRANSACTION_POOLER": "1"}))
     assert forced.transaction_pooler
     assert prepared_statements_after_repeats(forced) == (None, 0)
+
+
+@postgres_only
+def test_sessions_are_in_utc_except_behind_the_transaction_pooler(migrated_url: str) -> None:
+    """Direct and session-pooler connections are set to UTC (instants then arrive as
+    ``datetime.UTC``, kept as they are); behind the transaction pooler a session setting
+    would leak into other clients' server connections, so the server's zone stays, and the
+    records are converted to the same UTC instants."""
+    server_zone = "America/Los_Angeles"  # not UTC, so the conversion is visible
+    with psycopg.connect(migrated_url.replace("+psycopg", ""), autocommit=True) as admin:
+        dbname = admin.info.dbname
+        admin.execute(f"ALTER DATABASE {dbname} SET TimeZone = '{server_zone}'")
+    made: list[tuple[str, Any]] = []
+    for url in (migrated_url, with_query(migrated_url, "pgbouncer=true")):
+        with dualdb.connect(url) as db:
+            with db.engine.connect() as conn:
+                zone = conn.exec_driver_sql("SHOW TimeZone").scalar_one()
+            user = db.users.create()
+            project = db.projects.create("zones", user.id)
+            again = db.projects.get(project.id)
+            assert again == project and again.created_at.tzinfo is UTC
+            made.append((zone, project.created_at))
+    assert [zone for zone, _ in made] == ["UTC", server_zone]
 
 
 @pytest.mark.parametrize(
@@ -428,6 +452,22 @@ def test_a_spare_goes_back_to_the_pool_after_a_while(
         monkeypatch.setattr(scope_module, "SPARE_S", 0.0)
         assert db.users.get(user.id) == user
         assert pool.checkedout() == 0 and pool.checkedin() == 1
+
+
+@postgres_only
+def test_a_connection_left_in_a_transaction_is_not_kept_as_a_spare(migrated_url: str) -> None:
+    """A call interrupted before its end may leave a transaction open: its connection goes
+    back through the pool's reset (a rollback), never straight to the next call."""
+    with dualdb.connect(migrated_url) as db:
+        pool: Any = db.engine.pool
+        user = db.users.create(email="at-rest@example.invalid")
+        leases: Any = db.scope._leases
+        connection = leases.get()
+        connection.dbapi_connection.execute("BEGIN")
+        connection.dbapi_connection.execute("UPDATE users SET email = 'x@example.invalid'")
+        leases.put(connection)
+        assert list(leases._free) == [] and pool.checkedout() == 0
+        assert db.users.get(user.id).email == "at-rest@example.invalid"  # rolled back
 
 
 def _spare_in_child(db: dualdb.Database, key: str, out: Any) -> None:

@@ -103,6 +103,12 @@ class Backend(ABC):
         file's connection cannot be ended from outside."""
         return False
 
+    def at_rest(self, driver: Any) -> bool:
+        """Whether the driver connection ``driver`` is idle outside any transaction, as a
+        call that ran to its end leaves it (one that was interrupted may not): then it can
+        serve the next call as it is, with no reset."""
+        return True
+
     @abstractmethod
     def clock(self) -> sa.ColumnElement[Any]:
         """The time now, read by the database as the statement runs — after the statement

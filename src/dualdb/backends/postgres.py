@@ -225,6 +225,9 @@ class PostgresBackend(Backend):
             return True
         return _readable(socket)
 
+    def at_rest(self, driver: Any) -> bool:
+        return bool(driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
+
     def transaction_pooler(self, url: URL, explicit: bool | None) -> bool:
         if explicit is not None:
             return explicit
@@ -254,6 +257,18 @@ class PostgresBackend(Backend):
             isolation_level="AUTOCOMMIT",
             connect_args=connect_args,
         )
+
+        if not target.transaction_pooler:
+            # Instants arrive as datetime.UTC (psycopg's zone for a session in "UTC"), which
+            # the records keep as they are; in another zone (Debian's "Etc/UTC") each value
+            # would be converted, a third of building a page of records.  Every timestamp
+            # dualdb writes or formats is zone-independent.  Not behind the transaction
+            # pooler, whose server connections a session setting would leak into.
+            @event.listens_for(engine, "connect")
+            def _in_utc(dbapi_conn: psycopg.Connection[Any], _record: Any) -> None:
+                dbapi_conn.execute("SET TIME ZONE 'UTC'")
+                if dbapi_conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    dbapi_conn.commit()
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:

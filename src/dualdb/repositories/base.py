@@ -169,13 +169,17 @@ class Repository(Generic[R]):
         given = self._given(filters)  # validates every filter first
         after = self._decode(cursor) if cursor is not None else None
         rows, build, convert = self._page(given, size + 1, after)
-        items: list[R] = []
         unreadable: list[UnreadableRow] = []
-        for row in rows[:size]:
-            try:
-                items.append(build(row))
-            except UnreadableRow as err:
-                unreadable.append(err)
+        try:
+            items = [build(row) for row in rows[:size]]
+        except UnreadableRow:
+            # Rare: row by row, to keep the others and say which did not decode.
+            items = []
+            for row in rows[:size]:
+                try:
+                    items.append(build(row))
+                except UnreadableRow as err:
+                    unreadable.append(err)
         more = len(rows) > size
         cursor = self._encode(self._sort_key(convert(rows[size - 1]))) if more else None
         return Page(items=items, next_cursor=cursor, unreadable=unreadable)

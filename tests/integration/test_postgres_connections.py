@@ -392,14 +392,21 @@ def test_no_ping_per_checkout(db_url: str, pg_server: PgServer) -> None:
         engine.dispose()
 
 
-def _server_connections(url: str) -> list[int]:
-    """The backend pids of dualdb's connections to ``url``'s database, seen by the server."""
+def _server_connections(url: str, settled: list[int] | None = None) -> list[int]:
+    """The backend pids of dualdb's connections to ``url``'s database, seen by the server;
+    with ``settled``, once they are those (a closed connection's backend takes a moment to
+    exit: the server is asked again, up to 10 s)."""
     with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as admin:
-        rows = admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'dualdb' AND pid <> pg_backend_pid()"
-        ).fetchall()
-    return [int(pid) for (pid,) in rows]
+        for _ in range(500):
+            rows = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'dualdb' AND pid <> pg_backend_pid() ORDER BY pid"
+            ).fetchall()
+            pids = [int(pid) for (pid,) in rows]
+            if settled is None or pids == sorted(settled):
+                break
+            admin.execute("SELECT pg_sleep(0.02)")
+    return pids
 
 
 @postgres_only
@@ -436,7 +443,8 @@ def test_one_statement_calls_keep_a_few_connections_between_them(migrated_url: s
             thread.join(timeout=60)
         assert not failures
         assert 1 <= pool.checkedout() <= SPARES
-    assert _server_connections(migrated_url) == []  # closed: none kept
+    assert pool.checkedout() == 0  # closed: none kept
+    assert _server_connections(migrated_url, settled=[]) == []
 
 
 @postgres_only
@@ -492,7 +500,7 @@ def test_a_forked_child_never_uses_its_parents_spare(migrated_url: str) -> None:
         assert child.exitcode == 0 and email == "fork@example.invalid"
         assert len(child_spares) == 1 and parent_pid not in child_spares
         assert db.users.get(user.id) == user  # the parent's spare still works
-        assert _server_connections(migrated_url) == [parent_pid]
+        assert _server_connections(migrated_url, settled=[parent_pid]) == [parent_pid]
 
 
 # --- sslmode ---------------------------------------------------------------------------------

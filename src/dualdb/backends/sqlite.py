@@ -72,9 +72,11 @@ _CLOCK = (
     .prefix_with("MATERIALIZED")
 )
 #: How often (seconds) an idle worker checks ``PRAGMA data_version``: the pickup delay it adds
-#: at most.  Each check costs ~0.1 ms of CPU (the wake-up and a read of the WAL index in
-#: shared memory): about 1% of a core while idle; every 5 ms would cost twice that.
-SQLITE_CHANGE_CHECK_S = 0.01
+#: at most.  Each check costs 0.1 ms of CPU (the wake-up and a read of the WAL index in shared
+#: memory) on a quiet machine, up to 0.25 ms on a busy one: every 10 ms that measured 1% to
+#: 2.5% of a core while idle (docs/benchmarks.md, F); every 20 ms halves it, for a median
+#: pickup 5 ms later.
+SQLITE_CHANGE_CHECK_S = 0.02
 
 
 class DataVersionWaiter(WorkWaiter):

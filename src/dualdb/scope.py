@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
@@ -144,68 +143,101 @@ class _Spares:
     server.  A one-statement call leaves its connection idle in autocommit, with nothing to
     reset, so up to :data:`SPARES` wait here for the next call (the most recent first) and the
     rest go back.  Unlike a pin per thread, an idle thread holds none: at most
-    :data:`SPARES` of the pool's connections are out while no call runs.
+    :data:`SPARES` of the pool's connections are out while no call runs.  A connection goes
+    back through the pool (``pool_recycle``, the pool's replacement of invalidated ones)
+    once it was first checked out :data:`SPARE_S` ago, in use or waiting here.
 
-    When the pool invalidates a connection (found dead, by any caller), every spare goes back
-    to it, as do those in use when they are given back: the pool's next checkout then
-    replaces each one made before the invalidation, as it does for its own.  Without that, a
-    spare older than the pool's last invalidation would, found dead in turn, not make the pool
+    When the pool invalidates a connection (found dead, by any caller), and when the engine
+    is disposed or its Database closed, every spare is closed, as are those in use when they
+    are given back; their pool slots are opened afresh when needed.  Without that, a spare
+    older than the pool's last invalidation would, found dead in turn, not make the pool
     replace the others a restart ended with it.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = weakref.ref(engine)
         self._at_rest = backend_of(engine).at_rest
-        #: (connection, when it was checked out); append and pop are atomic.
-        self._free: deque[tuple[PoolProxiedConnection, float]] = deque()
-        #: id(connection) → (when it was checked out, :attr:`_invalidations` then).
+        self._lock = threading.Lock()
+        #: (connection, when it was checked out).
+        self._free: list[tuple[PoolProxiedConnection, float]] = []
+        #: id(connection) → (when it was checked out, :attr:`_epoch` when it left here).
         self._out: dict[int, tuple[float, int]] = {}
-        #: How many connections the pool has invalidated since these spares began.
-        self._invalidations = 0
+        #: Counts the pool's invalidations and the releases of every spare: a connection
+        #: out since then is not kept.
+        self._epoch = 0
         sa.event.listen(engine, "invalidate", self._on_invalidate)
+        sa.event.listen(engine, "engine_disposed", self._on_invalidate)
 
     def _on_invalidate(self, *_: Any) -> None:
-        self._invalidations += 1
         self.release_all()
 
     def get(self) -> PoolProxiedConnection:
-        try:
-            connection, since = self._free.pop()
-        except IndexError:
+        now = time.monotonic()
+        found: PoolProxiedConnection | None = None
+        since = now
+        stale: list[PoolProxiedConnection] = []
+        with self._lock:
+            epoch = self._epoch
+            while self._free:
+                candidate, since = self._free.pop()
+                if now - since < SPARE_S:
+                    found = candidate
+                    break
+                stale.append(candidate)
+        for old in stale:
+            old.close()  # through the pool, whose checkout applies pool_recycle
+        if found is None:
             engine = self._engine()
             assert engine is not None  # a Scope holds its engine
-            connection, since = engine.raw_connection(), time.monotonic()
-        self._out[id(connection)] = (since, self._invalidations)
-        return connection
+            found, since = engine.raw_connection(), now
+        self._out[id(found)] = (since, epoch)
+        return found
 
     def put(self, connection: PoolProxiedConnection) -> None:
-        since, invalidations = self._out.pop(id(connection), (0.0, -1))
+        since, epoch = self._out.pop(id(connection), (0.0, -1))
         if (
-            invalidations == self._invalidations
-            and connection.is_valid
+            connection.is_valid
             and self._at_rest(connection.dbapi_connection)  # else the pool resets it
-            and len(self._free) < SPARES
             and time.monotonic() - since < SPARE_S
         ):
-            self._free.append((connection, since))
-        else:
-            connection.close()
+            with self._lock:
+                if epoch != self._epoch:
+                    released = True  # out while every spare was released: as they were
+                elif len(self._free) < SPARES:
+                    self._free.append((connection, since))
+                    return
+                else:
+                    released = False
+            if released:
+                _close_for_good(connection)
+                return
+        connection.close()
 
     def discard(self) -> None:
         self.release_all()  # (the pool's invalidate event has done it already)
 
     def release_all(self) -> None:
-        while True:
-            try:
-                connection, _ = self._free.pop()
-            except IndexError:
-                return
-            connection.close()
+        with self._lock:
+            self._epoch += 1
+            held, self._free = self._free, []
+        for connection, _ in held:
+            _close_for_good(connection)
 
     def disown(self) -> None:
         _INHERITED.extend(self._free)
-        self._free = deque()
+        self._lock = threading.Lock()
+        self._free = []
         self._out = {}
+
+
+def _close_for_good(connection: PoolProxiedConnection) -> None:
+    """Close the driver's connection itself, its pool slot given back empty.
+
+    Not a check-in: the pool may be one the engine has disposed of already (the
+    ``engine_disposed`` event comes after), which would keep it open until collected; and
+    after an invalidation the pool would replace it anyway."""
+    connection.detach()
+    connection.close()
 
 
 #: What a forked child inherited held (see :meth:`_Leases.disown`): referenced for good, so

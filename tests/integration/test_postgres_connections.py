@@ -361,19 +361,16 @@ def test_a_connection_with_a_notification_waiting_is_kept(migrated_url: str) -> 
                 other.execute("NOTIFY dualdb_test_channel, 'hello'")
             assert select.select([socket], [], [], 10)[0]  # the notification has arrived
             db.projects.update(project.id, name="after")
-            release_pinned(db.engine)
-            with db.engine.connect() as conn:
-                assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
-        # LISTEN's transaction; the check, then the write; the control's SELECT.
+            # The write's connection, kept for the next call: the one that listens.
+            ((spare, _),) = db.scope._leases._free  # type: ignore[attr-defined]
+            assert spare.dbapi_connection.info.backend_pid == pid
+        # LISTEN's transaction; the check, then the write.
         assert [s.split(" ", 1)[0] for s in seen] == [
             "BEGIN",
             "LISTEN",
             "COMMIT",
             "SELECT",
             "UPDATE",
-            "BEGIN",
-            "SELECT",
-            "ROLLBACK",
         ], seen
         assert seen[3] == "SELECT 1", seen
         assert db.projects.get(project.id).name == "after"
@@ -451,15 +448,40 @@ def test_one_statement_calls_keep_a_few_connections_between_them(migrated_url: s
 def test_a_spare_goes_back_to_the_pool_after_a_while(
     migrated_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A connection does not go round the spares for ever: after ``SPARE_S`` it goes back
-    to the pool once, whose checkout applies ``pool_recycle`` and the pool's invalidations."""
+    """A connection does not go round the spares for ever: once it was checked out
+    ``SPARE_S`` ago it goes back to the pool, whose checkout applies ``pool_recycle`` and
+    the pool's invalidations — when it is given back, and when it has waited that long."""
     with dualdb.connect(migrated_url) as db:
         pool: Any = db.engine.pool
+        leases: Any = db.scope._leases
         user = db.users.create(email="spare-age@example.invalid")
         assert pool.checkedout() == 1
+        ((parked, _),) = leases._free
         monkeypatch.setattr(scope_module, "SPARE_S", 0.0)
+        got = leases.get()  # the parked one is too old: back to the pool, a checkout instead
+        assert got is not parked and pool.checkedout() == 1
+        leases.put(got)  # too old as well: back to the pool
+        assert leases._free == [] and pool.checkedout() == 0 and pool.checkedin() == 1
         assert db.users.get(user.id) == user
-        assert pool.checkedout() == 0 and pool.checkedin() == 1
+
+
+@postgres_only
+def test_spares_go_back_when_the_database_closes_or_the_engine_is_disposed(
+    migrated_url: str,
+) -> None:
+    """Also a connection in use at that moment: it is not kept when it is given back."""
+    with dualdb.connect(migrated_url) as db:
+        leases: Any = db.scope._leases
+        user = db.users.create(email="spare-close@example.invalid")
+        assert len(leases._free) == 1
+        db.engine.dispose()
+        assert leases._free == []
+        assert db.users.get(user.id) == user
+        in_use = leases.get()
+        db.close()
+        leases.put(in_use)
+        assert leases._free == []
+    assert _server_connections(migrated_url, settled=[]) == []
 
 
 @postgres_only

@@ -41,8 +41,8 @@ SQLITE_JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
 CLOCK_FUNCTION = "dualdb_now"
 
 
-#: Rows from which ``create_many`` inserts through the driver's ``executemany``
-#: (:meth:`SqliteBackend.copy_rows`) and reads the rows back.
+#: Rows from which a batch goes in through the driver, as multi-row ``INSERT`` statements
+#: (:meth:`SqliteBackend.copy_rows`), and ``create_many`` reads the rows back.
 BULK_ROWS = 100
 
 

@@ -15,8 +15,9 @@ C and D).
 A claim of one task (``max_tasks = 1``: ``db.tasks.claim`` and the stock worker) now runs
 ``UPDATE … WHERE id = (SELECT … LIMIT 1 FOR UPDATE SKIP LOCKED)``, whose one plan is the
 right one for every call, so it is planned once per session.  The clock is still read inside
-the statement, after the task is locked: one ``clock_timestamp()`` for the three times.  A
-batch (``max_tasks > 1``) keeps 0008's statement, whose planning is shared by its tasks.
+the statement, after its snapshot (so after the dependency the task waited for completed):
+one ``clock_timestamp()`` for the three times.  A batch (``max_tasks > 1``) keeps 0008's
+statement, whose planning is shared by its tasks.
 
 The checks, their errors, what is returned and the grants are unchanged.
 """
@@ -77,7 +78,7 @@ def _claim(type_filter: str) -> str:
 
 AFTER = f"""
 CREATE OR REPLACE FUNCTION dualdb.claim_tasks(worker_id text, task_types text[] DEFAULT NULL::text[], max_tasks integer DEFAULT 1)
- RETURNS SETOF tasks
+ RETURNS SETOF public.tasks
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'public'
 AS $function$

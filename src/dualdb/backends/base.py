@@ -65,6 +65,18 @@ class WorkWaiter:
         self.close()
 
 
+@contextmanager
+def insert_errors(statement: str, driver_error: type[Exception]) -> Iterator[None]:
+    """A bulk path's errors (:meth:`Backend.copy_rows`) raised as SQLAlchemy raises an
+    ``INSERT``'s, so that the same translation (:func:`dualdb.engine.translate`) applies."""
+    try:
+        yield
+    except driver_error as err:
+        raise sa.exc.DBAPIError.instance(statement, None, err, driver_error) from None
+    except (ValueError, TypeError) as err:
+        raise sa.exc.StatementError(str(err), statement, None, err) from None
+
+
 class Backend(ABC):
     """One database backend: its engine, transactions, locks, roles and per-backend SQL."""
 

@@ -28,7 +28,14 @@ from sqlalchemy import event, exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Engine
 
-from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, TransactionHook, WorkWaiter
+from dualdb.backends.base import (
+    AUTOCOMMIT,
+    READ_ONLY,
+    Backend,
+    TransactionHook,
+    WorkWaiter,
+    insert_errors,
+)
 from dualdb.claims import AUTHENTICATED_ROLE, SERVICE_ROLE, Claims
 from dualdb.hotpath import row_binder
 from dualdb.schema import POSTGRES_FUNCTIONS, POSTGRES_TRIGGERS
@@ -329,15 +336,13 @@ class PostgresBackend(Backend):
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         dbapi = conn.connection.dbapi_connection
         assert isinstance(dbapi, psycopg.Connection)
-        try:
-            with dbapi.cursor() as cur, cur.copy(statement) as copy:
-                for row in rows:
-                    copy.write_row(bind(row))
-        except psycopg.Error as err:
-            # As SQLAlchemy wraps an INSERT's error, so the same translation applies.
-            raise sa.exc.DBAPIError.instance(statement, None, err, psycopg.Error) from None
-        except (ValueError, TypeError) as err:
-            raise sa.exc.StatementError(str(err), statement, None, err) from None
+        with (
+            insert_errors(statement, psycopg.Error),
+            dbapi.cursor() as cur,
+            cur.copy(statement) as copy,
+        ):
+            for row in rows:
+                copy.write_row(bind(row))
         return True
 
     def user_hook(self, claims: Claims) -> TransactionHook:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 
-from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, WorkWaiter
+from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, WorkWaiter, insert_errors
 from dualdb.errors import ConfigError, DatabaseUnavailable, MigrationError
 from dualdb.hotpath import row_binder
 from dualdb.types import format_timestamp
@@ -225,17 +225,11 @@ class SqliteBackend(Backend):
         one = "(" + ", ".join("?" * len(columns)) + ")"
         dbapi = conn.connection.dbapi_connection
         assert isinstance(dbapi, sqlite3.Connection)
-        statement = head + one
-        try:
+        with insert_errors(head + one, sqlite3.Error):  # the statement's form, one row
             for start in range(0, len(rows), per):
                 chunk = rows[start : start + per]
                 statement = head + ", ".join([one] * len(chunk))
                 dbapi.execute(statement, [value for row in chunk for value in bind(row)])
-        except sqlite3.Error as err:
-            # As SQLAlchemy wraps an INSERT's error, so the same translation applies.
-            raise sa.exc.DBAPIError.instance(statement, None, err, sqlite3.Error) from None
-        except (ValueError, TypeError) as err:
-            raise sa.exc.StatementError(str(err), statement, None, err) from None
         return True
 
     def autocommit_read_options(self) -> dict[str, Any]:

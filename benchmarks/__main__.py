@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for path in write_plots(result, args.plots):
                 err.print(f"[dim]wrote {path}[/dim]")
-    missed = [c.metric for b in result.backends for c in b.comparisons if c.met is False]
+    missed = [m for b in result.backends for m in b.missed()]
     err.print(
         f"took {sum(b.seconds for b in result.backends):.0f} s; targets missed: {len(missed)}"
+        + (f" ({', '.join(missed)})" if missed else "")
     )
     return 0
 

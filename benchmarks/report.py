@@ -60,10 +60,8 @@ def scenario_rows(result: BenchResult) -> list[list[str]]:
     """Backend, table, finished, blocked, dualdb µs, raw µs, dualdb/raw, vs small (both)."""
     rows: list[list[str]] = []
     for b in result.backends:
-        small = next((s for s in b.scenarios if s.name == "small"), None)
         for s in b.scenarios:
-            vs_small = s.dualdb_us / small.dualdb_us if small else None
-            met = s.target.met(vs_small) if s.target and vs_small is not None else None
+            ratios = b.vs_small(s)
             rows.append(
                 [
                     b.backend,
@@ -73,10 +71,10 @@ def scenario_rows(result: BenchResult) -> list[list[str]]:
                     _num(s.dualdb_us),
                     _num(s.raw_us),
                     _ratio(s.dualdb_us / s.raw_us),
-                    _ratio(s.dualdb_us / small.dualdb_us) if small else "-",
-                    _ratio(s.raw_us / small.raw_us) if small else "-",
+                    _ratio(ratios[0]) if ratios else "-",
+                    _ratio(ratios[1]) if ratios else "-",
                     s.target.text if s.target else "-",
-                    _verdict(met),
+                    _verdict(b.scenario_met(s)),
                 ]
             )
     return rows

@@ -137,6 +137,27 @@ class BackendResult:
         """The claim scenario called ``name``."""
         return next(s for s in self.scenarios if s.name == name)
 
+    def vs_small(self, scenario: ClaimScenario) -> tuple[float, float] | None:
+        """dualdb's and raw's µs on ``scenario`` ÷ theirs on the small table (None without it)."""
+        small = next((s for s in self.scenarios if s.name == "small"), None)
+        if small is None:
+            return None
+        return scenario.dualdb_us / small.dualdb_us, scenario.raw_us / small.raw_us
+
+    def scenario_met(self, scenario: ClaimScenario) -> bool | None:
+        """D's verdict on one shape (None for the small table, or without it)."""
+        ratios = self.vs_small(scenario)
+        if scenario.target is None or ratios is None:
+            return None
+        return scenario.target.met(ratios[0])
+
+    def missed(self) -> list[str]:
+        """Every measurement of this backend that missed its target, D's shapes included."""
+        names = [c.metric for c in self.comparisons if c.met is False] + [
+            f"claim cost, {s.name}" for s in self.scenarios if self.scenario_met(s) is False
+        ]
+        return [f"{self.backend} {name}" for name in names]
+
 
 @dataclass
 class BenchResult:
@@ -156,7 +177,6 @@ class BenchResult:
             "backends": [],
         }
         for b in self.backends:
-            small = b.scenario("small") if any(s.name == "small" for s in b.scenarios) else None
             out["backends"].append(
                 {
                     "backend": b.backend,
@@ -178,9 +198,10 @@ class BenchResult:
                         {
                             **asdict(s),
                             "plan_summary": s.plan_summary,
-                            "dualdb_vs_small": s.dualdb_us / small.dualdb_us if small else None,
-                            "raw_vs_small": s.raw_us / small.raw_us if small else None,
+                            "dualdb_vs_small": (b.vs_small(s) or (None, None))[0],
+                            "raw_vs_small": (b.vs_small(s) or (None, None))[1],
                             "dualdb_vs_raw": s.dualdb_us / s.raw_us,
+                            "met": b.scenario_met(s),
                         }
                         for s in b.scenarios
                     ],

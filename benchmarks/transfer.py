@@ -26,8 +26,9 @@ import psycopg
 
 import dualdb
 from benchmarks.bulk import _rss_now_kb
-from benchmarks.data import Loader, psycopg_dsn, sqlite_path
+from benchmarks.data import Loader
 from benchmarks.measure import in_child
+from benchmarks.targets import psycopg_dsn, sqlite_path
 from dualdb import migrations
 from dualdb.config import resolve
 

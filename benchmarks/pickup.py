@@ -52,10 +52,10 @@ def idle_cpu(pid: int, window_s: float) -> float:
 
 @contextmanager
 def worker_process(
-    url: str, log: Path, args: Sequence[str] = ()
+    url: str, log: Path, args: Sequence[str] = (), waiting: Sequence[str] = WAITING_LINES
 ) -> Iterator[subprocess.Popen[str]]:
-    """``dualdb worker --url url *args`` (this checkout's code) logging to ``log``; stopped
-    (SIGTERM) afterwards."""
+    """``dualdb worker --url url *args`` (this checkout's code) logging to ``log``, yielded
+    once its log shows one of ``waiting``; stopped (SIGTERM) afterwards."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
@@ -69,7 +69,7 @@ def worker_process(
         )  # fmt: skip
     try:
         until(
-            lambda: proc.poll() is not None or any(w in log.read_text() for w in WAITING_LINES),
+            lambda: proc.poll() is not None or any(w in log.read_text() for w in waiting),
             60,
             "the worker to wait for work",
         )

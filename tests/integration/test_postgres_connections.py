@@ -114,7 +114,8 @@ def test_sessions_are_in_utc_except_behind_the_transaction_pooler(migrated_url: 
     """Direct and session-pooler connections are set to UTC (instants then arrive as
     ``datetime.UTC``, kept as they are); behind the transaction pooler a session setting
     would leak into other clients' server connections, so the server's zone stays, and the
-    records are converted to the same UTC instants."""
+    records are converted to the same UTC instants.  (The pooler half through a real
+    PgBouncer: ``test_pgbouncer.py``.)"""
     server_zone = "America/Los_Angeles"  # not UTC, so the conversion is visible
     with psycopg.connect(migrated_url.replace("+psycopg", ""), autocommit=True) as admin:
         dbname = admin.info.dbname

@@ -270,7 +270,8 @@ class PostgresBackend(Backend):
             # the records keep as they are; in another zone (Debian's "Etc/UTC") each value
             # would be converted, a third of building a page of records.  Every timestamp
             # dualdb writes or formats is zone-independent.  Not behind the transaction
-            # pooler, whose server connections a session setting would leak into.
+            # pooler: its server connections are shared, and although PgBouncer carries
+            # TimeZone per client, a session setting is nothing a transaction pooler must keep.
             @event.listens_for(engine, "connect")
             def _in_utc(dbapi_conn: psycopg.Connection[Any], _record: Any) -> None:
                 dbapi_conn.execute("SET TIME ZONE 'UTC'")

@@ -1,0 +1,132 @@
+"""The queue's trigger functions read dependencies by primary key, and only when there are some.
+
+Migration 0013.  A lookup of ``d.id = ANY (NEW.dependant_on)`` gave the planner an array of
+unknown length: PL/pgSQL planned it again on every status change (each claim, each completion)
+at a cost that grew with the table, and a session whose first inserts went into a small table
+kept a plan that walked a whole index of ``tasks`` per inserted dependent task (a bulk insert
+in quadratic time).  These tests read the plans the server really ran (``auto_explain`` of the
+trigger functions' statements), whoever writes: plain psycopg here, no dualdb in between.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+import uuid_utils.compat as uuid_utils
+
+import dualdb
+from benchmarks.targets import psycopg_dsn
+
+pytestmark = pytest.mark.postgres_only
+
+COLUMNS = "id, task_type, params, status, dependant_on, project_id, attempts, unmet_dependencies"
+
+
+@contextmanager
+def _explained(conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[list[str]]:
+    """The plans of every statement run inside the block, nested ones included."""
+    plans: list[str] = []
+    conn.execute("LOAD 'auto_explain'")
+    for setting in ("log_nested_statements = on", "log_level = notice", "log_analyze = on"):
+        conn.execute(f"SET auto_explain.{setting}")
+
+    def keep(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.message_primary and "plan:" in diag.message_primary:
+            plans.append(diag.message_primary)
+
+    conn.add_notice_handler(keep)
+    conn.execute("SET auto_explain.log_min_duration = 0")
+    try:
+        yield plans
+    finally:
+        conn.execute("SET auto_explain.log_min_duration = -1")
+        conn.remove_notice_handler(keep)
+
+
+def _reads_of_tasks(plans: list[str]) -> list[str]:
+    """Every access to ``tasks`` in ``plans`` (one line each, with its condition)."""
+    reads = []
+    for plan in plans:
+        lines = plan.splitlines()
+        for i, line in enumerate(lines):
+            if re.search(r"Scan( using \w+)? on tasks\b", line):
+                cond = lines[i + 1].strip() if i + 1 < len(lines) else ""
+                reads.append(f"{line.strip()} | {cond}")
+    return reads
+
+
+def _project(url: str) -> uuid.UUID:
+    with dualdb.connect(url) as db:
+        user = db.users.create()
+        return db.projects.create(name="plans", user_id=user.id).id
+
+
+def test_a_bulk_insert_of_dependent_tasks_reads_each_dependency_by_primary_key(
+    migrated_url: str,
+) -> None:
+    """A ``COPY`` of chained tasks into a new table, then one more dependent task: every
+    lookup its trigger makes is a primary-key probe, however small the table was when the
+    session's plans were cached (0010's function walked ``ix_tasks_project_id_created_at_id``
+    in full for each row)."""
+    project_id = _project(migrated_url)
+    now = datetime.now(UTC)
+    with psycopg.connect(psycopg_dsn(migrated_url), autocommit=True) as conn:
+        prev: uuid.UUID | None = None
+        with conn.cursor() as cur, cur.copy(f"COPY tasks ({COLUMNS}) FROM STDIN") as copy:
+            for _ in range(300):
+                key = uuid_utils.uuid7()
+                deps = "{}" if prev is None else "{" + str(prev) + "}"
+                copy.write_row((key, "step", "{}", "Complete", deps, project_id, 1, 0))
+                prev = key
+        with _explained(conn) as plans:
+            conn.execute(
+                f"INSERT INTO tasks ({COLUMNS}) VALUES (%s, 'step', '{{}}', 'Queued', %s, %s, 0, 0)",
+                (uuid_utils.uuid7(), [prev, prev], project_id),
+            )
+        row = conn.execute(
+            "SELECT count(*) FROM tasks WHERE status = 'Queued' AND unmet_dependencies = 0"
+        ).fetchone()
+
+    assert row == (1,)  # its one dependency (named twice) is Complete: the counter says so
+    reads = _reads_of_tasks(plans)
+    dependency_reads = [r for r in reads if "Index Cond: (id = " in r and "pk_tasks" in r]
+    assert dependency_reads, "\n".join(plans)
+    others = [r for r in reads if r not in dependency_reads]
+    assert not others, "reads of tasks other than by primary key:\n" + "\n".join(others)
+
+
+def test_a_claim_of_a_task_without_dependencies_looks_no_dependency_up(
+    migrated_url: str,
+) -> None:
+    """A status change of a task with no dependencies runs no lookup of them (0006's check
+    ran one, planned afresh on every claim); with dependencies, each is read by primary key."""
+    project_id = _project(migrated_url)
+    with psycopg.connect(psycopg_dsn(migrated_url), autocommit=True) as conn:
+        first = uuid_utils.uuid7()
+        conn.execute(
+            f"INSERT INTO tasks ({COLUMNS}) VALUES (%s, 'step', '{{}}', 'Queued', '{{}}', %s, 0, 0)",
+            (first, project_id),
+        )
+        with _explained(conn) as plans:
+            claimed = conn.execute("SELECT id FROM dualdb.claim_tasks('w', NULL, 1)").fetchone()
+        assert claimed == (first,)
+        assert not [p for p in plans if "dependant_on" in p and "d.id" in p], "\n".join(plans)
+
+        conn.execute("SELECT dualdb.complete_task(%s, 'w', 'out')", (first,))
+        second = uuid_utils.uuid7()
+        conn.execute(
+            f"INSERT INTO tasks ({COLUMNS}) VALUES (%s, 'step', '{{}}', 'Queued', %s, %s, 0, 0)",
+            (second, [first], project_id),
+        )
+        with _explained(conn) as plans:
+            claimed = conn.execute("SELECT id FROM dualdb.claim_tasks('w', NULL, 1)").fetchone()
+        assert claimed == (second,)
+        lookups = [r for r in _reads_of_tasks(plans) if "Scan using pk_tasks on tasks d " in r]
+        assert lookups and all("Index Cond: (id = " in r for r in lookups), "\n".join(plans)
+        assert not [p for p in plans if "ANY (NEW.dependant_on)" in p], "\n".join(plans)

@@ -21,6 +21,7 @@ _SIZES = {
     "--projects": "projects",
     "--rounds": "rounds",
     "--tasks": "tasks",
+    "--drains": "drains",
     "--small": "small",
     "--large": "large",
     "--blocked": "blocked",

@@ -6,6 +6,7 @@ import os
 import platform
 import random
 import sqlite3
+import statistics
 import tempfile
 import time
 import uuid
@@ -365,27 +366,33 @@ def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None)
 
         if "C" in cfg.only:
             for procs in cfg.procs:
-                measured: dict[str, float] = {}
+                runs: dict[str, list[float]] = {"dualdb": [], "raw": []}
                 duplicates = 0
-                impls = ("dualdb", "raw") if procs % 2 else ("raw", "dualdb")
-                for impl in impls:
-                    progress(f"{backend}: C, claim→complete, {impl}, {procs} process(es)")
-                    loader.clear_tasks()
-                    _seed_throughput(db, project_id, cfg.tasks)
-                    loader.settle()
-                    run = measure_throughput(impl, url, procs)
-                    left = loader.count("status <> 'Complete'")
-                    reclaimed = loader.count("attempts <> 1")
-                    if run.completed != cfg.tasks or left:
-                        raise RuntimeError(
-                            f"{impl} with {procs} processes completed {run.completed} of "
-                            f"{cfg.tasks} tasks ({left} not Complete)"
+                for drain in range(cfg.drains):
+                    # Alternate which implementation goes first, run to run.
+                    first = ("dualdb", "raw") if (procs + drain) % 2 else ("raw", "dualdb")
+                    for impl in first:
+                        progress(
+                            f"{backend}: C, claim→complete, {impl}, {procs} process(es), "
+                            f"run {drain + 1} of {cfg.drains}"
                         )
-                    if impl == "dualdb":
-                        duplicates = run.duplicates + reclaimed
-                    elif run.duplicates + reclaimed:
-                        raise RuntimeError(f"the raw claim ran {run.duplicates} tasks twice")
-                    measured[impl] = run.tasks_per_s
+                        loader.clear_tasks()
+                        _seed_throughput(db, project_id, cfg.tasks)
+                        loader.settle()
+                        run = measure_throughput(impl, url, procs)
+                        left = loader.count("status <> 'Complete'")
+                        reclaimed = loader.count("attempts <> 1")
+                        if run.completed != cfg.tasks or left:
+                            raise RuntimeError(
+                                f"{impl} with {procs} processes completed {run.completed} of "
+                                f"{cfg.tasks} tasks ({left} not Complete)"
+                            )
+                        if impl == "dualdb":
+                            duplicates += run.duplicates + reclaimed
+                        elif run.duplicates + reclaimed:
+                            raise RuntimeError(f"the raw claim ran {run.duplicates} tasks twice")
+                        runs[impl].append(run.tasks_per_s)
+                measured = {impl: statistics.median(values) for impl, values in runs.items()}
                 noun = "process" if procs == 1 else "processes"
                 result.throughput.append(
                     ThroughputPoint(procs, measured["dualdb"], measured["raw"], duplicates)

@@ -44,6 +44,16 @@ def _counts(text: str) -> tuple[int, ...]:
     return values
 
 
+def _size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value
+
+
 def _letters(text: str) -> str:
     letters = text.upper()
     if not letters or set(letters) - set("ABCDEFG"):
@@ -67,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     for flag, name in _SIZES.items():
-        parser.add_argument(flag, type=int, dest=name, help=f"(default {getattr(defaults, name)})")
+        parser.add_argument(
+            flag, type=_size, dest=name, help=f"(default {getattr(defaults, name)})"
+        )
     parser.add_argument(
         "--procs", type=_counts, help="process counts for claim→complete (default 1,2,4,8)"
     )

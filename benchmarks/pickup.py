@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 WAITING_LINES = ("LISTEN dualdb_tasks", "PRAGMA data_version")
 
 
-def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait for observable state, with a deadline (checks every 2 ms)."""
+def until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.002) -> None:
+    """Wait for observable state, with a deadline (checks every ``every`` seconds)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
+        time.sleep(every)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -87,47 +87,51 @@ def running_pgbouncer(binary: str, server_url: str) -> Iterator[PgBouncer]:
     server = make_url(server_url)
     user = server.username or "postgres"
     base = Path(tempfile.mkdtemp(prefix="dualdb-pgbouncer-"))
-    ini, auth = base / "pgbouncer.ini", base / "userlist.txt"
-    # Any database name goes to the same-named database on the test server.  Clients log in
-    # without a password (auth_type = trust, the user must still be in the auth file);
-    # PgBouncer logs in to the server with the auth file's password, if the server wants one.
-    auth.write_text(f'"{user}" "{server.password or ""}"\n')
-    port = _free_port()
-    ini.write_text(
-        "[databases]\n"
-        f"* = host={server.host or '127.0.0.1'} port={server.port or 5432}\n"
-        "\n[pgbouncer]\n"
-        "listen_addr = 127.0.0.1\n"
-        f"listen_port = {port}\n"
-        "unix_socket_dir =\n"  # no socket file: nothing to collide with
-        "auth_type = trust\n"
-        f"auth_file = {auth}\n"
-        "pool_mode = transaction\n"
-        f"default_pool_size = {POOL_SIZE}\n"
-        "reserve_pool_size = 0\n"  # never more than POOL_SIZE server connections
-        "max_client_conn = 200\n"
-        f"admin_users = {user}\n"
-    )
-    args = [binary]
-    if os.geteuid() == 0:
-        # PgBouncer refuses to run as root: it switches to postgres, who must read the files.
-        for path in (base, ini, auth):
-            shutil.chown(path, "postgres")
-        args += ["-u", "postgres"]
-    log = base / "pgbouncer.log"
-    with log.open("w") as out:  # opened here: its log needs no write access for postgres
-        proc = subprocess.Popen([*args, str(ini)], stdout=out, stderr=subprocess.STDOUT)
-    bouncer = PgBouncer(port=port, user=user, pool_size=POOL_SIZE, log=log)
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        ini, auth = base / "pgbouncer.ini", base / "userlist.txt"
+        # Any database name goes to the same-named database on the test server.  Clients log in
+        # without a password (auth_type = trust, the user must still be in the auth file);
+        # PgBouncer logs in to the server with the auth file's password, if the server wants one.
+        auth.write_text(f'"{user}" "{server.password or ""}"\n')
+        port = _free_port()
+        ini.write_text(
+            "[databases]\n"
+            f"* = host={server.host or '127.0.0.1'} port={server.port or 5432}\n"
+            "\n[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {port}\n"
+            "unix_socket_dir =\n"  # no socket file: nothing to collide with
+            "auth_type = trust\n"
+            f"auth_file = {auth}\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {POOL_SIZE}\n"
+            "reserve_pool_size = 0\n"  # never more than POOL_SIZE server connections
+            "max_client_conn = 200\n"
+            f"admin_users = {user}\n"
+        )
+        args = [binary]
+        if os.geteuid() == 0:
+            # PgBouncer refuses to run as root: it switches to postgres, who must read the files.
+            for path in (base, ini, auth):
+                shutil.chown(path, "postgres")
+            args += ["-u", "postgres"]
+        log = base / "pgbouncer.log"
+        with log.open("w") as out:  # opened here: its log needs no write access for postgres
+            proc = subprocess.Popen([*args, str(ini)], stdout=out, stderr=subprocess.STDOUT)
+        bouncer = PgBouncer(port=port, user=user, pool_size=POOL_SIZE, log=log)
         _wait_until_ready(proc, bouncer)
         yield bouncer
     finally:
-        proc.terminate()  # SIGTERM: PgBouncer's immediate shutdown
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+        if proc is not None:
+            # SIGTERM: an immediate shutdown up to PgBouncer 1.22 (Debian 12 has 1.18); from
+            # 1.23 on it waits for clients, so a client left open is killed after 5 s.
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
         shutil.rmtree(base, ignore_errors=True)
 
 

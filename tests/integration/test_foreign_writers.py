@@ -862,6 +862,24 @@ def test_poison_dependency_arrays_are_refused_when_written(
             assert plain.tasks()[key].unmet == 1
 
 
+def test_a_dependent_task_without_a_project_is_refused_alike(
+    db: Database, writers: list[Plain], owner: Owner
+) -> None:
+    """Its dependencies are in no project of its own: the same verdict on both backends,
+    before the column's NOT NULL is reached (migration 0013 keeps 0006's verdict)."""
+    pg = db.backend == "postgresql"
+    for plain in writers:
+        dep = plain.insert_task(owner.project)
+        insert = (
+            "INSERT INTO tasks (id, task_type, params, dependant_on, created_at, project_id) "
+            "VALUES (?, 'x', '{}', ?, ?, NULL)"
+        )
+        deps = f"{{{dep}}}" if pg else json.dumps([dep])
+        before = snapshot(db)
+        assert plain.refused(insert, str(uuid.uuid4()), deps, stamp()) == DEPS_PROJECT
+        assert snapshot(db) == before
+
+
 def test_poison_generation_task_arrays_are_refused_when_written(
     db: Database, writers: list[Plain], owner: Owner
 ) -> None:

@@ -16,6 +16,7 @@ from dualdb import Conflict, InvalidInput, NotFound
 from dualdb.database import Database
 from dualdb.records import Project
 from dualdb.schema import task_dependencies, tasks
+from tests.integration.driver_trace import driver_statements
 from tests.integration.lock_support import LockWatch
 
 
@@ -361,6 +362,29 @@ def test_enqueue_racing_the_completion_of_its_dependency_is_never_stranded(
     assert [getattr(d, "status", d) for d in done] == ["Complete"]
     claimed = db.tasks.claim("w")
     assert claimed is not None and claimed.id == child.id
+
+
+def test_a_completion_that_releases_dependents_returns_the_task_as_stored(
+    db: Database, project: Project
+) -> None:
+    """Releasing dependents writes their rows, not the completed one's: what the update
+    returned is the task as stored (on SQLite one statement, no read-back); a shot task's
+    row is stamped after the update, and what is returned says so on both backends."""
+    shot = db.shots.create(project.id, "Stamped")
+    for params in ({"prompt": "p"}, {"shot_id": str(shot.id)}):
+        t = db.tasks.enqueue(project.id, "single_image", params)
+        waiting = db.tasks.enqueue(project.id, "single_image", {}, depends_on=[t.id])
+        db.tasks.claim("w")
+        with driver_statements(db) as seen:
+            done = db.tasks.complete(t.id, "w", "files/a.png")
+        assert done == db.tasks.get(t.id)
+        assert (done.generation_processed_at is not None) == ("shot_id" in params)
+        if db.backend == "sqlite":
+            read_back = [q for q in seen if q.startswith("SELECT")]
+            assert len(read_back) == ("shot_id" in params), seen
+        released = db.tasks.claim("w")  # the dependent is ready now
+        assert released is not None and released.id == waiting.id
+        db.tasks.complete(waiting.id, "w", "files/b.png")
 
 
 def test_a_shot_that_disappeared_does_not_poison_completion(db: Database, project: Project) -> None:

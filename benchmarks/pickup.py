@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dualdb
 
@@ -77,12 +78,17 @@ def worker_process(
             raise RuntimeError(f"the worker exited:\n{log.read_text()}")
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+        stop(proc, 30)
+
+
+def stop(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
 
 
 def pickup_latencies(db: dualdb.Database, project_id: uuid.UUID, n: int) -> list[float]:

@@ -26,6 +26,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from benchmarks.pickup import stop
 from tests.conftest import _CI
 
 #: Server connections per (database, user): fewer than the clients the tests open, so
@@ -126,12 +127,7 @@ def running_pgbouncer(binary: str, server_url: str) -> Iterator[PgBouncer]:
         if proc is not None:
             # SIGTERM: an immediate shutdown up to PgBouncer 1.22 (Debian 12 has 1.18); from
             # 1.23 on it waits for clients, so a client left open is killed after 5 s.
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(30)
+            stop(proc, 5)
         shutil.rmtree(base, ignore_errors=True)
 
 

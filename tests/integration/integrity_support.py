@@ -101,11 +101,18 @@ def rules_off(url: str, *, check_constraints: bool = True) -> Iterator[Writer]:
             if not check_constraints:
                 conn.execute("PRAGMA ignore_check_constraints=ON")
             conn.execute("BEGIN IMMEDIATE")
-            module = migration_0006()
-            for _table, name in module.TRIGGERS:
+            # The rules' triggers as the database has them now (0006's, as later migrations
+            # left them), put back as they were.
+            saved = [
+                conn.execute(
+                    "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", (name,)
+                ).fetchone()[0]
+                for _table, name in migration_0006().TRIGGERS
+            ]
+            for _table, name in migration_0006().TRIGGERS:
                 conn.execute(f"DROP TRIGGER {name}")
             yield Writer("sqlite", conn)
-            for sql in module.SQLITE_TRIGGERS.values():
+            for sql in saved:
                 conn.execute(sql)
             conn.execute("COMMIT")
         finally:

@@ -23,7 +23,7 @@ from dualdb.config import resolve
 from dualdb.database import Database
 from dualdb.errors import Conflict, DatabaseBusy, InvalidInput, SchemaOutOfDate
 from dualdb.integrity import DataReport, RepairReport
-from dualdb.migrations import downgrade
+from dualdb.migrations import downgrade, upgrade
 from dualdb.records import Task
 from tests.integration.dal_support import World, snapshot
 from tests.integration.integrity_support import J, Raw, rules_off
@@ -482,6 +482,26 @@ def test_repair_needs_the_triggers_and_the_head_revision(
     assert not behind.audited and not behind.clean and behind.findings == ()
     with pytest.raises(SchemaOutOfDate, match="dualdb migrate"):
         integrity.repair(target)
+
+
+@pytest.mark.sqlite_only
+def test_the_advised_downgrade_and_migrate_bring_back_a_lost_trigger(
+    db: Database, migrated_url: str
+) -> None:
+    """What the audit advises for a lost trigger works for the two that migration 0014
+    replaces too (its downgrade and upgrade drop them only if they exist)."""
+    target = resolve(migrated_url)
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("DROP TRIGGER tasks_check_dependencies"))
+    db.close()
+    downgrade(target, "0005")
+    upgrade(target)
+    with sa.create_engine(migrated_url).connect() as conn:
+        sql = conn.execute(
+            sa.text("SELECT sql FROM sqlite_master WHERE name = 'tasks_check_dependencies'")
+        ).scalar_one()
+    assert "WHERE +d.status IN ('Failed', 'Cancelled')" in sql
+    assert integrity.audit(target).schema == ()
 
 
 def test_a_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:

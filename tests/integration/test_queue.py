@@ -371,20 +371,47 @@ def test_a_completion_that_releases_dependents_returns_the_task_as_stored(
     returned is the task as stored (on SQLite one statement, no read-back); a shot task's
     row is stamped after the update, and what is returned says so on both backends."""
     shot = db.shots.create(project.id, "Stamped")
-    for params in ({"prompt": "p"}, {"shot_id": str(shot.id)}):
+    # (params, stamped, read back on SQLite: any "shot_id" in the stored text is)
+    for params, stamped, read in (
+        ({"prompt": "p"}, False, False),
+        ({"shot_id": None}, False, True),
+        ({"shot_id": str(shot.id)}, True, True),
+    ):
         t = db.tasks.enqueue(project.id, "single_image", params)
         waiting = db.tasks.enqueue(project.id, "single_image", {}, depends_on=[t.id])
         db.tasks.claim("w")
         with driver_statements(db) as seen:
             done = db.tasks.complete(t.id, "w", "files/a.png")
         assert done == db.tasks.get(t.id)
-        assert (done.generation_processed_at is not None) == ("shot_id" in params)
+        assert (done.generation_processed_at is not None) == stamped, params
         if db.backend == "sqlite":
-            read_back = [q for q in seen if q.startswith("SELECT")]
-            assert len(read_back) == ("shot_id" in params), seen
+            read_back = [q for q in seen if q.startswith("SELECT tasks.id")]
+            assert len(read_back) == read, seen
         released = db.tasks.claim("w")  # the dependent is ready now
         assert released is not None and released.id == waiting.id
         db.tasks.complete(waiting.id, "w", "files/b.png")
+
+
+@pytest.mark.sqlite_only
+def test_a_shot_id_given_twice_is_read_as_the_database_reads_it(
+    db: Database, project: Project
+) -> None:
+    """Another program stored params with ``shot_id`` twice, the first one set: SQLite's
+    trigger reads the first and stamps the row (Python's JSON parser keeps the last, null);
+    the completion returns the row as stored."""
+    shot = db.shots.create(project.id, "Twice")
+    t = db.tasks.enqueue(project.id, "single_image", {})
+    waiting = db.tasks.enqueue(project.id, "single_image", {}, depends_on=[t.id])
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE tasks SET params = ? WHERE id = ?",
+            (f'{{"shot_id":"{shot.id}","shot_id":null}}', str(t.id)),
+        )
+    db.tasks.claim("w")
+    done = db.tasks.complete(t.id, "w", "files/a.png")
+    assert done.generation_processed_at is not None
+    assert done == db.tasks.get(t.id)
+    assert db.tasks.get(waiting.id).status == "Queued"
 
 
 def test_a_shot_that_disappeared_does_not_poison_completion(db: Database, project: Project) -> None:

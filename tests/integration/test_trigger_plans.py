@@ -170,6 +170,16 @@ def test_sqlite_reads_a_new_tasks_dependencies_by_primary_key(migrated_url: str)
             )
         conn.execute("COMMIT")
         after = _vm_steps(conn, insert, (str(uuid_utils.uuid7()), f'["{dep}"]', project_id))
+        # The same check when a Queued task's dependencies change (tasks_check_dependencies).
+        moved = str(uuid_utils.uuid7())
+        conn.execute(insert, (moved, "[]", project_id))
+        repoint = "UPDATE tasks SET dependant_on = ? WHERE id = ?"
+        repointed = _vm_steps(conn, repoint, (f'["{dep}"]', moved))
+        unchanged = _vm_steps(conn, repoint, ("[]", moved))
+        triggers = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
     finally:
         conn.close()
     assert after < before * 1.2, (before, after)
+    assert repointed < before * 1.2 and unchanged < before * 1.2, (before, repointed, unchanged)
+    for name in ("tasks_before_insert", "tasks_check_dependencies"):
+        assert "WHERE +d.status IN ('Failed', 'Cancelled')" in triggers[name], name

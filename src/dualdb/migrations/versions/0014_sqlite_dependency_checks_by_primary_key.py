@@ -207,7 +207,9 @@ END
 
 def _replace(triggers: dict[str, str]) -> None:
     for name, sql in triggers.items():
-        op.execute(f"DROP TRIGGER {name}")
+        # IF EXISTS: a trigger lost to a batch rebuild is recreated (what `dualdb check`
+        # tells the user to do: downgrade to 0005, then migrate, runs this again).
+        op.execute(f"DROP TRIGGER IF EXISTS {name}")
         op.execute(sql.strip("\n"))
 
 

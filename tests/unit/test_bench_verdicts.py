@@ -46,6 +46,17 @@ def test_a_shape_is_judged_against_the_small_table_of_its_own_run() -> None:
     assert verdicts == ["-", "met", "MISSED"]
 
 
+def test_the_unvacuumed_table_is_context_without_a_target() -> None:
+    """Issue 13's D names the finished and the blocked table; the finished table before
+    VACUUM is shown beside them with the raw statement's growth, and judged by nobody."""
+    b = _backend()
+    b.scenarios.append(_shape("unvacuumed", 1500.0, 1200.0))  # 3.0 of small
+    assert b.scenario_met(b.scenario("unvacuumed")) is None
+    assert b.missed() == ["postgresql update", "postgresql claim cost, blocked"]
+    row = scenario_rows(BenchResult("t", QUICK, [b]))[-1]
+    assert "no target" in row[1] and row[-2:] == ["-", "-"]
+
+
 def test_without_the_small_table_no_shape_is_judged() -> None:
     b = BackendResult(backend="sqlite", scenarios=[_shape("blocked", 700.0, 440.0)])
     assert b.vs_small(b.scenarios[0]) is None

@@ -391,7 +391,15 @@ class Repository(Generic[R]):
 
         Each row is a dict of :attr:`fields`; an unknown key is refused, not ignored.
         """
-        values = [self._new_values(row) for row in self._rows(rows, self.fields)]
+        return self._create_values([self._new_values(row) for row in self._rows(rows, self.fields)])
+
+    def _create(self, row: Mapping[str, Any]) -> R:
+        """``create`` of one row whose keys are :attr:`fields` by construction (a method's own
+        arguments): :meth:`create_many` without its check of the keys."""
+        return self._create_values([self._new_values(row)])[0]
+
+    def _create_values(self, values: list[dict[str, Any]]) -> list[R]:
+        """Insert rows already validated (:meth:`_new_values`)."""
         if not values:
             return []
         if len(values) == 1 and self._one_statement(values):

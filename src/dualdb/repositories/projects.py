@@ -58,7 +58,7 @@ class ProjectsRepository(Repository[Project]):
         self, name: str, user_id: uuid.UUID | str, *, id: uuid.UUID | str | None = None
     ) -> Project:
         """Add a project owned by ``user_id`` (who must exist); ``id`` defaults to a UUIDv7."""
-        return self.create_many([{"id": id, "name": name, "user_id": user_id}])[0]
+        return self._create({"id": id, "name": name, "user_id": user_id})
 
     def list(
         self,

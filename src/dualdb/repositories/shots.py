@@ -61,7 +61,7 @@ class ShotsRepository(Repository[Shot]):
         self, project_id: uuid.UUID | str, name: str, *, id: uuid.UUID | str | None = None
     ) -> Shot:
         """Add a shot to a project; ``id`` defaults to a UUIDv7."""
-        return self.create_many([{"id": id, "project_id": project_id, "name": name}])[0]
+        return self._create({"id": id, "project_id": project_id, "name": name})
 
     def list(
         self,

@@ -45,7 +45,7 @@ class UsersRepository(Repository[User]):
 
     def create(self, id: uuid.UUID | str | None = None, email: str | None = None) -> User:
         """Add a user (``id`` defaults to a new UUIDv7); :class:`Conflict` if the id exists."""
-        return self.create_many([{"id": id, "email": email}])[0]
+        return self._create({"id": id, "email": email})
 
     def ensure(self, id: uuid.UUID | str, email: str | None = None) -> User:
         """The user with this id, created first if missing (idempotent)."""

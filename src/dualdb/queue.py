@@ -304,7 +304,7 @@ class TaskQueue:
                 self._claim_into(conn, claimed, worker, types, count, 0)
             fast = claimed
         # SQLite's RETURNING has no order; Postgres' function returns oldest first.
-        return sorted(fast, key=lambda t: (t.created_at, t.id))
+        return fast if len(fast) < 2 else sorted(fast, key=lambda t: (t.created_at, t.id))
 
     def _claim_into(
         self,

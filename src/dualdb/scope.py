@@ -504,8 +504,14 @@ class Scope:
         writes nothing, and replaced once; a connection lost in ``work`` raises
         :class:`~dualdb.errors.DatabaseUnavailable`: what was sent is never sent again.
         """
-        with translated_errors():
+        # No context manager (translated_errors): it costs a hot verb more than its checks.
+        try:
             return self._on_driver(work)
+        except (exc.DBAPIError, exc.StatementError) as err:
+            mapped = _mapped(err, None)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     def _on_driver(self, work: Callable[[Any], T]) -> T:
         leased = self._lease_alive()

@@ -488,19 +488,26 @@ def test_repair_needs_the_triggers_and_the_head_revision(
 def test_the_advised_downgrade_and_migrate_bring_back_a_lost_trigger(
     db: Database, migrated_url: str
 ) -> None:
-    """What the audit advises for a lost trigger works for the two that migration 0014
-    replaces too (its downgrade and upgrade drop them only if they exist)."""
+    """What the audit advises for a lost trigger works for the ones that migrations 0014
+    and 0015 replace too (their downgrades and upgrades drop them only if they exist)."""
     target = resolve(migrated_url)
     with db.engine.begin() as conn:
         conn.execute(sa.text("DROP TRIGGER tasks_check_dependencies"))
+        conn.execute(sa.text("DROP TRIGGER tasks_after_status"))
     db.close()
     downgrade(target, "0005")
     upgrade(target)
     with sa.create_engine(migrated_url).connect() as conn:
-        sql = conn.execute(
-            sa.text("SELECT sql FROM sqlite_master WHERE name = 'tasks_check_dependencies'")
-        ).scalar_one()
-    assert "WHERE +d.status IN ('Failed', 'Cancelled')" in sql
+        sql = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT name, sql FROM sqlite_master WHERE name IN "
+                    "('tasks_check_dependencies', 'tasks_after_status')"
+                )
+            ).all()
+        )
+    assert "WHERE +d.status IN ('Failed', 'Cancelled')" in sql["tasks_check_dependencies"]
+    assert "(+status IN ('Pending', 'Queued', 'In Progress')" in sql["tasks_after_status"]
     assert integrity.audit(target).schema == ()
 
 

@@ -183,3 +183,62 @@ def test_sqlite_reads_a_new_tasks_dependencies_by_primary_key(migrated_url: str)
     assert repointed < before * 1.2 and unchanged < before * 1.2, (before, repointed, unchanged)
     for name in ("tasks_before_insert", "tasks_check_dependencies"):
         assert "WHERE +d.status IN ('Failed', 'Cancelled')" in triggers[name], name
+
+
+@pytest.mark.sqlite_only
+def test_sqlite_cancels_dependents_from_their_keys(migrated_url: str) -> None:
+    """Failing a task costs the same with 3,000 Queued tasks in the table as with none, and
+    still cancels its dependents, transitively (migration 0015: 0006's cascade read every
+    unfinished task of the table through ``ix_tasks_status_created_at``, for each task that
+    failed or was cancelled)."""
+    project_id = str(_project(migrated_url))
+    conn = sqlite3.connect(make_url(migrated_url).database or "", isolation_level=None)
+    insert = (
+        "INSERT INTO tasks (id, task_type, params, dependant_on, project_id, status) "
+        "VALUES (?, 'step', '{}', ?, ?, ?)"
+    )
+    fail = "UPDATE tasks SET status = 'Failed', error = 'boom' WHERE id = ?"
+
+    def chain() -> tuple[str, str, str]:
+        """A task In Progress with a dependent, which has one of its own."""
+        head, middle, tail = (str(uuid_utils.uuid7()) for _ in range(3))
+        conn.execute(insert, (head, "[]", project_id, "In Progress"))
+        conn.execute(insert, (middle, f'["{head}"]', project_id, "Queued"))
+        conn.execute(insert, (tail, f'["{middle}"]', project_id, "Queued"))
+        return head, middle, tail
+
+    def alone() -> str:
+        key = str(uuid_utils.uuid7())
+        conn.execute(insert, (key, "[]", project_id, "In Progress"))
+        return key
+
+    try:
+        before = _vm_steps(conn, fail, (alone(),))
+        before_chain = _vm_steps(conn, fail, (chain()[0],))
+        conn.execute("BEGIN")
+        for _ in range(3000):
+            conn.execute(insert, (str(uuid_utils.uuid7()), "[]", project_id, "Queued"))
+        conn.execute("COMMIT")
+        after = _vm_steps(conn, fail, (alone(),))
+        head, middle, tail = chain()
+        after_chain = _vm_steps(conn, fail, (head,))
+        cancelled = dict(
+            conn.execute(
+                "SELECT id, error FROM tasks WHERE id IN (?, ?) AND status = 'Cancelled'",
+                (middle, tail),
+            )
+        )
+        queued = conn.execute("SELECT count(*) FROM tasks WHERE status = 'Queued'").fetchone()
+        sql = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'tasks_after_status'"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    assert after < before * 1.2, (before, after)
+    assert after_chain < before_chain * 1.2, (before_chain, after_chain)
+    assert cancelled == {
+        middle: f"cancelled: dependency {head} failed",
+        tail: f"cancelled: dependency {head} failed",  # one walk, from the failed task
+    }
+    assert queued == (3000,)
+    assert "(+status IN ('Pending', 'Queued', 'In Progress')" in sql

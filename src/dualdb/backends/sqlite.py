@@ -26,7 +26,6 @@ from sqlalchemy.engine import URL, Engine
 from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, WorkWaiter, insert_errors
 from dualdb.errors import ConfigError, DatabaseUnavailable, MigrationError
 from dualdb.hotpath import row_binder
-from dualdb.types import format_timestamp
 
 if TYPE_CHECKING:
     from dualdb.target import Target
@@ -61,7 +60,9 @@ class _JSONList(sa.types.TypeDecorator[list[Any]]):
 
 
 def _clock_text() -> str:
-    return format_timestamp(datetime.now(UTC))
+    # format_timestamp, for an instant known to be UTC: SQLite calls this inside the write
+    # lock of every statement that reads the clock (each claim and completion).
+    return datetime.now(UTC).isoformat(timespec="microseconds")[:26] + "Z"
 
 
 #: ``WITH dualdb_clock AS MATERIALIZED (SELECT dualdb_now() AS now)``, once per statement that

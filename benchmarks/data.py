@@ -149,9 +149,10 @@ class Loader:
         if self._sqlite is not None:
             # The database refuses to delete a task unfinished ones wait for: finish them first
             # (edges go with their tasks).  Ready tasks are completed, pass by pass, before the
-            # rest are cancelled: SQLite's cancel cascade (migration 0006's tasks_after_status)
-            # scans every unfinished task for each task cancelled, so cancelling 100,000 ready
-            # tasks in one UPDATE takes hours.
+            # rest are cancelled, so that the cancel cascade (tasks_after_status) walks only
+            # what is still waiting.  Before migration 0015 that cascade also read every
+            # unfinished task of the table for each task cancelled: cancelling 100,000 ready
+            # tasks in one UPDATE took hours.
             self._sqlite.execute("BEGIN IMMEDIATE")
             while self.finish_ready():
                 pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -22,6 +23,7 @@ from dualdb.types import (
     TASK_STATUSES,
     Timestamp,
     UUIDArray,
+    _json_loads,
     dump_json,
     format_timestamp,
     parse_timestamp,
@@ -155,3 +157,41 @@ def test_hot_bind_converters_bind_what_the_types_bind(
         generic = type_.dialect_impl(dialect).bind_processor(dialect)
         for value in values:
             assert _outcome(hot, value) == _outcome(generic, value), (type_, value)
+
+
+def _verdict(loads: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "value", loads(text)
+    except (ValueError, RecursionError) as err:
+        return type(err).__name__, None
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+)
+
+
+@given(
+    _JSON_VALUES,
+    st.sampled_from(["", " ", "\n", "\t "]),
+    st.sampled_from(["", " ", "\n", "x", "{}", ",1"]),
+    st.booleans(),
+)
+def test_the_fast_json_decoder_gives_json_loads_verdict(
+    value: Any, before: str, after: str, compact: bool
+) -> None:
+    """The hot path's JSON decoding (the scanner called at once) reads every text as
+    ``json.loads`` does: the same value, or the same kind of error (whitespace around the
+    value, a second value after it, nothing at all)."""
+    separators = (",", ":") if compact else (", ", ": ")
+    text = before + json.dumps(value, separators=separators) + after
+    ours, theirs = _verdict(_json_loads, text), _verdict(json.loads, text)
+    # NaN never equals itself: compare the texts they serialise back to.
+    assert json.dumps(ours) == json.dumps(theirs)
+
+
+@pytest.mark.parametrize("text", ["", " ", "\ufeff{}", "tru", '{"a":1', "[" * 100_000, "1 2"])
+def test_the_fast_json_decoder_refuses_what_json_loads_refuses(text: str) -> None:
+    assert _verdict(_json_loads, text)[0] == _verdict(json.loads, text)[0] != "value"

@@ -149,7 +149,7 @@ class BackendResult:
         return scenario.dualdb_us / small.dualdb_us, scenario.raw_us / small.raw_us
 
     def scenario_met(self, scenario: ClaimScenario) -> bool | None:
-        """D's verdict on one shape (None for the small table, or without it)."""
+        """D's verdict on one shape (None without a target, or without the small table)."""
         ratios = self.vs_small(scenario)
         if scenario.target is None or ratios is None:
             return None

@@ -187,58 +187,64 @@ def test_sqlite_reads_a_new_tasks_dependencies_by_primary_key(migrated_url: str)
 
 @pytest.mark.sqlite_only
 def test_sqlite_cancels_dependents_from_their_keys(migrated_url: str) -> None:
-    """Failing a task costs the same with 3,000 Queued tasks in the table as with none, and
-    still cancels its dependents, transitively (migration 0015: 0006's cascade read every
-    unfinished task of the table through ``ix_tasks_status_created_at``, for each task that
-    failed or was cancelled)."""
+    """Failing a task costs the same with 3,000 Queued and 3,000 Cancelled tasks in the table
+    as with none, and still cancels its dependents, transitively; a task whose dependents are
+    all cancelled already does not walk them again (migration 0015: 0006's cascade read every
+    unfinished and every Cancelled task of the table through ``ix_tasks_status_created_at``,
+    for each task that failed or was cancelled)."""
     project_id = str(_project(migrated_url))
     conn = sqlite3.connect(make_url(migrated_url).database or "", isolation_level=None)
     insert = (
-        "INSERT INTO tasks (id, task_type, params, dependant_on, project_id, status) "
-        "VALUES (?, 'step', '{}', ?, ?, ?)"
+        "INSERT INTO tasks (id, task_type, params, dependant_on, project_id, status, error, "
+        "updated_at) VALUES (?, 'step', '{}', ?, ?, ?, ?, '2000-01-01T00:00:00.000000Z')"
     )
     fail = "UPDATE tasks SET status = 'Failed', error = 'boom' WHERE id = ?"
 
-    def chain() -> tuple[str, str, str]:
-        """A task In Progress with a dependent, which has one of its own."""
-        head, middle, tail = (str(uuid_utils.uuid7()) for _ in range(3))
-        conn.execute(insert, (head, "[]", project_id, "In Progress"))
-        conn.execute(insert, (middle, f'["{head}"]', project_id, "Queued"))
-        conn.execute(insert, (tail, f'["{middle}"]', project_id, "Queued"))
-        return head, middle, tail
-
-    def alone() -> str:
+    def task(status: str, depends_on: str = "", error: str | None = None) -> str:
         key = str(uuid_utils.uuid7())
-        conn.execute(insert, (key, "[]", project_id, "In Progress"))
+        conn.execute(
+            insert, (key, f'["{depends_on}"]' if depends_on else "[]", project_id, status, error)
+        )
         return key
 
+    def chain() -> tuple[str, str, str]:
+        """A task In Progress with a dependent, which has one of its own."""
+        head = task("In Progress")
+        middle = task("Queued", head)
+        return head, middle, task("Queued", middle)
+
     try:
-        before = _vm_steps(conn, fail, (alone(),))
-        before_chain = _vm_steps(conn, fail, (chain()[0],))
+        alone = _vm_steps(conn, fail, (task("In Progress"),))
+        walked = _vm_steps(conn, fail, (chain()[0],))
         conn.execute("BEGIN")
-        for _ in range(3000):
-            conn.execute(insert, (str(uuid_utils.uuid7()), "[]", project_id, "Queued"))
+        for status, error in (("Queued", None), ("Cancelled", "gone")):
+            for _ in range(3000):
+                task(status, error=error)
         conn.execute("COMMIT")
-        after = _vm_steps(conn, fail, (alone(),))
+        alone_in_full_table = _vm_steps(conn, fail, (task("In Progress"),))
         head, middle, tail = chain()
-        after_chain = _vm_steps(conn, fail, (head,))
-        cancelled = dict(
-            conn.execute(
-                "SELECT id, error FROM tasks WHERE id IN (?, ?) AND status = 'Cancelled'",
+        walked_in_full_table = _vm_steps(conn, fail, (head,))
+        cancelled = {
+            key: (error, updated != "2000-01-01T00:00:00.000000Z")
+            for key, error, updated in conn.execute(
+                "SELECT id, error, updated_at FROM tasks WHERE id IN (?, ?) "
+                "AND status = 'Cancelled'",
                 (middle, tail),
             )
-        )
-        queued = conn.execute("SELECT count(*) FROM tasks WHERE status = 'Queued'").fetchone()
-        sql = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE name = 'tasks_after_status'"
-        ).fetchone()[0]
+        }
+        # A chain of 300 dependents, cancelled already: failing its head has nothing to walk.
+        root = below = task("In Progress")
+        conn.execute("BEGIN")
+        for _ in range(300):
+            below = task("Cancelled", below, "cancelled by hand")
+        conn.execute("COMMIT")
+        nothing_below = _vm_steps(conn, fail, (root,))
+        counts = dict(conn.execute("SELECT status, count(*) FROM tasks GROUP BY status"))
     finally:
         conn.close()
-    assert after < before * 1.2, (before, after)
-    assert after_chain < before_chain * 1.2, (before_chain, after_chain)
-    assert cancelled == {
-        middle: f"cancelled: dependency {head} failed",
-        tail: f"cancelled: dependency {head} failed",  # one walk, from the failed task
-    }
-    assert queued == (3000,)
-    assert "(+status IN ('Pending', 'Queued', 'In Progress')" in sql
+    assert alone_in_full_table < alone * 1.2, (alone, alone_in_full_table)
+    assert walked_in_full_table < walked * 1.2, (walked, walked_in_full_table)
+    assert nothing_below < alone * 1.5, (alone, nothing_below)
+    message = f"cancelled: dependency {head} failed"  # one walk, from the failed task
+    assert cancelled == {middle: (message, True), tail: (message, True)}
+    assert counts["Queued"] == 3000 and counts["Cancelled"] == 3000 + 2 + 2 + 300, counts

@@ -7,19 +7,25 @@ Create Date: 2026-11-30
 
 Migration 0006's trigger ``tasks_after_status`` cancels every unfinished dependent of a task
 that fails or is cancelled, transitively: ``UPDATE tasks … WHERE NEW.status IN ('Failed',
-'Cancelled') AND (status IN ('Pending', 'Queued', 'In Progress') OR …) AND EXISTS (…) AND id
-IN (<the dependents, recursively>)``.  With no statistics (dualdb never runs ``ANALYZE`` on
-SQLite) the planner drove that update from ``ix_tasks_status_created_at``: it read every
-unfinished task of the table and tested each against the dependents, so failing or
-cancelling one task cost O(unfinished tasks) — 11,600 VM steps with 1,000 Queued tasks in the
-table, 220,600 with 20,000 — and a statement cancelling many tasks at once took quadratic
-time (5,000 / 10,000 / 20,000 ready tasks: 4.3 / 16 / 101 s, docs/benchmarks.md).
-``+status`` and ``+t0.status`` (SQLite's way to keep a term off an index) leave the
-dependents' keys as the only way in: 275 VM steps whatever the table holds.
+'Cancelled') AND (status IN ('Pending', 'Queued', 'In Progress') OR (status = 'Cancelled' AND
+error IS NULL)) AND EXISTS (<an unfinished direct dependent>) AND id IN (<the dependents,
+recursively>)``.  With no statistics (dualdb never runs ``ANALYZE`` on SQLite) the planner drove
+that update from ``ix_tasks_status_created_at``: it read every unfinished and every Cancelled
+task of the table and tested each against the dependents, so failing or cancelling one task
+cost O(unfinished + Cancelled tasks) — 11,300 SQLite VM steps with 1,000 Queued tasks in the
+table, 220,300 with 20,000, 30,300 with 6,000 Cancelled ones — and a statement cancelling many
+tasks at once took quadratic time (5,000 / 10,000 / 20,000 ready tasks: 4.3 / 16 / 101 s).
 
-Nothing else changes: the same cascade, the same errors and times, the same generation on
-completion.  Postgres is not changed: its function walks only when a direct dependent is
-unfinished (0006's guard), and its planner has statistics.
+Here ``+status`` (SQLite's way to keep a term off an index) leaves the dependents' keys as the
+only way in: about 275 VM steps whatever the table holds.  ``+t0.status`` does the same in the
+guard (today's plan reads ``t0`` by key already; this keeps it so).  The guard — nothing left
+to cancel below, no walk — now also stands in the walk's first step: with the update driven by
+the walk, it would otherwise be tested only after the walk, and a task whose dependents are all
+cancelled already would walk them all again.
+
+Nothing else changes: the same rows cancelled, with the same error and time, and the same
+generation on completion.  Postgres is not changed: its function tests the guard before it
+walks, and its planner has statistics.
 """
 
 from collections.abc import Sequence
@@ -89,9 +95,23 @@ END
 #: The status tests of the cascade, each kept off the status index.
 _UNFINISHED = "(status IN ('Pending', 'Queued', 'In Progress') OR (status = 'Cancelled'"
 _DIRECT = "(t0.status IN ('Pending', 'Queued', 'In Progress')\n                           OR (t0.status = 'Cancelled'"
-AFTER = BEFORE.replace(_UNFINISHED, _UNFINISHED.replace("(status", "(+status")).replace(
-    _DIRECT, _DIRECT.replace("(t0.status", "(+t0.status")
-)
+#: The guard (an unfinished direct dependent), and the walk's first step.
+_GUARD = ("EXISTS (SELECT 1 FROM task_dependencies e0", "t0.error IS NULL)))")
+_SEED = "SELECT task_id FROM task_dependencies WHERE dependency_id = NEW.id\n"
+
+
+def _after(before: str) -> str:
+    """0006's trigger with the cascade driven by the dependents' keys (the docstring)."""
+    sql = before.replace(_UNFINISHED, _UNFINISHED.replace("(status", "(+status"))
+    sql = sql.replace(_DIRECT, _DIRECT.replace("(t0.status", "(+t0.status"))
+    start = sql.index(_GUARD[0])
+    guard = sql[start : sql.index(_GUARD[1], start) + len(_GUARD[1])]
+    first_step = f"{_SEED}               AND NEW.status IN ('Failed', 'Cancelled') AND {guard}\n"
+    return sql.replace(_SEED, first_step)
+
+
+#: The trigger this migration creates.
+AFTER = _after(BEFORE)
 
 
 def _replace(sql: str) -> None:

@@ -14,7 +14,7 @@ from benchmarks.run import BenchResult
 _SCENARIO_LABEL = {
     "small": "small: few finished",
     "finished": "many finished",
-    "unvacuumed": "many finished, not vacuumed",
+    "unvacuumed": "many finished, not vacuumed (context)",
     "blocked": "many blocked",
 }
 

@@ -171,11 +171,14 @@ def _json_loads(text: str) -> Any:
     """``json.loads(text)``, the scanner called at once where the text has no surrounding
     whitespace (JSON as the database stores it): ``loads`` wraps the same scanner in three
     Python calls and two regular-expression matches, about a third of decoding a small
-    object.  Any other text goes through ``loads``: the same value, or the same error."""
+    object.  Any other text goes through ``loads``: the same value, or the same error — but
+    for nesting within a couple of levels of Python's recursion limit, where the frames this
+    saves (or, for text with whitespace, adds) move the point at which either raises
+    ``RecursionError``; the callers read that as an unreadable value either way."""
     try:
         parsed, end = _SCAN_JSON(text, 0)
-    except StopIteration:  # no value at index 0 (whitespace, a BOM, nothing)
-        return json.loads(text)
+    except StopIteration:  # no value where one was due: at 0 (whitespace, a BOM, nothing), or
+        return json.loads(text)  # inside (truncated text); loads gives the error
     if end != len(text):  # trailing whitespace, or more than one value
         return json.loads(text)
     return parsed

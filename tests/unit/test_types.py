@@ -175,23 +175,28 @@ _JSON_VALUES = st.recursive(
 
 @given(
     _JSON_VALUES,
-    st.sampled_from(["", " ", "\n", "\t "]),
-    st.sampled_from(["", " ", "\n", "x", "{}", ",1"]),
+    st.sampled_from(["", " ", "\n", "\t ", "\r\n"]),
+    st.sampled_from(["", " ", "\n", "\r", "x", "{}", ",1", "\x00"]),
+    st.booleans(),
     st.booleans(),
 )
 def test_the_fast_json_decoder_gives_json_loads_verdict(
-    value: Any, before: str, after: str, compact: bool
+    value: Any, before: str, after: str, compact: bool, ascii_only: bool
 ) -> None:
     """The hot path's JSON decoding (the scanner called at once) reads every text as
     ``json.loads`` does: the same value, or the same kind of error (whitespace around the
-    value, a second value after it, nothing at all)."""
+    value, a second value after it, nothing at all; raw non-ASCII and lone surrogates).  Not
+    drawn: nesting within a couple of levels of the recursion limit (see ``_json_loads``)."""
     separators = (",", ":") if compact else (", ", ": ")
-    text = before + json.dumps(value, separators=separators) + after
+    text = before + json.dumps(value, separators=separators, ensure_ascii=ascii_only) + after
     ours, theirs = _verdict(_json_loads, text), _verdict(json.loads, text)
     # NaN never equals itself: compare the texts they serialise back to.
     assert json.dumps(ours) == json.dumps(theirs)
 
 
-@pytest.mark.parametrize("text", ["", " ", "\ufeff{}", "tru", '{"a":1', "[" * 100_000, "1 2"])
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "\ufeff{}", "tru", '{"a":1', "[" * 100_000, "1 2", "-", "[1,", "[1,]", "{}\x00"],
+)
 def test_the_fast_json_decoder_refuses_what_json_loads_refuses(text: str) -> None:
     assert _verdict(_json_loads, text)[0] == _verdict(json.loads, text)[0] != "value"

@@ -102,6 +102,10 @@ _SEED = "SELECT task_id FROM task_dependencies WHERE dependency_id = NEW.id\n"
 
 def _after(before: str) -> str:
     """0006's trigger with the cascade driven by the dependents' keys (the docstring)."""
+    # Each edit has exactly one place (the completion branch, say, must keep its walk-free
+    # decrement): a text that drifted would otherwise be edited elsewhere, or not at all.
+    for part in (_UNFINISHED, _DIRECT, _GUARD[0], _SEED):
+        assert before.count(part) == 1, part
     sql = before.replace(_UNFINISHED, _UNFINISHED.replace("(status", "(+status"))
     sql = sql.replace(_DIRECT, _DIRECT.replace("(t0.status", "(+t0.status"))
     start = sql.index(_GUARD[0])

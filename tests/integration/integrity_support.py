@@ -32,14 +32,20 @@ from dualdb.schema import TABLES
 from dualdb.types import format_timestamp
 
 
-def migration_0006() -> ModuleType:
-    """Migration 0006, loaded from its file (migration modules are not importable by name)."""
-    path = MIGRATIONS_DIR / "versions" / "0006_queue_rules_in_the_database.py"
-    spec = importlib.util.spec_from_file_location("dualdb_migration_0006", path)
+def migration(stem: str) -> ModuleType:
+    """A migration, loaded from its file ``versions/<stem>.py`` (migration modules are not
+    importable by name)."""
+    path = MIGRATIONS_DIR / "versions" / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(f"dualdb_migration_{stem[:4]}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def migration_0006() -> ModuleType:
+    """Migration 0006, which made the queue's rules."""
+    return migration("0006_queue_rules_in_the_database")
 
 
 @dataclass(frozen=True)
@@ -103,13 +109,14 @@ def rules_off(url: str, *, check_constraints: bool = True) -> Iterator[Writer]:
             conn.execute("BEGIN IMMEDIATE")
             # The rules' triggers as the database has them now (0006's, as later migrations
             # left them), put back as they were.
+            names = [name for _table, name in migration_0006().TRIGGERS]
             saved = [
                 conn.execute(
                     "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", (name,)
                 ).fetchone()[0]
-                for _table, name in migration_0006().TRIGGERS
+                for name in names
             ]
-            for _table, name in migration_0006().TRIGGERS:
+            for name in names:
                 conn.execute(f"DROP TRIGGER {name}")
             yield Writer("sqlite", conn)
             for sql in saved:

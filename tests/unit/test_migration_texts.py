@@ -6,20 +6,8 @@ with nothing to replace, silently."""
 from __future__ import annotations
 
 import difflib
-import importlib.util
-from types import ModuleType
 
-from dualdb.migrations import MIGRATIONS_DIR
-
-
-def _migration(stem: str) -> ModuleType:
-    """A migration module, loaded from its file (they are not importable by name)."""
-    path = MIGRATIONS_DIR / "versions" / f"{stem}.py"
-    spec = importlib.util.spec_from_file_location(f"dualdb_migration_{stem[:4]}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.integration.integrity_support import migration as _migration
 
 
 def _added(before: str, after: str) -> list[str]:

@@ -160,6 +160,24 @@ def _uuid_of_canonical(text: str) -> _uuid.UUID:
     return made
 
 
+#: UUIDs decoded from their canonical text, by that text, for the hot path's converters.  A
+#: worker reads the same keys again and again: a task's id in its claim and its completion, its
+#: project's id in every task, a dependency's id in its dependents.  A dict lookup costs a tenth
+#: of decoding, and a UUID is immutable, so records may share one.  Emptied when full (a scan
+#: of a million distinct keys pays a lookup and an insert per key, and keeps no more than this).
+_UUIDS: dict[str, _uuid.UUID] = {}
+_UUIDS_KEPT: Final = 4096
+
+
+def _remembered_uuid(text: str) -> _uuid.UUID:
+    """:func:`_uuid_of_canonical`, kept in :data:`_UUIDS` (``text`` is canonical)."""
+    made = _uuid_of_canonical(text)
+    if len(_UUIDS) >= _UUIDS_KEPT:
+        _UUIDS.clear()
+    _UUIDS[text] = made
+    return made
+
+
 #: The standard JSON decoder's scanner (C where there is one): ``(value, end)`` of the text
 #: from an index.
 _SCAN_JSON: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
@@ -272,7 +290,8 @@ class UUID(sa.types.TypeDecorator[_uuid.UUID]):
         """The result converter of :mod:`dualdb.hotpath` for a column the driver describes as
         ``coltype``: the stored canonical form at once, anything else through ``fallback``
         (SQLAlchemy's own processor: the same verdict)."""
-        uuid_class, match, made = _uuid.UUID, _CANONICAL_UUID.match, _uuid_of_canonical
+        uuid_class, match, made = _uuid.UUID, _CANONICAL_UUID.match, _remembered_uuid
+        known = _UUIDS.get
 
         if dialect.name == "postgresql":
             if coltype == PG_UUID_OID:
@@ -286,8 +305,12 @@ class UUID(sa.types.TypeDecorator[_uuid.UUID]):
             return native
 
         def text(value: Any) -> Any:
-            if value.__class__ is str and match(value):
-                return made(value)
+            if value.__class__ is str:
+                seen = known(value)
+                if seen is not None:
+                    return seen
+                if match(value):
+                    return made(value)
             return value if value is None or fallback is None else fallback(value)
 
         return text
@@ -358,7 +381,7 @@ class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
         """The result converter of :mod:`dualdb.hotpath`: a list of canonical UUIDs (SQLite:
         JSON text) at once, anything else through ``fallback`` (the same verdict)."""
         uuid_class, match, loads = _uuid.UUID, _CANONICAL_UUID.match, _json_loads
-        made = _uuid_of_canonical
+        made, known = _remembered_uuid, _UUIDS.get
 
         if dialect.name == "postgresql":
 
@@ -383,9 +406,14 @@ class UUIDArray(sa.types.TypeDecorator[list[_uuid.UUID]]):
                 if items.__class__ is list:
                     uuids = []
                     for item in items:
-                        if item.__class__ is not str or not match(item):
+                        if item.__class__ is not str:
                             break  # not canonical: the fallback's verdict
-                        uuids.append(made(item))
+                        seen = known(item)
+                        if seen is None:
+                            if not match(item):
+                                break
+                            seen = made(item)
+                        uuids.append(seen)
                     else:
                         return uuids
             return value if value is None or fallback is None else fallback(value)

@@ -102,3 +102,24 @@ def test_a_claim_of_one_task_is_planned_once_per_session(
         f"the claim's generic plan reads tasks in full, so PL/pgSQL plans it afresh on "
         f"every call:\n{text}"
     )
+
+
+@pytest.mark.sqlite_only
+def test_a_claim_of_one_task_updates_its_row_by_key(migrated_url: str, backend: str) -> None:
+    """SQLite: ``claim`` updates ``id = (SELECT id … LIMIT 1)``, one lookup of one key.
+
+    ``id IN (SELECT id … LIMIT n)`` (``claim_many``) first builds a list of the picked keys,
+    a tenth of a claim→complete's instructions in SQLite (callgrind, docs/benchmarks.md).
+    """
+    with dualdb.connect(migrated_url) as db:
+        user = db.users.create()
+        project = db.projects.create(name="plan", user_id=user.id)
+        older = db.tasks.enqueue(project_id=project.id, task_type="render", params={})
+        db.tasks.enqueue(project_id=project.id, task_type="render", params={})
+        task, plan = claim_plan(db, "plan-test")
+        many = db.tasks.claim_many("plan-test", 2)
+
+    text = "\n".join(plan)
+    assert task is not None and task.id == older.id and len(many) == 1
+    assert "SCALAR SUBQUERY" in text and "LIST SUBQUERY" not in text, text
+    assert re.search(r"\bix_tasks_ready\b", text), text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
@@ -147,3 +148,31 @@ def test_the_fast_uuid_is_an_ordinary_uuid() -> None:
         )
         assert pickle.loads(pickle.dumps(made)) == plain
         assert {made: 1}[plain] == 1
+
+
+def test_uuids_read_again_are_the_ones_decoded_before() -> None:
+    """The hot path keeps the UUIDs it decoded, by their text (``dualdb.types._UUIDS``): a
+    text read again gives an equal UUID; text that is not canonical is never kept (the
+    fallback still gives its verdict); the memo stays within its size."""
+    from dualdb.types import _UUIDS, _UUIDS_KEPT, UUID, Unreadable, UUIDArray
+
+    dialect = sa.create_engine("sqlite://").dialect
+
+    def hot(type_: UUID | UUIDArray) -> Any:
+        # As dualdb.hotpath builds a column's converter: the type's own processor behind it.
+        fallback = type_.dialect_impl(dialect).result_processor(dialect, None)
+        made = type_.hot_result_processor(dialect, None, fallback)
+        assert made is not None
+        return made
+
+    convert, listed = hot(UUID()), hot(UUIDArray())
+    texts = [str(uuid.uuid4()) for _ in range(_UUIDS_KEPT + 10)]
+    for text in texts:
+        first, again = convert(text), convert(text)
+        assert first == again == uuid.UUID(text) and type(again) is uuid.UUID
+        assert len(_UUIDS) <= _UUIDS_KEPT
+    assert listed(f'["{texts[-1]}", "{texts[0]}"]') == [uuid.UUID(texts[-1]), uuid.UUID(texts[0])]
+    upper = texts[-1].upper()  # readable, but not the stored form: decoded, never kept
+    assert convert(upper) == uuid.UUID(upper) and upper not in _UUIDS
+    assert listed(f'["{upper}"]') == [uuid.UUID(upper)] and upper not in _UUIDS
+    assert isinstance(convert("not-a-uuid"), Unreadable) and "not-a-uuid" not in _UUIDS

@@ -491,7 +491,24 @@ TIMESTAMP_GLOB: Final = (
 )
 
 
-def _check_json(value: Any, path: str = "$", depth: int = 0) -> bool:
+#: Where a value is in a document, for an error message: ``"$"``, or the path of its container
+#: and its key (``str``) or index (``int``) there.  Text only when an error is raised
+#: (:func:`_path_text`): a document's every value is checked, and formatting each one's path
+#: cost more than the checks.
+JSONPath = str | tuple["JSONPath", str | int]
+
+
+def _path_text(path: JSONPath) -> str:
+    """``$.a[0].b`` for ``((("$", "a"), 0), "b")``."""
+    if isinstance(path, str):
+        return path
+    parent, step = path
+    return (
+        f"{_path_text(parent)}[{step}]" if isinstance(step, int) else f"{_path_text(parent)}.{step}"
+    )
+
+
+def _check_json(value: Any, path: JSONPath = "$", depth: int = 0) -> bool:
     """Reject what JSON (and jsonb) cannot hold exactly; True if a float needs writing in full.
 
     Refused: NaN/infinity, non-string keys, arbitrary objects, strings with NUL characters
@@ -503,40 +520,44 @@ def _check_json(value: Any, path: str = "$", depth: int = 0) -> bool:
     if isinstance(value, int):
         # Bit length first: converting a huge int to text is itself refused by Python.
         if abs(value) > MAX_JSON_NUMBER:  # an exact comparison, whatever the int's size
-            raise ValueError(f"{path}: number outside the 64-bit float range")
+            raise ValueError(f"{_path_text(path)}: number outside the 64-bit float range")
         return False
     if isinstance(value, str):
         _check_text(value, path)
         return False
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{path}: {value!r} is not valid JSON")
+            raise ValueError(f"{_path_text(path)}: {value!r} is not valid JSON")
         return value.is_integer() and abs(value) >= _EXACT_FLOAT_FROM
     if isinstance(value, list | tuple | dict) and depth >= MAX_JSON_DEPTH:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, list | tuple):
         exact = False
         for i, item in enumerate(value):
-            exact |= _check_json(item, f"{path}[{i}]", depth + 1)
+            exact |= _check_json(item, (path, i), depth + 1)
         return exact
     if isinstance(value, dict):
         exact = False
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ValueError(f"{path}: object keys must be strings, not {key!r}")
-            _check_text(key, f"{path} key")
-            exact |= _check_json(item, f"{path}.{key}", depth + 1)
+                raise ValueError(f"{_path_text(path)}: object keys must be strings, not {key!r}")
+            _check_text(key, path, " key")
+            exact |= _check_json(item, (path, key), depth + 1)
         return exact
-    raise ValueError(f"{path}: {type(value).__name__} is not JSON-serialisable")
+    raise ValueError(f"{_path_text(path)}: {type(value).__name__} is not JSON-serialisable")
 
 
-def _check_text(value: str, path: str) -> None:
+def _check_text(value: str, path: JSONPath, what: str = "") -> None:
     if "\x00" in value:
-        raise ValueError(f"{path}: text cannot contain NUL characters")
+        raise ValueError(f"{_path_text(path)}{what}: text cannot contain NUL characters")
+    if value.isascii():  # no lone surrogate (and no copy made to find out)
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"{path}: text is not valid Unicode (lone surrogate)") from None
+        raise ValueError(
+            f"{_path_text(path)}{what}: text is not valid Unicode (lone surrogate)"
+        ) from None
 
 
 def _encode_exact(value: Any) -> str:
@@ -551,8 +572,32 @@ def _encode_exact(value: Any) -> str:
     return _dumps(value)
 
 
-#: Built once: json.dumps given options builds an encoder on every call.
-_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+def _not_serialisable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """Compact JSON text of a value (non-ASCII as it is, no NaN): ``JSONEncoder.encode``.
+
+    Its C encoder, made once and called at once where there is one: ``encode`` makes a new
+    one on every call, half the cost of encoding a small document.  Without the check for
+    circular references: every caller checks the document first (:func:`_check_json`, which
+    stops at :data:`MAX_JSON_DEPTH`) or encodes text a database gave.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has the C encoder
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+    chunks = make(
+        None, _not_serialisable, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def encode(value: Any) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+_dumps = _json_encoder()
 
 
 class SerialisedJSON(str):

@@ -168,19 +168,38 @@ def params_json(field: str, value: object) -> SerialisedJSON:
         out = serialise_json(value, _jsonb_order)
     except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidInput(field, f"not storable as JSON: {exc}") from None
-    if len(out.encode("utf-8")) > MAX_PARAMS_BYTES:
+    # A character is at most 4 bytes of UTF-8: most documents need no encoding to know.
+    if len(out) * 4 > MAX_PARAMS_BYTES and len(out.encode("utf-8")) > MAX_PARAMS_BYTES:
         raise InvalidInput(field, f"larger than {MAX_PARAMS_BYTES} bytes of JSON")
     return out
+
+
+#: Values :func:`_jsonb_order` copies as they are (exactly these classes: a subclass goes
+#: through it, which gives the same value).
+_AS_THEY_ARE = frozenset({str, int, bool, type(None)})
+
+
+def _utf8_length(key: str) -> int:
+    return len(key.encode("utf-8"))
 
 
 def _jsonb_order(value: Any) -> Any:
     """A fresh copy of a checked JSON value, every object's keys in jsonb's order (tuples
     become lists, as a JSON round trip makes them)."""
     if isinstance(value, dict):
-        keys = sorted(value, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))
-        return {k: _jsonb_order(value[k]) for k in keys}
+        # jsonb's order: shorter keys (in UTF-8 bytes) first, then bytewise.  Code point
+        # order is UTF-8's byte order (for checked text: no lone surrogates), so a sort of
+        # the keys, then a stable sort by length, gives it without a key function per key
+        # where every key is ASCII (a character per byte).
+        keys = sorted(value)
+        keys.sort(key=len if all(map(str.isascii, keys)) else _utf8_length)
+        plain = _AS_THEY_ARE
+        return {
+            k: item if (item := value[k]).__class__ in plain else _jsonb_order(item) for k in keys
+        }
     if isinstance(value, list | tuple):
-        return [_jsonb_order(item) for item in value]
+        plain = _AS_THEY_ARE
+        return [item if item.__class__ in plain else _jsonb_order(item) for item in value]
     if isinstance(value, float) and value == 0.0:
         return 0.0  # jsonb numbers have no negative zero
     return value

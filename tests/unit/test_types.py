@@ -200,3 +200,57 @@ def test_the_fast_json_decoder_gives_json_loads_verdict(
 )
 def test_the_fast_json_decoder_refuses_what_json_loads_refuses(text: str) -> None:
     assert _verdict(_json_loads, text)[0] == _verdict(json.loads, text)[0] != "value"
+
+
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=6)  # no lone surrogates
+_CHECKED_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=5),
+    max_leaves=12,
+)  # fmt: skip
+
+
+def _keys_in_jsonb_order(value: Any) -> bool:
+    if isinstance(value, dict):
+        keys = list(value)
+        wanted = sorted(keys, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))
+        return keys == wanted and all(_keys_in_jsonb_order(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_keys_in_jsonb_order(v) for v in value)
+    return True
+
+
+@given(_CHECKED_JSON)
+def test_params_are_a_copy_in_jsonbs_key_order_encoded_as_json_does(value: Any) -> None:
+    """``params_json`` copies a document with every object's keys in jsonb's order (shorter in
+    UTF-8 first, then bytewise: what Postgres gives back); dualdb's encoder writes what the
+    standard one writes (compact, non-ASCII as it is)."""
+    from dualdb.types import _dumps
+    from dualdb.validation import _jsonb_order
+
+    ordered = _jsonb_order(value)
+    assert _keys_in_jsonb_order(ordered)
+    assert json.loads(json.dumps(ordered)) == json.loads(json.dumps(value))  # same document
+    standard = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    assert _dumps(ordered) == standard.encode(ordered)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"x": [1, {"y": float("-inf")}]}, "$.x[1].y: -inf is not valid JSON"),
+        ({"x": {2: "y"}}, "$.x: object keys must be strings, not 2"),
+        ({"a\x00": 1}, "$ key: text cannot contain NUL characters"),
+        ({"x": ["ok", "a\x00b"]}, "$.x[1]: text cannot contain NUL characters"),
+        ({"é": {"\ud800": 1}}, "$.é key: text is not valid Unicode (lone surrogate)"),
+        ({"k": [[{"z": "\udfff"}]]}, "$.k[0][0].z: text is not valid Unicode (lone surrogate)"),
+        ({"x": {"y": 2**1100}}, "$.x.y: number outside the 64-bit float range"),
+        ({"x": [object()]}, "$.x[0]: object is not JSON-serialisable"),
+        ([float("nan")], "$[0]: nan is not valid JSON"),
+    ],
+)
+def test_a_refused_document_names_where_it_fails(document: Any, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        dump_json(document)
+    assert str(refused.value) == message

@@ -499,8 +499,8 @@ class Repository(Generic[R]):
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise InvalidInput(f"rows[{i}]", f"must be a dict, not {type(row).__name__}")
-            unknown = sorted(set(row) - fields, key=str)
-            if unknown:
+            if not fields.issuperset(row):  # (no set made per row: a bulk insert's rows pass)
+                unknown = sorted(set(row) - fields, key=str)
                 raise InvalidInput(str(unknown[0]), f"unknown {self.entity} field")
             out.append(row)
         return out
@@ -562,10 +562,11 @@ class Repository(Generic[R]):
                 ),
             )
             dbapi = conn.connection.dbapi_connection
-            made = [
-                self._from_values(r)
-                for r in read_back.rows(dbapi, {"keys": [v[key] for v in values]})
-            ]
+            fetched = read_back.fetch(dbapi, {"keys": [v[key] for v in values]})
+            made: list[R] = []
+            if fetched:  # (a statement's builder is made after its first run)
+                build = read_back.builder(self._make, self._build)
+                made = [build(r) for r in fetched]
             by_key = {getattr(record, key): record for record in made}
             return [by_key[v[key]] for v in values]
         rows = list(conn.execute(self.table.insert().returning(*self.table.c), list(values)).all())

@@ -56,6 +56,7 @@ __all__ = [
     "Unreadable",
     "empty_uuid_array",
     "format_timestamp",
+    "json_encoder",
     "new_uuid",
     "parse_timestamp",
     "to_uuid",
@@ -576,19 +577,30 @@ def _not_serialisable(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _json_encoder() -> Callable[[Any], str]:
-    """Compact JSON text of a value (non-ASCII as it is, no NaN): ``JSONEncoder.encode``.
+def json_encoder(*, sort_keys: bool = False, allow_nan: bool = False) -> Callable[[Any], str]:
+    """Compact JSON text of a value, non-ASCII as it is: ``JSONEncoder(ensure_ascii=False,
+    separators=(",", ":"), sort_keys=…, allow_nan=…).encode``.
 
     Its C encoder, made once and called at once where there is one: ``encode`` makes a new
     one on every call, half the cost of encoding a small document.  Without the check for
     circular references: every caller checks the document first (:func:`_check_json`, which
-    stops at :data:`MAX_JSON_DEPTH`) or encodes text a database gave.
+    stops at :data:`MAX_JSON_DEPTH`) or encodes values a database gave.
     """
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # pragma: no cover - CPython has the C encoder
-        return json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+        return json.JSONEncoder(
+            ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys, allow_nan=allow_nan
+        ).encode
     chunks = make(
-        None, _not_serialisable, json.encoder.encode_basestring, None, ":", ",", False, False, False
+        None,  # no circular-reference markers (see above)
+        _not_serialisable,
+        json.encoder.encode_basestring,
+        None,  # no indent
+        ":",
+        ",",
+        sort_keys,
+        False,  # skipkeys
+        allow_nan,
     )
 
     def encode(value: Any) -> str:
@@ -597,7 +609,7 @@ def _json_encoder() -> Callable[[Any], str]:
     return encode
 
 
-_dumps = _json_encoder()
+_dumps = json_encoder()
 
 
 class SerialisedJSON(str):

@@ -44,6 +44,7 @@ from dualdb.types import (
     UUIDArrayText,
     UUIDText,
     format_timestamp,
+    json_encoder,
     parse_timestamp,
     to_uuid,
 )
@@ -191,18 +192,16 @@ def canonical_json(text: str) -> str:
         # sort as str, strings encode alike), many times faster.  Anything it refuses (an
         # integer past Python's 4,300-digit limit, or text that is not JSON) goes to the
         # exact path, which gives the verdict.
-        value = json.loads(text, parse_float=_has_fraction, parse_constant=_refuse_constant)
+        value = _DECODE_UNLESS_FRACTIONAL(text)
     except (_Fractional, ValueError, RecursionError):
-        value = json.loads(
-            text, parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant
-        )
-        return _canonical(value)
+        return _canonical(_DECODE_EXACT(text))
     return _SORTED_COMPACT(value)
 
 
-#: json.dumps builds an encoder per call given options: these are built once.
-_SORTED_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
-_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: json.loads and json.dumps build a decoder or an encoder per call given options: these are
+#: built once (both per row of a copy's verification).
+_SORTED_COMPACT = json_encoder(sort_keys=True, allow_nan=True)
+_COMPACT = json_encoder(allow_nan=True)
 
 
 class _Fractional(Exception):
@@ -211,6 +210,14 @@ class _Fractional(Exception):
 
 def _has_fraction(text: str) -> Any:
     raise _Fractional(text)
+
+
+_DECODE_UNLESS_FRACTIONAL = json.JSONDecoder(
+    parse_float=_has_fraction, parse_constant=_refuse_constant
+).decode
+_DECODE_EXACT = json.JSONDecoder(
+    parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant
+).decode
 
 
 def _canonical(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -22,17 +23,27 @@ def _stored_by_slot(cls: type[R]) -> type[R]:
     ``__setattr__`` refuses): a lookup and a call per field, half the cost of building a
     record, and the hot path builds one or two per call.  This one takes the same parameters
     (same names, same order, no defaults) and stores the same values; after it the record is
-    as frozen as before.
+    as frozen as before.  Made as ``dataclasses`` makes its own: the text run in the record's
+    module (so its annotations resolve there), the setters handed in by a factory.
     """
-    names = [f.name for f in fields(cls)]
-    if any(f.default is not MISSING or f.default_factory is not MISSING for f in fields(cls)):
-        raise TypeError(f"{cls.__name__}: only records without defaults")
-    setters = {f"_set_{name}": getattr(cls, name).__set__ for name in names}
-    lines = "".join(f"    _set_{name}(self, {name})\n" for name in names)
-    made: dict[str, Any] = {}
+    found = fields(cls)
+    if "__post_init__" in dir(cls) or any(
+        f.default is not MISSING or f.default_factory is not MISSING or not f.init or f.kw_only
+        for f in found
+    ):
+        raise TypeError(f"{cls.__name__}: only records of plain positional fields")
+    names = [f.name for f in found]
+    setters = [f"_set_{name}" for name in names]
+    lines = "".join(f"        _set_{name}(self, {name})\n" for name in names)
     # The text is ours (field names of a dataclass): nothing of a caller's is evaluated.
-    exec(f"def __init__(self, {', '.join(names)}):\n{lines}", setters, made)
-    init = made["__init__"]
+    text = (
+        f"def __create_init__({', '.join(setters)}):\n"
+        f"    def __init__(self, {', '.join(names)}):\n{lines}"
+        "    return __init__\n"
+    )
+    made: dict[str, Any] = {}
+    exec(text, sys.modules[cls.__module__].__dict__, made)
+    init = made["__create_init__"](*(getattr(cls, name).__set__ for name in names))
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
     init.__annotations__ = cls.__init__.__annotations__

@@ -584,7 +584,9 @@ def json_encoder(*, sort_keys: bool = False, allow_nan: bool = False) -> Callabl
     Its C encoder, made once and called at once where there is one: ``encode`` makes a new
     one on every call, half the cost of encoding a small document.  Without the check for
     circular references: every caller checks the document first (:func:`_check_json`, which
-    stops at :data:`MAX_JSON_DEPTH`) or encodes values a database gave.
+    stops at :data:`MAX_JSON_DEPTH`) or encodes values a database gave.  (A container that
+    iterates differently each time could pass the check and then loop: ``RecursionError``
+    here, where ``JSONEncoder`` says "Circular reference detected".)
     """
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # pragma: no cover - CPython has the C encoder

@@ -188,11 +188,14 @@ def _jsonb_order(value: Any) -> Any:
     become lists, as a JSON round trip makes them)."""
     if isinstance(value, dict):
         # jsonb's order: shorter keys (in UTF-8 bytes) first, then bytewise.  Code point
-        # order is UTF-8's byte order (for checked text: no lone surrogates), so a sort of
-        # the keys, then a stable sort by length, gives it without a key function per key
-        # where every key is ASCII (a character per byte).
-        keys = sorted(value)
-        keys.sort(key=len if all(map(str.isascii, keys)) else _utf8_length)
+        # order is UTF-8's byte order (for checked text: no lone surrogates), so for plain
+        # str keys a sort of the keys, then a stable sort by length, gives it without a key
+        # function per key where every key is ASCII (a character per byte).
+        if all(k.__class__ is str for k in value):
+            keys = sorted(value)
+            keys.sort(key=len if all(map(str.isascii, keys)) else _utf8_length)
+        else:  # a subclass may compare or measure itself otherwise: its bytes decide
+            keys = sorted(value, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))
         plain = _AS_THEY_ARE
         return {
             k: item if (item := value[k]).__class__ in plain else _jsonb_order(item) for k in keys

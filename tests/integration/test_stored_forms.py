@@ -170,6 +170,7 @@ def test_uuids_read_again_are_the_ones_decoded_before() -> None:
     for text in texts:
         first, again = convert(text), convert(text)
         assert first == again == uuid.UUID(text) and type(again) is uuid.UUID
+        assert again is first and _UUIDS[text] is first  # kept, not decoded again
         assert len(_UUIDS) <= _UUIDS_KEPT
     assert listed(f'["{texts[-1]}", "{texts[0]}"]') == [uuid.UUID(texts[-1]), uuid.UUID(texts[0])]
     upper = texts[-1].upper()  # readable, but not the stored form: decoded, never kept

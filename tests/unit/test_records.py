@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import inspect
 import pickle
+import typing
 import uuid
 from datetime import UTC, datetime
 
@@ -58,11 +59,35 @@ def test_a_record_stays_frozen_and_keeps_its_value_semantics() -> None:
     assert repr(user).startswith("User(id=UUID(")
 
 
-def test_only_records_without_defaults_get_the_init() -> None:
+@pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.__name__)
+def test_the_init_keeps_its_type_hints(cls: type[Record]) -> None:
+    hints = typing.get_type_hints(cls.__init__)  # resolved in the records' module
+    assert hints == {**typing.get_type_hints(cls), "return": type(None)}
+    assert inspect.signature(cls, eval_str=True).parameters["id"].annotation is uuid.UUID
+
+
+def test_only_records_of_plain_positional_fields_get_the_init() -> None:
     @dataclasses.dataclass(frozen=True, slots=True)
     class WithDefault(Record):
         a: int
         b: int = 0
 
-    with pytest.raises(TypeError, match="without defaults"):
-        records._stored_by_slot(WithDefault)
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class NotInInit(Record):
+        a: int
+        b: int = dataclasses.field(init=False, default=0)
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class KeywordOnly(Record):
+        a: int
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class PostInit(Record):
+        a: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    for cls in (WithDefault, NotInInit, KeywordOnly, PostInit):
+        with pytest.raises(TypeError, match="plain positional fields"):
+            records._stored_by_slot(cls)

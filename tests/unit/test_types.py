@@ -254,3 +254,15 @@ def test_a_refused_document_names_where_it_fails(document: Any, message: str) ->
     with pytest.raises(ValueError) as refused:
         dump_json(document)
     assert str(refused.value) == message
+
+
+def test_keys_that_compare_themselves_otherwise_still_get_jsonbs_order() -> None:
+    """A ``str`` subclass key may define its own ``<``: jsonb's order is its UTF-8 bytes'."""
+    from dualdb.validation import params_json
+
+    class Backwards(str):
+        def __lt__(self, other: object) -> bool:
+            return str(self) > str(other)
+
+    keys = [Backwards(k) for k in ("c", "a", "é", "bb")]
+    assert list(params_json("params", dict.fromkeys(keys, 1)).value) == ["a", "c", "bb", "é"]

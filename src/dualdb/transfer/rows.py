@@ -194,12 +194,16 @@ def canonical_json(text: str) -> str:
         # exact path, which gives the verdict.
         value = _DECODE_UNLESS_FRACTIONAL(text)
     except (_Fractional, ValueError, RecursionError):
-        return _canonical(_DECODE_EXACT(text))
+        # json.loads here: its verdict on text it refuses (a BOM included), as before.
+        exact = json.loads(
+            text, parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant
+        )
+        return _canonical(exact)
     return _SORTED_COMPACT(value)
 
 
-#: json.loads and json.dumps build a decoder or an encoder per call given options: these are
-#: built once (both per row of a copy's verification).
+#: json.dumps builds an encoder per call given options: these are built once (both per row of
+#: a copy's verification).
 _SORTED_COMPACT = json_encoder(sort_keys=True, allow_nan=True)
 _COMPACT = json_encoder(allow_nan=True)
 
@@ -214,9 +218,6 @@ def _has_fraction(text: str) -> Any:
 
 _DECODE_UNLESS_FRACTIONAL = json.JSONDecoder(
     parse_float=_has_fraction, parse_constant=_refuse_constant
-).decode
-_DECODE_EXACT = json.JSONDecoder(
-    parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant
 ).decode
 
 

@@ -83,11 +83,18 @@ def measure_get(
 
 
 def _alternate(
-    mine: Callable[[], object], theirs: Callable[[], object], per_round: int, rounds: int
+    mine: Callable[[], object],
+    theirs: Callable[[], object],
+    per_round: int,
+    rounds: int,
+    settle: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
-    """µs per call of ``mine`` and ``theirs``: the median of alternating rounds."""
+    """µs per call of ``mine`` and ``theirs``: the median of alternating rounds, each after
+    ``settle()`` (untimed) where given."""
 
     def timed(op: Callable[[], object]) -> float:
+        if settle is not None:
+            settle()
         start = time.perf_counter_ns()
         for _ in range(per_round):
             op()
@@ -112,10 +119,15 @@ def measure_writes(
     ids: list[uuid.UUID],
     ops: int,
     rounds: int,
+    settle: Callable[[], None] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """µs per single-row ``create``, ``update``, ``delete`` and ``list(50)`` of projects.
 
-    Each: the median of ``rounds`` alternating rounds.  Creates insert fresh UUIDv7 ids (as
+    Each: the median of ``rounds`` alternating rounds, each round after ``settle()`` where
+    given (SQLite: a WAL checkpoint, so that each side's round meets the same automatic
+    checkpoints: SQLite runs one, a few milliseconds, in whichever commit fills the WAL to
+    1,000 pages, about every 250 single-row writes here, and 2 or 3 of them in a round of
+    one side but not the other moved a ratio by ±0.15).  Creates insert fresh UUIDv7 ids (as
     dualdb makes them); updates rename the projects of ``ids`` in turn; deletes remove projects
     made for it beforehand (untimed); ``list(50)`` reads the first page of ``owner``'s projects.
     """
@@ -170,7 +182,7 @@ def measure_writes(
         for _ in range(warmup):
             mine()
             theirs()
-        out[name] = _alternate(mine, theirs, per_round, rounds)
+        out[name] = _alternate(mine, theirs, per_round, rounds, settle)
     return out
 
 

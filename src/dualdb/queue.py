@@ -219,7 +219,7 @@ class TaskQueue:
             if self._scope.backend.queue_functions:
                 source: sa.ClauseElement = _SQL_VERBS[name]
             elif name == "claim":
-                source = self._claim_many_statement(typed=False)
+                source = self._claim_many_any
             elif name == "claim_one":
                 source = self._claim_many_statement(typed=False, one=True)
             elif name == "complete":
@@ -290,8 +290,9 @@ class TaskQueue:
 
         Each is set ``In Progress`` as :meth:`claim` sets one; the list is empty when nothing
         is ready.  One statement: ``dualdb.claim_tasks(…, max_tasks)`` on Postgres, one
-        ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`` on SQLite (which takes the write
-        lock before it reads, as ``BEGIN IMMEDIATE`` would).  A row that does not decode is
+        ``UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`` on SQLite (``id = (SELECT …
+        LIMIT 1)`` for one task; SQLite takes the write lock before it reads, as ``BEGIN
+        IMMEDIATE`` would).  A row that does not decode is
         marked Failed and left out (the claim then tries to take another in its place), as
         :meth:`claim` does.
         """

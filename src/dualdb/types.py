@@ -496,10 +496,10 @@ TIMESTAMP_GLOB: Final = (
 #: and its key (``str``) or index (``int``) there.  Text only when an error is raised
 #: (:func:`_path_text`): a document's every value is checked, and formatting each one's path
 #: cost more than the checks.
-JSONPath = str | tuple["JSONPath", str | int]
+_JSONPath = str | tuple["_JSONPath", str | int]
 
 
-def _path_text(path: JSONPath) -> str:
+def _path_text(path: _JSONPath) -> str:
     """``$.a[0].b`` for ``((("$", "a"), 0), "b")``."""
     if isinstance(path, str):
         return path
@@ -509,7 +509,7 @@ def _path_text(path: JSONPath) -> str:
     )
 
 
-def _check_json(value: Any, path: JSONPath = "$", depth: int = 0) -> bool:
+def _check_json(value: Any, path: _JSONPath = "$", depth: int = 0) -> bool:
     """Reject what JSON (and jsonb) cannot hold exactly; True if a float needs writing in full.
 
     Refused: NaN/infinity, non-string keys, arbitrary objects, strings with NUL characters
@@ -548,7 +548,7 @@ def _check_json(value: Any, path: JSONPath = "$", depth: int = 0) -> bool:
     raise ValueError(f"{_path_text(path)}: {type(value).__name__} is not JSON-serialisable")
 
 
-def _check_text(value: str, path: JSONPath, what: str = "") -> None:
+def _check_text(value: str, path: _JSONPath, what: str = "") -> None:
     if "\x00" in value:
         raise ValueError(f"{_path_text(path)}{what}: text cannot contain NUL characters")
     if value.isascii():  # no lone surrogate (and no copy made to find out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -204,19 +204,31 @@ class Backend(ABC):
         column's index is used.
         """
 
+    #: The batch size from which :meth:`copy_rows` takes the driver's bulk path (None: never).
+    bulk_rows: ClassVar[int | None] = None
+    #: The bulk path stores rows while the caller is still making the next ones (a server
+    #: loading what it has received so far), so a caller may hand :meth:`copy_rows` rows that
+    #: are validated as they are read: the validation then costs no time of its own.  Not
+    #: SQLite's, which runs in the caller's thread.
+    streams_bulk: ClassVar[bool] = False
+
     def copy_rows(
         self,
         conn: sa.Connection,
         table: sa.Table,
         columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
+        rows: Collection[Sequence[Any]],
     ) -> bool:
         """Load ``rows`` (values of ``columns`` in that order, bound as for an ``INSERT``)
         into ``table`` by the driver's bulk path, in the open transaction, if this backend
-        has one worth it for this many rows; whether it did.  Row triggers fire as for an
-        ``INSERT``; errors are raised as SQLAlchemy's, as an ``INSERT``'s would be.
+        has one worth it for this many rows (:attr:`bulk_rows`); whether it did.  Row
+        triggers fire as for an ``INSERT``; errors are raised as SQLAlchemy's, as an
+        ``INSERT``'s would be.
 
-        By default no: a batched ``INSERT`` is as fast as anything SQLite offers.
+        ``rows`` is read once, in order, so its rows may be made as they are read; an
+        exception raised while making one ends the load, which writes nothing, and passes on.
+
+        By default no bulk path: a batched ``INSERT`` is as fast as anything SQLite offers.
         """
         return False
 

@@ -19,7 +19,7 @@ import json
 import select
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
@@ -320,15 +320,19 @@ class PostgresBackend(Backend):
     def one_of(self, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
         return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(column.type)))
 
+    # COPY FROM costs a round trip per buffer instead of per statement batch, and skips
+    # building and parsing INSERT statements; below COPY_FROM_ROWS it gains nothing.  The
+    # server stores each buffer while the next is being made.
+    bulk_rows = COPY_FROM_ROWS
+    streams_bulk = True
+
     def copy_rows(
         self,
         conn: sa.Connection,
         table: sa.Table,
         columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
+        rows: Collection[Sequence[Any]],
     ) -> bool:
-        # COPY FROM costs a round trip per buffer instead of per statement batch, and skips
-        # building and parsing INSERT statements; below COPY_FROM_ROWS it gains nothing.
         if len(rows) < COPY_FROM_ROWS:
             return False
         # The columns' own bind conversions (with the hot path's shortcuts for values already
@@ -337,6 +341,8 @@ class PostgresBackend(Backend):
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         dbapi = conn.connection.dbapi_connection
         assert isinstance(dbapi, psycopg.Connection)
+        # An exception while a row is made ends the COPY with CopyFail (psycopg's exit):
+        # the server discards it all, and the exception passes on as it was.
         with (
             insert_errors(statement, psycopg.Error),
             dbapi.cursor() as cur,

@@ -8,12 +8,13 @@ transaction takes the write lock up front (read-only work opts out with :data:`R
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,12 +201,14 @@ class SqliteBackend(Backend):
         values = sa.func.json_each(sa.bindparam(name, type_=_JSONList())).table_valued("value")
         return column.in_(sa.select(values.c.value))
 
+    bulk_rows = BULK_ROWS
+
     def copy_rows(
         self,
         conn: sa.Connection,
         table: sa.Table,
         columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
+        rows: Collection[Sequence[Any]],
     ) -> bool:
         # Multi-row INSERTs on the driver, as SQLAlchemy batches them but without its
         # per-row parameter and result processing in Python (the rows are read back on the
@@ -226,9 +229,9 @@ class SqliteBackend(Backend):
         one = "(" + ", ".join("?" * len(columns)) + ")"
         dbapi = conn.connection.dbapi_connection
         assert isinstance(dbapi, sqlite3.Connection)
+        remaining = iter(rows)
         with insert_errors(head + one, sqlite3.Error):  # the statement's form, one row
-            for start in range(0, len(rows), per):
-                chunk = rows[start : start + per]
+            while chunk := list(itertools.islice(remaining, per)):
                 statement = head + ", ".join([one] * len(chunk))
                 dbapi.execute(statement, [value for row in chunk for value in bind(row)])
         return True

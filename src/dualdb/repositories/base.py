@@ -11,10 +11,19 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import itertools
 import json
 import logging
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar, overload
@@ -54,6 +63,23 @@ class _InOrder(Sequence[list[Any]]):
             return [[row[n] for n in self._names] for row in self._rows[i]]
         row = self._rows[i]
         return [row[n] for n in self._names]
+
+
+class _Sized(Collection[list[Any]]):
+    """Rows made as they are read, once, with their number known beforehand."""
+
+    def __init__(self, rows: Iterator[list[Any]], count: int) -> None:
+        self._rows = rows
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return self._rows
+
+    def __contains__(self, row: object) -> bool:
+        raise TypeError("rows made as they are read cannot be searched")
 
 
 log = logging.getLogger("dualdb")
@@ -391,7 +417,56 @@ class Repository(Generic[R]):
 
         Each row is a dict of :attr:`fields`; an unknown key is refused, not ignored.
         """
-        return self._create_values([self._new_values(row) for row in self._rows(rows, self.fields)])
+        checked = self._rows(rows, self.fields)
+        backend = self._scope.backend
+        if (
+            backend.streams_bulk
+            and backend.bulk_rows is not None
+            and len(checked) >= backend.bulk_rows
+            and self._scope.user_id is None  # (no bulk path under row-level security)
+        ):
+            return self._create_streamed(checked)
+        return self._create_values([self._new_values(row) for row in checked])
+
+    def _create_streamed(self, rows: list[Mapping[str, Any]]) -> list[R]:
+        """:meth:`create_many` of a batch the backend loads while it is validated (Postgres's
+        ``COPY``: the server stores rows while the next ones are checked), with the verdicts
+        of :meth:`_create_values`, which validates every row, then checks them against the
+        database (:meth:`_check_new`), then inserts.
+
+        - A row refused by validation ends the load before it is written: the same verdict,
+          since nothing before it was refused and validation comes first.
+        - The database's checks run after the load: they read nothing the insert writes
+          (see :meth:`_check_new`), so their verdict is the one they would have given before
+          it; any refusal rolls the whole transaction back.
+        - A refusal by the database itself (a key taken, a parent missing, a trigger's rule)
+          rolls the load back to a savepoint, and the batch then goes the checked way in the
+          same transaction, so the caller hears what that way says.
+        """
+        first = self._new_values(rows[0])  # (its columns name the load's)
+        names = list(first)
+        values = [first]
+
+        def validated() -> Iterator[list[Any]]:
+            yield [first[n] for n in names]
+            for row in itertools.islice(rows, 1, None):
+                new = self._new_values(row)
+                values.append(new)
+                yield [new[n] for n in names]
+
+        with self._scope.write() as conn:
+            try:
+                with conn.begin_nested():
+                    self._scope.backend.copy_rows(
+                        conn, self.table, names, _Sized(validated(), len(rows))
+                    )
+            except sa.exc.DBAPIError:
+                values.extend(self._new_values(row) for row in rows[len(values) :])
+                return self._create_in(conn, values)
+            self._check_new(conn, values)
+            made = self._read_back(conn, values)
+            self._after_insert(conn, made)
+            return made
 
     def _create(self, row: Mapping[str, Any]) -> R:
         """``create`` of one row whose keys are :attr:`fields` by construction (a method's own
@@ -405,15 +480,19 @@ class Repository(Generic[R]):
         if len(values) == 1 and self._one_statement(values):
             return [self._create_one(values)]
         with self._scope.write() as conn:
-            self._check_new(conn, values)
-            try:
-                made = self._insert(conn, values)
-            except sa.exc.IntegrityError as err:
-                missing = self._missing_parent(err, values)
-                if missing is None:
-                    raise
-                raise missing from None
-            self._after_insert(conn, made)
+            return self._create_in(conn, values)
+
+    def _create_in(self, conn: sa.Connection, values: list[dict[str, Any]]) -> list[R]:
+        """Check ``values`` against the database, insert them, and return them as stored."""
+        self._check_new(conn, values)
+        try:
+            made = self._insert(conn, values)
+        except sa.exc.IntegrityError as err:
+            missing = self._missing_parent(err, values)
+            if missing is None:
+                raise
+            raise missing from None
+        self._after_insert(conn, made)
         return made
 
     #: ``create`` of one row is its validation and one ``INSERT``: no checks of its own beyond
@@ -458,7 +537,11 @@ class Repository(Generic[R]):
 
     def _check_new(self, conn: sa.Connection, values: list[dict[str, Any]]) -> None:
         """Checks against the database before an insert: the parent projects exist (and are
-        the acting user's), in one query.  Subclasses add their own."""
+        the acting user's), in one query.  Subclasses add their own.
+
+        They must read nothing the insert writes: a batch streamed into the backend's bulk
+        path is checked after it, in its transaction (:meth:`_create_streamed`).
+        """
         if "project_id" in self.table.c and not self._parent_left_to_database(values):
             require_projects(conn, self._scope, "project_id", (x["project_id"] for x in values))
 
@@ -545,8 +628,7 @@ class Repository(Generic[R]):
         # One batch; the rows come back in no promised order, so they are put back in the
         # callers' by primary key (``sort_by_parameter_order`` would cost a statement per row
         # on SQLite, whose tables have no integer sentinel).
-        key_column = self.table.primary_key.columns.values()[0]
-        key = key_column.name
+        key = self.table.primary_key.columns.values()[0].name
         # A large batch by the driver's bulk path (COPY on Postgres), then read back.  Not for
         # a signed-in user: Postgres refuses COPY FROM into a table whose row-level security
         # applies to the role.
@@ -554,24 +636,30 @@ class Repository(Generic[R]):
         if self._scope.user_id is None and self._scope.backend.copy_rows(
             conn, self.table, names, _InOrder(values, names)
         ):
-            # Read back on the hot path: the keys as one parameter, records by position.
-            read_back = self._compiled(
-                "read back",
-                lambda: sa.select(*self._record_columns).where(
-                    self._scope.backend.one_of(key_column, "keys")
-                ),
-            )
-            dbapi = conn.connection.dbapi_connection
-            fetched = read_back.fetch(dbapi, {"keys": [v[key] for v in values]})
-            made: list[R] = []
-            if fetched:  # (a statement's builder is made after its first run)
-                build = read_back.builder(self._make, self._build)
-                made = [build(r) for r in fetched]
-            by_key = {getattr(record, key): record for record in made}
-            return [by_key[v[key]] for v in values]
+            return self._read_back(conn, values)
         rows = list(conn.execute(self.table.insert().returning(*self.table.c), list(values)).all())
         by_row_key = {row._mapping[key]: row for row in rows}
         return [self._record(by_row_key[v[key]]) for v in values]
+
+    def _read_back(self, conn: sa.Connection, values: Sequence[Mapping[str, Any]]) -> list[R]:
+        """The records of ``values`` as stored, in their order (after a bulk load): on the
+        hot path, the keys as one parameter, records by position."""
+        key_column = self.table.primary_key.columns.values()[0]
+        key = key_column.name
+        read_back = self._compiled(
+            "read back",
+            lambda: sa.select(*self._record_columns).where(
+                self._scope.backend.one_of(key_column, "keys")
+            ),
+        )
+        dbapi = conn.connection.dbapi_connection
+        fetched = read_back.fetch(dbapi, {"keys": [v[key] for v in values]})
+        made: list[R] = []
+        if fetched:  # (a statement's builder is made after its first run)
+            build = read_back.builder(self._make, self._build)
+            made = [build(r) for r in fetched]
+        by_key = {getattr(record, key): record for record in made}
+        return [by_key[v[key]] for v in values]
 
     def _update(self, key: uuid.UUID, values: dict[str, Any]) -> R:
         """One ``UPDATE … RETURNING`` of a row the acting user may write."""

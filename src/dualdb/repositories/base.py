@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import gc
 import itertools
 import json
 import logging
@@ -24,6 +25,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar, overload
@@ -83,6 +85,27 @@ class _Sized(Collection[list[Any]]):
 
 
 log = logging.getLogger("dualdb")
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """CPython's cyclic garbage collector off for a bulk write, then on again if it was on.
+
+    A bulk write keeps several container objects per row alive until it returns (the
+    validated values, the records); the collector runs a full pass over every object in the
+    process each time the surviving ones grow by a quarter, so 100,000 rows cost seven full
+    passes (1.2 s of a 6.9 s ``create_many`` on Postgres).  The rows make no reference
+    cycles, and the objects are still collected afterwards, once.  The switch is
+    process-wide: other threads' garbage waits too, for the length of the call.
+    """
+    if not gc.isenabled():  # (the caller's choice, or a bulk write around this one)
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass(frozen=True)
@@ -418,15 +441,14 @@ class Repository(Generic[R]):
         Each row is a dict of :attr:`fields`; an unknown key is refused, not ignored.
         """
         checked = self._rows(rows, self.fields)
-        backend = self._scope.backend
-        if (
-            backend.streams_bulk
-            and backend.bulk_rows is not None
-            and len(checked) >= backend.bulk_rows
-            and self._scope.user_id is None  # (no bulk path under row-level security)
-        ):
-            return self._create_streamed(checked)
-        return self._create_values([self._new_values(row) for row in checked])
+        bulk_rows = self._scope.backend.bulk_rows
+        if bulk_rows is None or len(checked) < bulk_rows:
+            return self._create_values([self._new_values(row) for row in checked])
+        with _collector_paused():
+            # (no bulk path under row-level security)
+            if self._scope.backend.streams_bulk and self._scope.user_id is None:
+                return self._create_streamed(checked)
+            return self._create_values([self._new_values(row) for row in checked])
 
     def _create_streamed(self, rows: list[Mapping[str, Any]]) -> list[R]:
         """:meth:`create_many` of a batch the backend loads while it is validated (Postgres's

@@ -7,15 +7,19 @@ backends.
 
 from __future__ import annotations
 
+import gc
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 import dualdb
+from benchmarks.targets import psycopg_dsn
 from dualdb.backends.postgres import COPY_FROM_ROWS
 from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from tests.integration.dal_support import World
+from tests.integration.dal_support import World, assert_unchanged
 
 #: Above both thresholds; on SQLite two statements (1,000 rows, then 200), so a row refused
 #: in the second leaves nothing of the first.
@@ -113,3 +117,134 @@ def test_a_signed_in_user_s_large_batch_is_written_too(db: dualdb.Database, worl
     assert db.tasks.get(made[-1].id) == made[-1]
     with pytest.raises(PermissionDenied):
         mine.tasks.create_many(_rows(world.other_project.id, LARGE))
+
+
+# --- Verdicts of a batch streamed into the bulk path ------------------------------------------
+# On Postgres a large batch is validated while COPY loads it, and checked against the database
+# after; these are the cases where that order could show.  Every verdict must be the one a small
+# batch (validated, checked, then inserted) gets, on both backends.
+
+
+@pytest.mark.parametrize("size", [1, LARGE], ids=["one", "large"])
+def test_a_bad_last_row_outranks_a_missing_project(
+    db: dualdb.Database, world: World, size: int
+) -> None:
+    rows = _rows(uuid.uuid4(), size)
+    rows[-1]["status"] = "Complete"
+
+    caught = assert_unchanged(db, lambda: db.tasks.create_many(rows), InvalidInput, "status")
+
+    assert "a new task starts as 'Queued' or 'Pending'" in str(caught)
+
+
+@pytest.mark.parametrize("size", [1, LARGE], ids=["one", "large"])
+def test_a_missing_project_outranks_a_taken_id(
+    db: dualdb.Database, world: World, size: int
+) -> None:
+    missing = uuid.uuid4()
+    rows = _rows(missing, size)
+    rows[-1]["id"] = world.task.id
+    rows[-1]["depends_on"] = []
+
+    caught = assert_unchanged(db, lambda: db.tasks.create_many(rows), NotFound, None)
+
+    assert f"project {missing} not found" in str(caught)
+
+
+@pytest.mark.parametrize("size", [1, LARGE], ids=["one", "large"])
+def test_a_last_row_waiting_on_a_cancelled_task_is_refused(
+    db: dualdb.Database, world: World, size: int
+) -> None:
+    db.tasks.cancel(world.task.id)
+    rows = _rows(world.project.id, size)
+    rows[-1]["depends_on"] = [world.task.id]
+
+    caught = assert_unchanged(db, lambda: db.tasks.create_many(rows), InvalidInput, "depends_on")
+
+    assert f"task {world.task.id} is Cancelled: it will never complete" in str(caught)
+
+
+@pytest.mark.parametrize("size", [2, LARGE], ids=["two", "large"])
+def test_a_dependency_later_in_the_batch_does_not_exist_yet(
+    db: dualdb.Database, world: World, size: int
+) -> None:
+    rows = _rows(world.project.id, size)
+    rows[-2]["depends_on"] = [rows[-1]["id"]]
+
+    caught = assert_unchanged(db, lambda: db.tasks.create_many(rows), InvalidInput, "depends_on")
+
+    assert f"task {rows[-1]['id']} does not exist" in str(caught)
+
+
+@pytest.mark.parametrize("size", [1, LARGE], ids=["one", "large"])
+def test_a_last_row_naming_another_project_s_shot_is_refused(
+    db: dualdb.Database, world: World, size: int
+) -> None:
+    elsewhere = db.shots.create(world.other_project.id, "Elsewhere")
+    rows = _rows(world.project.id, size)
+    rows[-1]["params"] = {"shot_id": str(elsewhere.id)}
+
+    caught = assert_unchanged(
+        db, lambda: db.tasks.create_many(rows), InvalidInput, "params.shot_id"
+    )
+
+    assert f"shot {elsewhere.id} is not in this project" in str(caught)
+
+
+def test_a_large_batch_leaves_the_garbage_collector_as_it_found_it(
+    db: dualdb.Database, world: World
+) -> None:
+    """The cyclic collector is paused during a bulk write, and only switched back on if it
+    was on: after a success, after a refusal, and when the caller had it off."""
+    assert gc.isenabled()
+    db.tasks.create_many(_rows(world.project.id, LARGE))
+    assert gc.isenabled()
+    bad = _rows(world.project.id, LARGE)
+    bad[-1]["params"] = {"x": float("inf")}
+    with pytest.raises(InvalidInput):
+        db.tasks.create_many(bad)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        db.tasks.create_many(_rows(world.project.id, LARGE))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+class _Probe(dict[str, Any]):
+    """Params that, when validation reads their keys, ask another connection whether this
+    batch's ``COPY`` is already running (it runs only once validation has begun)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(probe=True)
+        self.url = url
+        self.seen: list[str] = []
+
+    def __iter__(self) -> Iterator[str]:
+        if not self.seen:
+            with psycopg.connect(psycopg_dsn(self.url), autocommit=True) as conn:
+                self.seen.extend(
+                    str(r[0])
+                    for r in conn.execute(
+                        "SELECT query FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND state = 'active'"
+                    )
+                )
+        return super().__iter__()
+
+
+@pytest.mark.postgres_only  # (SQLite has no server to load rows meanwhile)
+def test_postgres_loads_a_large_batch_while_it_is_still_being_validated(
+    db: dualdb.Database, world: World, migrated_url: str
+) -> None:
+    rows = _rows(world.project.id, LARGE)
+    probe = _Probe(migrated_url)
+    rows[-1]["params"] = probe
+
+    made = db.tasks.create_many(rows)
+
+    assert any(q.startswith("COPY tasks ") for q in probe.seen), probe.seen
+    assert made[-1].params == {"probe": True}
+    assert db.tasks.count() == LARGE + 2

@@ -24,6 +24,9 @@ from dualdb.errors import (
     VerificationFailed,
 )
 from dualdb.seed import seed_id
+from dualdb.transfer.copy import DatabaseSource
+from dualdb.transfer.copy import snapshot as source_snapshot
+from dualdb.transfer.core import transfer
 from tests.integration.dal_support import snapshot
 from tests.integration.transfer_support import (
     DIRECTIONS,
@@ -385,3 +388,78 @@ def test_keys_another_tool_stored_in_upper_case_are_all_copied(target: str, fres
         assert result.verified
         assert result.tables["users"].inserted == 7
         assert sorted(u.id for u in dst.users.list(limit=100).items) == sorted(made)
+
+
+# --- Reading the source ahead -----------------------------------------------------------------
+# Into Postgres, the next page of the source is read while the server stores the current one
+# (COPY).  The copy's outcome must be that of reading it after: an error reading a page leaves
+# the pages before it written, on both backends.
+
+_PAGE = 1000  # pages this large go in by COPY on Postgres (COPY_FROM_ROWS)
+
+
+class _Source:
+    """A source's tasks, with a hook run when a page of tasks after the first is read."""
+
+    def __init__(self, inner: Any, on_later_page: Any) -> None:
+        self._inner = inner
+        self._on_later_page = on_later_page
+
+    def count(self, spec: Any) -> int:
+        return int(self._inner.count(spec))
+
+    def pages(self, spec: Any) -> Any:
+        for n, page in enumerate(self._inner.pages(spec)):
+            if spec.name == "tasks" and n > 0:
+                self._on_later_page()
+            yield page
+
+
+def _many_tasks(db: dualdb.Database, n: int) -> None:
+    user = db.users.create(email="ahead@example.com")
+    project = db.projects.create("Ahead", user.id)
+    db.tasks.create_many(
+        [{"project_id": project.id, "task_type": "t", "params": {"i": i}} for i in range(n)]
+    )
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_an_error_reading_a_later_page_leaves_the_pages_before_it_written(
+    target: str, fresh: MakeDb
+) -> None:
+    def fail() -> None:
+        raise UnreadableRow("tasks", "k", "params", "garbled on purpose")
+
+    src_url, dst_url = fresh("sqlite"), fresh(target)
+    with dualdb.connect(src_url) as src, dualdb.connect(dst_url) as dst:
+        _many_tasks(src, 2 * _PAGE + 10)
+        with source_snapshot(src) as conn, pytest.raises(UnreadableRow, match="on purpose"):
+            transfer(_Source(DatabaseSource(conn, None, _PAGE), fail), dst, on_conflict="skip")
+        # The first page was committed before the second was asked for.
+        assert dst.tasks.count() == _PAGE
+
+
+@pytest.mark.postgres
+def test_into_postgres_the_next_page_is_read_while_the_server_stores_one(
+    fresh: MakeDb,
+) -> None:
+    src_url, dst_url = fresh("sqlite"), fresh("postgresql")
+    seen: list[str] = []
+
+    def look() -> None:
+        with psycopg.connect(dst_url.replace("postgresql+psycopg", "postgresql")) as conn:
+            seen.extend(
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND state = 'active'"
+                )
+            )
+
+    with dualdb.connect(src_url) as src, dualdb.connect(dst_url) as dst:
+        _many_tasks(src, 2 * _PAGE)
+        with source_snapshot(src) as conn:
+            result = transfer(_Source(DatabaseSource(conn, None, _PAGE), look), dst)
+        assert result.verified
+        assert dst.tasks.count() == 2 * _PAGE
+    assert any(q.startswith("COPY tasks ") for q in seen), seen

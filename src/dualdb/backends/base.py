@@ -218,6 +218,7 @@ class Backend(ABC):
         table: sa.Table,
         columns: Sequence[str],
         rows: Collection[Sequence[Any]],
+        meanwhile: Callable[[], object] | None = None,
     ) -> bool:
         """Load ``rows`` (values of ``columns`` in that order, bound as for an ``INSERT``)
         into ``table`` by the driver's bulk path, in the open transaction, if this backend
@@ -227,6 +228,9 @@ class Backend(ABC):
 
         ``rows`` is read once, in order, so its rows may be made as they are read; an
         exception raised while making one ends the load, which writes nothing, and passes on.
+        ``meanwhile`` is the caller's next piece of work, which a backend whose server loads
+        the rows (:attr:`streams_bulk`) calls once, midway, so that it overlaps the server's
+        work; others never call it.
 
         By default no bulk path: a batched ``INSERT`` is as fast as anything SQLite offers.
         """

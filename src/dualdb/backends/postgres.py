@@ -19,7 +19,7 @@ import json
 import select
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
@@ -332,6 +332,7 @@ class PostgresBackend(Backend):
         table: sa.Table,
         columns: Sequence[str],
         rows: Collection[Sequence[Any]],
+        meanwhile: Callable[[], object] | None = None,
     ) -> bool:
         if len(rows) < COPY_FROM_ROWS:
             return False
@@ -348,8 +349,13 @@ class PostgresBackend(Backend):
             dbapi.cursor() as cur,
             cur.copy(statement) as copy,
         ):
-            for row in rows:
+            # Midway, the rows sent so far keep the server busy for longer than a page of
+            # the caller's work takes; the rest is sent after it.
+            midway = len(rows) // 2
+            for i, row in enumerate(rows):
                 copy.write_row(bind(row))
+                if i == midway and meanwhile is not None:
+                    meanwhile()
         return True
 
     def user_hook(self, claims: Claims) -> TransactionHook:

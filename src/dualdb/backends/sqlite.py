@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -209,6 +209,7 @@ class SqliteBackend(Backend):
         table: sa.Table,
         columns: Sequence[str],
         rows: Collection[Sequence[Any]],
+        meanwhile: Callable[[], object] | None = None,
     ) -> bool:
         # Multi-row INSERTs on the driver, as SQLAlchemy batches them but without its
         # per-row parameter and result processing in Python (the rows are read back on the

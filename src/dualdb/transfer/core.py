@@ -94,6 +94,42 @@ class TransferResult:
         return sum(t.inserted for t in self.tables.values())
 
 
+class _ReadAhead(Iterator[list[Row]]):
+    """A source's pages, the next one read early when :meth:`read_next` is called: while the
+    target's server stores the current page (a ``COPY``), instead of after it.
+
+    An error reading a page is raised where that page is asked for, as without reading
+    ahead: the page being written is not undone by it.
+    """
+
+    def __init__(self, pages: Iterator[list[Row]]) -> None:
+        self._pages = pages
+        self._next: list[Row] | None = None
+        self._error: Exception | None = None
+        self._done = False
+
+    def read_next(self) -> None:
+        """Read the next page now, unless it has been read (or there is none)."""
+        if self._next is not None or self._error is not None or self._done:
+            return
+        try:
+            self._next = next(self._pages)
+        except StopIteration:
+            self._done = True
+        except Exception as err:  # (raised by __next__, where the loop asks for the page)
+            self._error = err
+
+    def __next__(self) -> list[Row]:
+        self.read_next()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if self._next is None:
+            raise StopIteration
+        page, self._next = self._next, None
+        return page
+
+
 def requeued(spec: TableSpec, row: Row) -> Row:
     """A task that was In Progress as Queued, its worker cleared (``--requeue-running``)."""
     if spec.name != "tasks":
@@ -236,12 +272,15 @@ def _write_table(
     # page on every page is looked up first.
     with reading(dst.engine) as conn, translated_errors():
         look_up = not _empty(conn, spec)
-    for page in source.pages(spec):
+    pages = _ReadAhead(source.pages(spec))
+    for page in pages:
         with translated_errors():
             while True:
                 try:
                     with dst.engine.begin() as conn:
-                        outcome = _write_page(conn, spec, page, waiting, on_conflict, look_up)
+                        outcome = _write_page(
+                            conn, spec, page, waiting, on_conflict, look_up, pages.read_next
+                        )
                         analyze_at = _refresh(
                             conn, stats, table.inserted + outcome.inserted, analyze_at
                         )
@@ -285,9 +324,11 @@ def _write_page(
     waiting: list[Row],
     on_conflict: OnConflict,
     look_up: bool,
+    meanwhile: Callable[[], object] | None = None,
 ) -> _Page:
     """Write one page (after the tasks still ``waiting``), comparing each row with the
-    target's row of the same key when ``look_up``; what it did."""
+    target's row of the same key when ``look_up``; what it did.  ``meanwhile`` is handed to
+    the bulk load (:meth:`~dualdb.backends.base.Backend.copy_rows`)."""
     out = _Page()
     new: list[Row] = page
     if look_up:
@@ -308,9 +349,9 @@ def _write_page(
             else:  # a row changed in the target since the check
                 raise _conflict(spec, row, checked=False)
     if spec.name == "tasks":
-        out.inserted, out.waiting = _insert_tasks(conn, spec, waiting + new)
+        out.inserted, out.waiting = _insert_tasks(conn, spec, waiting + new, meanwhile)
     else:
-        out.inserted = _insert(conn, spec, new)
+        out.inserted = _insert(conn, spec, new, meanwhile)
     return out
 
 
@@ -323,12 +364,17 @@ def _refresh(conn: sa.Connection, stats: tuple[str, ...], inserted: int, at: int
     return 2 * inserted
 
 
-def _insert(conn: sa.Connection, spec: TableSpec, rows: Sequence[Row]) -> int:
+def _insert(
+    conn: sa.Connection,
+    spec: TableSpec,
+    rows: Sequence[Row],
+    meanwhile: Callable[[], object] | None = None,
+) -> int:
     """Insert ``rows`` the fastest way the backend has: ``COPY`` on Postgres for a full
     batch, else one ``executemany`` of a statement compiled once, on the driver."""
     if not rows:
         return 0
-    if not backend_of(conn).copy_rows(conn, spec.table, spec.columns, rows):
+    if not backend_of(conn).copy_rows(conn, spec.table, spec.columns, rows, meanwhile):
         statement = _insert_statement(spec.name, conn.dialect)
         statement.many(conn.connection.dbapi_connection, spec.columns, rows)
     return len(rows)
@@ -359,7 +405,10 @@ def _overwrite(conn: sa.Connection, spec: TableSpec, row: Row) -> None:
 
 
 def _insert_tasks(
-    conn: sa.Connection, spec: TableSpec, candidates: list[Row]
+    conn: sa.Connection,
+    spec: TableSpec,
+    candidates: list[Row],
+    meanwhile: Callable[[], object] | None = None,
 ) -> tuple[int, list[Row]]:
     """Insert the candidates whose dependencies are in the target, dependencies first.
 
@@ -379,7 +428,7 @@ def _insert_tasks(
         level = [r for r in remaining if all(d in present for d in r[deps_at] or ())]
         if not level:
             break
-        _insert(conn, spec, level)
+        _insert(conn, spec, level, meanwhile)
         inserted += len(level)
         present.update(r[0] for r in level)
         remaining = [r for r in remaining if r[0] not in present]

@@ -44,6 +44,9 @@ class BenchConfig:
     #: Tasks copied from a SQLite file by the copy measurement (issue 14's figure is
     #: 1,000,000: ``--copy-rows 1000000``, about ten minutes a backend on 2 cores).
     copy_rows: int = 20_000
+    #: Copies per implementation, alternating; the median is reported (one pair of runs swung
+    #: by ±0.15 in ratio).
+    copies: int = 3
     #: The measurements to run (letters of issue 13: A single-row, B bulk insert,
     #: C claim→complete, D claim cost by table shape, E iteration, F pickup; and of issue 14:
     #: G copy).
@@ -68,4 +71,5 @@ QUICK = BenchConfig(
     iter_rows=3000,
     pickups=5,
     copy_rows=1000,
+    copies=1,
 )

@@ -487,7 +487,7 @@ def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None)
 
         if "G" in cfg.only:
             progress(f"{backend}: G, dualdb copy of {cfg.copy_rows:,} tasks from a SQLite file")
-            copied = measure_copy(url, loader, backend, cfg.copy_rows)
+            copied = measure_copy(url, loader, backend, cfg.copy_rows, cfg.copies)
             sqlite = backend == "sqlite"
             result.comparisons.append(
                 Comparison(

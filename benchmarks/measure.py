@@ -36,7 +36,7 @@ START_TIMEOUT_S = 180.0
 RUN_TIMEOUT_S = 1800.0
 #: Claims made (untimed) before measuring, to warm caches and prepared statements.
 WARMUP_CLAIMS = 5
-#: Claims timed in a row for one side before the other's turn (:func:`measure_claims`).
+#: Claims timed in a row on one table before the other's turn (:func:`measure_claims`).
 CLAIM_BLOCK = 20
 
 
@@ -475,16 +475,31 @@ class ClaimLatency:
     plan: list[str]
 
 
-def measure_claims(db: dualdb.Database, raw: RawDriver, claims: int) -> ClaimLatency:
-    """µs per claim (median of ``claims``), dualdb and raw interleaved in blocks of
-    :data:`CLAIM_BLOCK`; dualdb's claim plan.
+def _claim_blocks(claimers: list[Callable[[], object]], claims: int) -> list[list[int]]:
+    """ns per claim of each claimer, ``claims`` each: blocks of :data:`CLAIM_BLOCK` claims,
+    the claimers taking turns (in reverse order every other block)."""
+    samples: list[list[int]] = [[] for _ in claimers]
+    for block, start_at in enumerate(range(0, claims, CLAIM_BLOCK)):
+        size = min(CLAIM_BLOCK, claims - start_at)
+        order = list(range(len(claimers)))
+        for which in order if block % 2 == 0 else order[::-1]:
+            claim = claimers[which]
+            for _ in range(size):
+                start = time.perf_counter_ns()
+                got = claim()
+                elapsed = time.perf_counter_ns() - start
+                if got is None:
+                    raise RuntimeError("ran out of ready tasks while measuring claims")
+                samples[which].append(elapsed)
+    return samples
 
-    Blocks, not single claims: on SQLite's *many blocked* table a raw claim walks 100,000
-    blocked rows (18 ms), and the claim right after it pays for the caches it evicted — with
-    single claims alternating, every dualdb claim did (2.4-3.8x its cost timed alone).  In
-    blocks only a block's first claim does, for either side, and the median is each side's
-    own cost.  Needs ``2 * (claims + WARMUP_CLAIMS)`` ready tasks.
-    """
+
+def _p90_us(samples: list[int]) -> float:
+    return statistics.quantiles(samples, n=10)[-1] / 1000.0 if len(samples) > 1 else 0.0
+
+
+def _warm_up(db: dualdb.Database, raw: RawDriver) -> list[str]:
+    """Untimed claims on one table by both sides; dualdb's claim plan."""
     first, plan = claim_plan(db, "bench-warmup")
     if first is None:
         raise RuntimeError("no ready task to claim")
@@ -492,20 +507,39 @@ def measure_claims(db: dualdb.Database, raw: RawDriver, claims: int) -> ClaimLat
         db.tasks.claim("bench-warmup")
     for _ in range(WARMUP_CLAIMS):
         raw.claim("bench-warmup")
-    ours: list[int] = []
-    theirs: list[int] = []
-    for block, start_at in enumerate(range(0, claims, CLAIM_BLOCK)):
-        size = min(CLAIM_BLOCK, claims - start_at)
-        for which in (0, 1) if block % 2 == 0 else (1, 0):
-            for _ in range(size):
-                start = time.perf_counter_ns()
-                got = db.tasks.claim("bench-dualdb") if which == 0 else raw.claim("bench-raw")
-                elapsed = time.perf_counter_ns() - start
-                if got is None:
-                    raise RuntimeError("ran out of ready tasks while measuring claims")
-                (ours if which == 0 else theirs).append(elapsed)
+    return plan
 
-    def p90(samples: list[int]) -> float:
-        return statistics.quantiles(samples, n=10)[-1] / 1000.0 if len(samples) > 1 else 0.0
 
-    return ClaimLatency(_median_us(ours), _median_us(theirs), p90(ours), p90(theirs), plan)
+def measure_claims(
+    reference: tuple[dualdb.Database, RawDriver],
+    shape: tuple[dualdb.Database, RawDriver],
+    claims: int,
+) -> tuple[ClaimLatency, ClaimLatency]:
+    """µs per claim (median of ``claims``) on two tables at once, the small reference table
+    and another shape, each in its own database: the latency of each, and dualdb's plans.
+
+    The two tables are measured together, taking turns in blocks of :data:`CLAIM_BLOCK`:
+    timed one after the other, a minute apart, the ratio of the two moved with the machine's
+    load (the same code gave 1.02, 1.37 and 1.49 on the blocked table in three runs).
+    dualdb's claims are all timed first, then the raw driver's: on SQLite's *many blocked*
+    table a raw claim walks 100,000 blocked rows (18-35 ms), and the claims after it pay for
+    the caches it evicted, which on the small table's turns they never do.  Blocks, not
+    single claims, for the same reason.  Needs ``2 * (claims + WARMUP_CLAIMS)`` ready tasks
+    in each table.
+    """
+    (ref_db, ref_raw), (db, raw) = reference, shape
+    ref_plan, plan = _warm_up(ref_db, ref_raw), _warm_up(db, raw)
+    ours_ref, ours = _claim_blocks(
+        [lambda: ref_db.tasks.claim("bench-dualdb"), lambda: db.tasks.claim("bench-dualdb")],
+        claims,
+    )
+    theirs_ref, theirs = _claim_blocks(
+        [lambda: ref_raw.claim("bench-raw"), lambda: raw.claim("bench-raw")], claims
+    )
+    return (
+        ClaimLatency(
+            _median_us(ours_ref), _median_us(theirs_ref), _p90_us(ours_ref), _p90_us(theirs_ref),
+            ref_plan,
+        ),
+        ClaimLatency(_median_us(ours), _median_us(theirs), _p90_us(ours), _p90_us(theirs), plan),
+    )  # fmt: skip

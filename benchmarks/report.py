@@ -136,7 +136,9 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
     second = Table(
         title="claim cost vs table shape (median µs per claim; 1 process)",
         caption=(
-            "vs small = this table's µs/claim ÷ the small table's (≈1 means independent); "
+            "vs small = this table's µs/claim ÷ the small table's, measured together (in "
+            "turns, each in its own database); the small row is the median of those; "
+            "≈1 means independent; "
             "Postgres sessions use synchronous_commit=off here (the WAL flush is per commit)"
         ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import random
@@ -29,6 +30,7 @@ from benchmarks.data import Loader, blocked_tasks, finished_tasks, ready_tasks
 from benchmarks.goals import Target
 from benchmarks.measure import (
     WARMUP_CLAIMS,
+    ClaimLatency,
     measure_claims,
     measure_get,
     measure_throughput,
@@ -100,6 +102,10 @@ class ClaimScenario:
     dualdb_p90_us: float
     raw_p90_us: float
     plan: list[str]
+    #: dualdb's and raw's µs per claim on the small table, measured together with this
+    #: shape (None: the small table itself, or a result without them).
+    small_dualdb_us: float | None = None
+    small_raw_us: float | None = None
 
     @property
     def plan_summary(self) -> str:
@@ -142,7 +148,13 @@ class BackendResult:
         return next(s for s in self.scenarios if s.name == name)
 
     def vs_small(self, scenario: ClaimScenario) -> tuple[float, float] | None:
-        """dualdb's and raw's µs on ``scenario`` ÷ theirs on the small table (None without it)."""
+        """dualdb's and raw's µs on ``scenario`` ÷ theirs on the small table: the small table
+        measured together with it, else the small table's row (None without either)."""
+        if scenario.small_dualdb_us is not None and scenario.small_raw_us is not None:
+            return (
+                scenario.dualdb_us / scenario.small_dualdb_us,
+                scenario.raw_us / scenario.small_raw_us,
+            )
         small = next((s for s in self.scenarios if s.name == "small"), None)
         if small is None:
             return None
@@ -244,66 +256,101 @@ def _seed_ready(db: dualdb.Database, project_id: uuid.UUID, n: int) -> None:
 SCENARIOS = ("small", "finished", "unvacuumed", "blocked")
 
 
-def _claim_scenario(
-    name: str,
-    db: dualdb.Database,
-    raw: RawDriver,
-    loader: Loader,
-    project_id: uuid.UUID,
-    cfg: BenchConfig,
-    progress: Progress,
-) -> ClaimScenario:
-    """Build one table shape from scratch, then measure claims on it.
+@dataclass(frozen=True)
+class _Table:
+    """One database of the claim-cost measurement: dualdb, the raw driver, setup, a project."""
+
+    db: dualdb.Database
+    raw: RawDriver
+    loader: Loader
+    project_id: uuid.UUID
+
+
+def _build_shape(name: str, table: _Table, cfg: BenchConfig, progress: Progress) -> int:
+    """Empty ``table``'s tasks and build the shape ``name`` from scratch; its ready tasks.
 
     ``small``: ``cfg.small`` finished tasks.  ``finished``: ``cfg.large`` finished tasks,
     inserted finished.  ``unvacuumed``: ``cfg.large`` tasks that were ready and were then
     finished by an ``UPDATE``, with no VACUUM since (what a busy queue looks like between two
-    autovacuum runs).  ``blocked``: ``cfg.small`` finished plus ``cfg.blocked`` tasks waiting
-    on unfinished work.  Finished and blocked tasks are all older than the ready ones: a claim
-    that walked rows in age order would meet every one of them first.
+    autovacuum runs; autovacuum stays off until :func:`_claim_scenario` turns it back on).
+    ``blocked``: ``cfg.small`` finished plus ``cfg.blocked`` tasks waiting on unfinished
+    work.  Finished and blocked tasks are all older than the ready ones: a claim that walked
+    rows in age order would meet every one of them first.
     """
     finished = cfg.large if name in ("finished", "unvacuumed") else cfg.small
     blocked = cfg.blocked if name == "blocked" else 0
-    progress(f"{loader.backend}: claim cost, {name} ({finished} finished, {blocked} blocked)")
+    if name != "small":
+        progress(f"{table.loader.backend}: claim cost, {name} ({finished} finished, {blocked} "
+                 "blocked), with the small table")  # fmt: skip
     ready = 2 * (cfg.claims + WARMUP_CLAIMS) + 10
     now = datetime.now(UTC)
+    loader = table.loader
     loader.clear_tasks()
     if name == "unvacuumed":
-        loader.insert(project_id, ready_tasks(finished), now - timedelta(days=3))
+        loader.insert(table.project_id, ready_tasks(finished), now - timedelta(days=3))
         loader.settle()
         loader.autovacuum(False)
         if loader.finish_ready() != finished:
             raise RuntimeError("could not finish the bulk-loaded ready tasks")
     else:
         loader.insert(
-            project_id, finished_tasks(finished, cfg.chain_length), now - timedelta(days=3)
+            table.project_id, finished_tasks(finished, cfg.chain_length), now - timedelta(days=3)
         )
     if blocked:
         loader.insert(
-            project_id,
+            table.project_id,
             blocked_tasks(blocked, cfg.chain_length, cfg.fan_in),
             now - timedelta(days=2),
         )
+    _seed_ready(table.db, table.project_id, ready)
+    loader.settle(vacuum=name != "unvacuumed")
+    wrong = loader.readiness_mismatches()
+    if wrong:
+        raise RuntimeError(f"bulk setup left {wrong} inconsistent readiness counters")
+    return ready
+
+
+def _claim_scenario(
+    name: str, table: _Table, small: _Table, cfg: BenchConfig, progress: Progress
+) -> tuple[ClaimScenario, ClaimScenario]:
+    """The shape ``name`` built in ``table`` and a fresh small table in ``small``, their
+    claims measured together (:func:`~benchmarks.measure.measure_claims`): the shape's
+    result (with the small table's figures beside it), and the small table's."""
     try:
-        _seed_ready(db, project_id, ready)
-        loader.settle(vacuum=name != "unvacuumed")
-        wrong = loader.readiness_mismatches()
-        if wrong:
-            raise RuntimeError(f"bulk setup left {wrong} inconsistent readiness counters")
-        latency = measure_claims(db, raw, cfg.claims)
+        ready = _build_shape(name, table, cfg, progress)
+        small_ready = _build_shape("small", small, cfg, progress)
+        reference, latency = measure_claims(
+            (small.db, small.raw), (table.db, table.raw), cfg.claims
+        )
     finally:
         if name == "unvacuumed":
-            loader.autovacuum(True)
-    return ClaimScenario(
-        name,
-        finished,
-        blocked,
-        ready,
-        latency.dualdb_us,
-        latency.raw_us,
-        latency.dualdb_p90_us,
-        latency.raw_p90_us,
-        latency.plan,
+            table.loader.autovacuum(True)
+
+    def scenario(shape: str, tasks_ready: int, of: ClaimLatency) -> ClaimScenario:
+        finished = cfg.large if shape in ("finished", "unvacuumed") else cfg.small
+        blocked = cfg.blocked if shape == "blocked" else 0
+        return ClaimScenario(
+            shape, finished, blocked, tasks_ready, of.dualdb_us, of.raw_us, of.dualdb_p90_us,
+            of.raw_p90_us, of.plan,
+        )  # fmt: skip
+
+    measured = dataclasses.replace(
+        scenario(name, ready, latency),
+        small_dualdb_us=reference.dualdb_us,
+        small_raw_us=reference.raw_us,
+    )
+    return measured, scenario("small", small_ready, reference)
+
+
+def _small_row(measured: list[ClaimScenario]) -> ClaimScenario:
+    """The small table's row: the median of its figures over the shapes it was measured with."""
+    first = measured[0]
+    return dataclasses.replace(
+        first,
+        dualdb_us=statistics.median(s.dualdb_us for s in measured),
+        raw_us=statistics.median(s.raw_us for s in measured),
+        dualdb_p90_us=statistics.median(s.dualdb_p90_us for s in measured),
+        raw_p90_us=statistics.median(s.raw_p90_us for s in measured),
     )
 
 
@@ -517,10 +564,26 @@ def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None)
             cdb = stack.enter_context(dualdb.connect(claims_url))
             craw = open_raw(claims_url)
             stack.callback(craw.close)
-            for name in SCENARIOS:
-                result.scenarios.append(
-                    _claim_scenario(name, cdb, craw, loader, project_id, cfg, progress)
+            table = _Table(cdb, craw, loader, project_id)
+            # The small table, in a database of its own, measured together with each shape.
+            small_url = without_commit_flush(
+                stack.enter_context(
+                    benchmark_database(backend, psycopg_dsn(url) if backend == "postgresql" else "")
                 )
+            )
+            sdb = stack.enter_context(dualdb.connect(small_url))
+            sraw = open_raw(small_url)
+            stack.callback(sraw.close)
+            sloader = Loader(small_url)
+            stack.callback(sloader.close)
+            small_owner = sdb.users.create(email="bench@example.invalid")
+            small = _Table(sdb, sraw, sloader, sdb.projects.create("bench", small_owner.id).id)
+            smalls: list[ClaimScenario] = []
+            for name in SCENARIOS[1:]:
+                shape_row, small_row = _claim_scenario(name, table, small, cfg, progress)
+                result.scenarios.append(shape_row)
+                smalls.append(small_row)
+            result.scenarios.insert(0, _small_row(smalls))
 
     result.seconds = time.perf_counter() - began
     return result

@@ -6,6 +6,8 @@ rows of its own: only the main table's rows were counted.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from benchmarks import goals
@@ -61,3 +63,16 @@ def test_without_the_small_table_no_shape_is_judged() -> None:
     b = BackendResult(backend="sqlite", scenarios=[_shape("blocked", 700.0, 440.0)])
     assert b.vs_small(b.scenarios[0]) is None
     assert b.missed() == []
+
+
+def test_a_shape_measured_with_the_small_table_is_judged_against_those_figures() -> None:
+    """D measures each shape together with a small table of its own: the ratio is to the
+    figures taken in the same turns, not to the small row (their median), which may differ."""
+    b = _backend()
+    paired = dataclasses.replace(
+        b.scenario("blocked"), small_dualdb_us=600.0, small_raw_us=400.0
+    )  # 700/600 = 1.17: met, though 1.40 of the small row
+    b.scenarios[-1] = paired
+    assert b.vs_small(paired) == pytest.approx((700 / 600, 1.1))
+    assert b.scenario_met(paired) is True
+    assert b.missed() == ["postgresql update"]

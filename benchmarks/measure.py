@@ -524,8 +524,10 @@ def measure_claims(
     dualdb's claims are all timed first, then the raw driver's: on SQLite's *many blocked*
     table a raw claim walks 100,000 blocked rows (18-35 ms), and the claims after it pay for
     the caches it evicted, which on the small table's turns they never do.  Blocks, not
-    single claims, for the same reason.  Needs ``2 * (claims + WARMUP_CLAIMS)`` ready tasks
-    in each table.
+    single claims, for the same reason.  So dualdb/raw on one table is not a paired
+    figure here (the target is dualdb's own ratio to the small table), and the raw side
+    claims from a table dualdb's claims have already been through.  Needs
+    ``2 * (claims + WARMUP_CLAIMS)`` ready tasks in each table.
     """
     (ref_db, ref_raw), (db, raw) = reference, shape
     ref_plan, plan = _warm_up(ref_db, ref_raw), _warm_up(db, raw)

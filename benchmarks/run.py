@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import sqlalchemy
 import uuid_utils.compat as uuid_utils
+from sqlalchemy.engine import make_url
 
 import dualdb
 from benchmarks import goals
@@ -354,8 +355,17 @@ def _small_row(measured: list[ClaimScenario]) -> ClaimScenario:
     )
 
 
-def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None) -> BackendResult:
-    """Measure dualdb and the raw driver on the migrated, empty database at ``url``."""
+def run_backend(
+    url: str,
+    cfg: BenchConfig,
+    progress: Progress = lambda _: None,
+    pg_admin_url: str | None = None,
+) -> BackendResult:
+    """Measure dualdb and the raw driver on the migrated, empty database at ``url``.
+
+    D's small table gets a database of its own, made through ``pg_admin_url`` on Postgres
+    (by default, ``url``'s server and role).
+    """
     began = time.perf_counter()
     backend = backend_of(url)
     result = BackendResult(backend)
@@ -568,7 +578,7 @@ def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None)
             # The small table, in a database of its own, measured together with each shape.
             small_url = without_commit_flush(
                 stack.enter_context(
-                    benchmark_database(backend, psycopg_dsn(url) if backend == "postgresql" else "")
+                    benchmark_database(backend, pg_admin_url or _admin_url(url, backend))
                 )
             )
             sdb = stack.enter_context(dualdb.connect(small_url))
@@ -587,6 +597,13 @@ def run_backend(url: str, cfg: BenchConfig, progress: Progress = lambda _: None)
 
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _admin_url(url: str, backend: str) -> str:
+    """A libpq URL of ``url``'s server and role, to make D's second database with."""
+    if backend != "postgresql":
+        return ""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _server_version(url: str, backend: str) -> str:
@@ -637,7 +654,7 @@ def run(
     for backend in backends:
         progress(f"{backend}: creating and migrating a throwaway database")
         with benchmark_database(backend, pg_admin_url) as url:
-            result.backends.append(run_backend(url, cfg, progress))
+            result.backends.append(run_backend(url, cfg, progress, pg_admin_url))
     return result
 
 

@@ -139,7 +139,8 @@ def measure_copy(url: str, loader: Loader, backend: str, n: int, reps: int = 3) 
     ``reps`` times in alternating order; the median of each, and dualdb's largest RSS growth.
 
     One run of each was too few: the raw side's rate moved by ±20% between runs minutes
-    apart, and single pairs gave ratios from 0.53 to 0.72 for the same code.
+    apart, and single pairs gave ratios from 0.53 to 0.72 for the same code.  dualdb's first
+    copy also writes the user and the project; the later ones find them there, identical.
     """
     ours: list[float] = []
     theirs: list[float] = []

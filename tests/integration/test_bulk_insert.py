@@ -18,7 +18,7 @@ import pytest
 import dualdb
 from benchmarks.targets import psycopg_dsn
 from dualdb.backends.postgres import COPY_FROM_ROWS
-from dualdb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from dualdb.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound, PermissionDenied
 from tests.integration.dal_support import World, assert_unchanged
 
 #: Above both thresholds; on SQLite two statements (1,000 rows, then 200), so a row refused
@@ -248,3 +248,100 @@ def test_postgres_loads_a_large_batch_while_it_is_still_being_validated(
     assert any(q.startswith("COPY tasks ") for q in probe.seen), probe.seen
     assert made[-1].params == {"probe": True}
     assert db.tasks.count() == LARGE + 2
+
+
+@pytest.mark.parametrize("size", [2, LARGE], ids=["two", "large"])
+def test_a_bad_last_row_outranks_a_first_row_whose_id_is_taken(
+    db: dualdb.Database, world: World, size: int
+) -> None:
+    """On Postgres the taken id is refused by the server while the batch is still being
+    validated: the caller still hears about the bad row, as from a small batch."""
+    rows = _rows(world.project.id, size)
+    rows[0]["id"] = world.task.id
+    rows[1]["depends_on"] = []
+    rows[-1]["status"] = "Complete"
+
+    assert_unchanged(db, lambda: db.tasks.create_many(rows), InvalidInput, "status")
+
+
+@pytest.mark.parametrize("size", [1, LARGE], ids=["one", "large"])
+def test_a_refused_batch_inside_a_caller_s_transaction_leaves_it_as_it_was(
+    db: dualdb.Database, world: World, size: int
+) -> None:
+    elsewhere = db.shots.create(world.other_project.id, "Elsewhere")
+    rows = _rows(world.project.id, size)
+    rows[-1]["params"] = {"shot_id": str(elsewhere.id)}
+    bad_status = _rows(world.project.id, size)
+    bad_status[-1]["status"] = "Running"
+    before = db.tasks.count()
+
+    with db.scope.write():
+        for refused in (rows, bad_status):
+            with pytest.raises(InvalidInput):
+                db.tasks.create_many(refused)
+        # The transaction is still usable, and holds none of the refused rows.
+        assert db.tasks.count() == before
+        db.tasks.create(world.project.id, "after", {})
+
+    assert db.tasks.count() == before + 1
+
+
+class _GcProbe(dict[str, Any]):
+    """Params that note whether the cyclic collector is on when validation reads them."""
+
+    def __init__(self) -> None:
+        super().__init__(probe=True)
+        self.enabled: list[bool] = []
+
+    def __iter__(self) -> Iterator[str]:
+        self.enabled.append(gc.isenabled())
+        return super().__iter__()
+
+
+def test_the_garbage_collector_is_paused_while_a_large_batch_is_written(
+    db: dualdb.Database, world: World
+) -> None:
+    rows = _rows(world.project.id, LARGE)
+    probe = _GcProbe()
+    rows[-1]["params"] = probe
+
+    db.tasks.create_many(rows)
+
+    assert probe.enabled and not any(probe.enabled)
+    assert gc.isenabled()
+
+
+class _Terminator(dict[str, Any]):
+    """Params that, when validation reads them, end the server process running this
+    batch's ``COPY`` (a connection lost mid-load)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(probe=True)
+        self.url = url
+        self.ended = 0
+
+    def __iter__(self) -> Iterator[str]:
+        if not self.ended:
+            with psycopg.connect(psycopg_dsn(self.url), autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'COPY tasks %'"
+                ).fetchone()
+                self.ended = int(row[0]) if row else 0
+        return super().__iter__()
+
+
+@pytest.mark.postgres_only  # (SQLite has no connection to lose)
+def test_a_connection_lost_while_a_batch_loads_is_unavailable_and_writes_nothing(
+    db: dualdb.Database, world: World, migrated_url: str
+) -> None:
+    rows = _rows(world.project.id, LARGE)
+    ender = _Terminator(migrated_url)
+    rows[-1]["params"] = ender
+    before = db.tasks.count()
+
+    with pytest.raises(DatabaseUnavailable):
+        db.tasks.create_many(rows)
+
+    assert ender.ended == 1
+    assert db.tasks.count() == before  # and the next call has a working connection

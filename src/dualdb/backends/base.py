@@ -208,7 +208,7 @@ class Backend(ABC):
     bulk_rows: ClassVar[int | None] = None
     #: The bulk path stores rows while the caller is still making the next ones (a server
     #: loading what it has received so far), so a caller may hand :meth:`copy_rows` rows that
-    #: are validated as they are read: the validation then costs no time of its own.  Not
+    #: are validated as they are read: the validation then overlaps the server's work.  Not
     #: SQLite's, which runs in the caller's thread.
     streams_bulk: ClassVar[bool] = False
 
@@ -227,7 +227,10 @@ class Backend(ABC):
         ``INSERT``'s would be.
 
         ``rows`` is read once, in order, so its rows may be made as they are read; an
-        exception raised while making one ends the load, which writes nothing, and passes on.
+        exception raised while making one ends the load and passes on (a ``ValueError`` or
+        ``TypeError`` as SQLAlchemy's ``StatementError``), and the caller's transaction is to
+        be rolled back: Postgres's ``COPY`` has written nothing, SQLite may have run the
+        statements of the rows before it.
         ``meanwhile`` is the caller's next piece of work, which a backend whose server loads
         the rows (:attr:`streams_bulk`) calls once, midway, so that it overlaps the server's
         work; others never call it.

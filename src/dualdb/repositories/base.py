@@ -15,6 +15,7 @@ import gc
 import itertools
 import json
 import logging
+import threading
 import uuid
 from collections.abc import (
     Callable,
@@ -66,6 +67,10 @@ class _InOrder(Sequence[list[Any]]):
         row = self._rows[i]
         return [row[n] for n in self._names]
 
+    def __iter__(self) -> Iterator[list[Any]]:
+        names = self._names
+        return ([row[n] for n in names] for row in self._rows)
+
 
 class _Sized(Collection[list[Any]]):
     """Rows made as they are read, once, with their number known beforehand."""
@@ -86,26 +91,54 @@ class _Sized(Collection[list[Any]]):
 
 log = logging.getLogger("dualdb")
 
+#: The classes of SQLSTATE by which the database refuses a row (data exceptions, integrity
+#: violations, privileges, and the PL/pgSQL triggers' own codes): a streamed batch refused
+#: so is written again the checked way (:meth:`Repository._create_streamed`).
+_REFUSALS = ("22", "23", "42", "P0", "PT")
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """CPython's cyclic garbage collector off for a bulk write, then on again if it was on.
+
+def _refusal(err: sa.exc.DBAPIError) -> bool:
+    """Whether the database refused what was written (not: lost the connection, timed out,
+    found a deadlock)."""
+    state = getattr(err.orig, "sqlstate", None)
+    return isinstance(state, str) and state.startswith(_REFUSALS)
+
+
+class _CollectorPause:
+    """CPython's cyclic garbage collector off while any bulk write runs, in any thread, and
+    on again after the last one if it was on before the first.
 
     A bulk write keeps several container objects per row alive until it returns (the
     validated values, the records); the collector runs a full pass over every object in the
     process each time the surviving ones grow by a quarter, so 100,000 rows cost seven full
     passes (1.2 s of a 6.9 s ``create_many`` on Postgres).  The rows make no reference
     cycles, and the objects are still collected afterwards, once.  The switch is
-    process-wide: other threads' garbage waits too, for the length of the call.
+    process-wide: other threads' garbage waits too, for the length of the writes, and a
+    ``gc.disable()`` another thread makes meanwhile is undone at the end.
     """
-    if not gc.isenabled():  # (the caller's choice, or a bulk write around this one)
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writes = 0
+        self._resume = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._writes == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._writes += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._writes -= 1
+                if self._writes == 0 and self._resume:
+                    gc.enable()
+
+
+_collector_paused = _CollectorPause()
 
 
 @dataclass(frozen=True)
@@ -456,16 +489,21 @@ class Repository(Generic[R]):
         of :meth:`_create_values`, which validates every row, then checks them against the
         database (:meth:`_check_new`), then inserts.
 
+        All of it happens inside a savepoint, which any refusal rolls back: the caller's
+        enclosing transaction (a session, ``scope.write()``) is left as it was.
+
         - A row refused by validation ends the load before it is written: the same verdict,
           since nothing before it was refused and validation comes first.
         - The database's checks run after the load: they read nothing the insert writes
           (see :meth:`_check_new`), so their verdict is the one they would have given before
-          it; any refusal rolls the whole transaction back.
+          it.
         - A refusal by the database itself (a key taken, a parent missing, a trigger's rule)
-          rolls the load back to a savepoint, and the batch then goes the checked way in the
-          same transaction, so the caller hears what that way says.
+          rolls the load back, and the batch then goes the checked way in the same
+          transaction, so the caller hears what that way says.  Such a batch is loaded twice
+          before it is refused.  A lost connection or a timeout is not a refusal: it is
+          raised as it is.
         """
-        first = self._new_values(rows[0])  # (its columns name the load's)
+        first = self._new_values(rows[0])  # (its keys are the load's columns, in order)
         names = list(first)
         values = [first]
 
@@ -476,19 +514,30 @@ class Repository(Generic[R]):
                 values.append(new)
                 yield [new[n] for n in names]
 
+        made: list[R] = []
         with self._scope.write() as conn:
+            savepoint = conn.begin_nested()
             try:
-                with conn.begin_nested():
-                    self._scope.backend.copy_rows(
-                        conn, self.table, names, _Sized(validated(), len(rows))
-                    )
-            except sa.exc.DBAPIError:
-                values.extend(self._new_values(row) for row in rows[len(values) :])
-                return self._create_in(conn, values)
-            self._check_new(conn, values)
-            made = self._read_back(conn, values)
-            self._after_insert(conn, made)
-            return made
+                loaded = self._scope.backend.copy_rows(
+                    conn, self.table, names, _Sized(validated(), len(rows))
+                )
+                if loaded:
+                    self._check_new(conn, values)
+                    made = self._read_back(conn, values)
+                    self._after_insert(conn, made)
+            except BaseException as err:
+                if isinstance(err, sa.exc.DBAPIError) and not _refusal(err):
+                    raise  # (the transaction is lost with it: nothing to roll back to)
+                savepoint.rollback()
+                if not isinstance(err, sa.exc.DBAPIError):
+                    raise
+                loaded = False
+            else:
+                savepoint.commit()
+            if loaded:
+                return made
+            values.extend(self._new_values(row) for row in rows[len(values) :])
+            return self._create_in(conn, values)
 
     def _create(self, row: Mapping[str, Any]) -> R:
         """``create`` of one row whose keys are :attr:`fields` by construction (a method's own

@@ -146,6 +146,10 @@ class TasksRepository(Repository[Task]):
 
         The database derives the dependency edges and the unmet-dependency counts (triggers
         of migration 0006), for this insert as for any other writer's.
+
+        Nothing read here is written by the insert (as :meth:`Repository._check_new`
+        requires): the dependencies looked up are those outside the batch, and a new task
+        starts Queued or Pending, so the shots it names are not touched by it.
         """
         super()._check_new(conn, values)
         self._validate_shot_params(conn, values)

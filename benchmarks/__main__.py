@@ -31,6 +31,7 @@ _SIZES = {
     "--iter-rows": "iter_rows",
     "--pickups": "pickups",
     "--copy-rows": "copy_rows",
+    "--copies": "copies",
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -151,44 +151,46 @@ def test_a_missing_project_outranks_a_taken_id(
     assert f"project {missing} not found" in str(caught)
 
 
-@pytest.mark.parametrize("size", [1, LARGE], ids=["one", "large"])
-def test_a_last_row_waiting_on_a_cancelled_task_is_refused(
-    db: dualdb.Database, world: World, size: int
-) -> None:
+#: The field a spoiled batch is refused on, and words of the message.
+Spoiled = tuple[str, str]
+
+
+def _waits_on_a_cancelled_task(db: dualdb.Database, world: World, rows: list[Any]) -> Spoiled:
     db.tasks.cancel(world.task.id)
-    rows = _rows(world.project.id, size)
     rows[-1]["depends_on"] = [world.task.id]
+    return "depends_on", f"task {world.task.id} is Cancelled: it will never complete"
 
-    caught = assert_unchanged(db, lambda: db.tasks.create_many(rows), InvalidInput, "depends_on")
 
-    assert f"task {world.task.id} is Cancelled: it will never complete" in str(caught)
+def _waits_on_a_later_task(db: dualdb.Database, world: World, rows: list[Any]) -> Spoiled:
+    rows[-2]["depends_on"] = [rows[-1]["id"]]
+    return "depends_on", f"task {rows[-1]['id']} does not exist"
+
+
+def _names_another_project_s_shot(db: dualdb.Database, world: World, rows: list[Any]) -> Spoiled:
+    elsewhere = db.shots.create(world.other_project.id, "Elsewhere")
+    rows[-1]["params"] = {"shot_id": str(elsewhere.id)}
+    return "params.shot_id", f"shot {elsewhere.id} is not in this project"
 
 
 @pytest.mark.parametrize("size", [2, LARGE], ids=["two", "large"])
-def test_a_dependency_later_in_the_batch_does_not_exist_yet(
-    db: dualdb.Database, world: World, size: int
+@pytest.mark.parametrize(
+    "spoil",
+    [_waits_on_a_cancelled_task, _waits_on_a_later_task, _names_another_project_s_shot],
+    ids=["cancelled-dependency", "later-dependency", "another-project-s-shot"],
+)
+def test_a_row_the_database_checks_refuse_is_refused_as_in_a_small_batch(
+    db: dualdb.Database,
+    world: World,
+    size: int,
+    spoil: Callable[[dualdb.Database, World, list[Any]], Spoiled],
 ) -> None:
+    """The checks against the database run after a streamed batch's load: the same verdict."""
     rows = _rows(world.project.id, size)
-    rows[-2]["depends_on"] = [rows[-1]["id"]]
+    field, message = spoil(db, world, rows)
 
-    caught = assert_unchanged(db, lambda: db.tasks.create_many(rows), InvalidInput, "depends_on")
+    caught = assert_unchanged(db, lambda: db.tasks.create_many(rows), InvalidInput, field)
 
-    assert f"task {rows[-1]['id']} does not exist" in str(caught)
-
-
-@pytest.mark.parametrize("size", [1, LARGE], ids=["one", "large"])
-def test_a_last_row_naming_another_project_s_shot_is_refused(
-    db: dualdb.Database, world: World, size: int
-) -> None:
-    elsewhere = db.shots.create(world.other_project.id, "Elsewhere")
-    rows = _rows(world.project.id, size)
-    rows[-1]["params"] = {"shot_id": str(elsewhere.id)}
-
-    caught = assert_unchanged(
-        db, lambda: db.tasks.create_many(rows), InvalidInput, "params.shot_id"
-    )
-
-    assert f"shot {elsewhere.id} is not in this project" in str(caught)
+    assert message in str(caught)
 
 
 def test_a_large_batch_leaves_the_garbage_collector_as_it_found_it(
@@ -212,27 +214,43 @@ def test_a_large_batch_leaves_the_garbage_collector_as_it_found_it(
         gc.enable()
 
 
-class _Probe(dict[str, Any]):
-    """Params that, when validation reads their keys, ask another connection whether this
-    batch's ``COPY`` is already running (it runs only once validation has begun)."""
+class _OnRead(dict[str, Any]):
+    """Params that run ``action`` once, when validation first reads their keys (a streamed
+    batch is being written by then), and keep what it returned."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, action: Callable[[], object]) -> None:
         super().__init__(probe=True)
-        self.url = url
-        self.seen: list[str] = []
+        self._action = action
+        self.ran = False
+        self.result: object = None
 
     def __iter__(self) -> Iterator[str]:
-        if not self.seen:
-            with psycopg.connect(psycopg_dsn(self.url), autocommit=True) as conn:
-                self.seen.extend(
-                    str(r[0])
-                    for r in conn.execute(
-                        "SELECT query FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                        "AND state = 'active'"
-                    )
-                )
+        if not self.ran:
+            self.ran = True
+            self.result = self._action()
         return super().__iter__()
+
+
+def _active_queries(url: str) -> list[str]:
+    """What the other sessions of the database at ``url`` are running."""
+    with psycopg.connect(psycopg_dsn(url), autocommit=True) as conn:
+        return [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state = 'active'"
+            )
+        ]
+
+
+def _end_copies(url: str) -> int:
+    """End the server processes running a ``COPY`` into tasks (a connection lost mid-load)."""
+    with psycopg.connect(psycopg_dsn(url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query LIKE 'COPY tasks %'"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 @pytest.mark.postgres_only  # (SQLite has no server to load rows meanwhile)
@@ -240,12 +258,13 @@ def test_postgres_loads_a_large_batch_while_it_is_still_being_validated(
     db: dualdb.Database, world: World, migrated_url: str
 ) -> None:
     rows = _rows(world.project.id, LARGE)
-    probe = _Probe(migrated_url)
+    probe = _OnRead(lambda: _active_queries(migrated_url))
     rows[-1]["params"] = probe
 
     made = db.tasks.create_many(rows)
 
-    assert any(q.startswith("COPY tasks ") for q in probe.seen), probe.seen
+    assert isinstance(probe.result, list)
+    assert any(q.startswith("COPY tasks ") for q in probe.result), probe.result
     assert made[-1].params == {"probe": True}
     assert db.tasks.count() == LARGE + 2
 
@@ -286,49 +305,17 @@ def test_a_refused_batch_inside_a_caller_s_transaction_leaves_it_as_it_was(
     assert db.tasks.count() == before + 1
 
 
-class _GcProbe(dict[str, Any]):
-    """Params that note whether the cyclic collector is on when validation reads them."""
-
-    def __init__(self) -> None:
-        super().__init__(probe=True)
-        self.enabled: list[bool] = []
-
-    def __iter__(self) -> Iterator[str]:
-        self.enabled.append(gc.isenabled())
-        return super().__iter__()
-
-
 def test_the_garbage_collector_is_paused_while_a_large_batch_is_written(
     db: dualdb.Database, world: World
 ) -> None:
     rows = _rows(world.project.id, LARGE)
-    probe = _GcProbe()
+    probe = _OnRead(gc.isenabled)
     rows[-1]["params"] = probe
 
     db.tasks.create_many(rows)
 
-    assert probe.enabled and not any(probe.enabled)
+    assert probe.ran and probe.result is False
     assert gc.isenabled()
-
-
-class _Terminator(dict[str, Any]):
-    """Params that, when validation reads them, end the server process running this
-    batch's ``COPY`` (a connection lost mid-load)."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(probe=True)
-        self.url = url
-        self.ended = 0
-
-    def __iter__(self) -> Iterator[str]:
-        if not self.ended:
-            with psycopg.connect(psycopg_dsn(self.url), autocommit=True) as conn:
-                row = conn.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND query LIKE 'COPY tasks %'"
-                ).fetchone()
-                self.ended = int(row[0]) if row else 0
-        return super().__iter__()
 
 
 @pytest.mark.postgres_only  # (SQLite has no connection to lose)
@@ -336,12 +323,12 @@ def test_a_connection_lost_while_a_batch_loads_is_unavailable_and_writes_nothing
     db: dualdb.Database, world: World, migrated_url: str
 ) -> None:
     rows = _rows(world.project.id, LARGE)
-    ender = _Terminator(migrated_url)
+    ender = _OnRead(lambda: _end_copies(migrated_url))
     rows[-1]["params"] = ender
     before = db.tasks.count()
 
     with pytest.raises(DatabaseUnavailable):
         db.tasks.create_many(rows)
 
-    assert ender.ended == 1
+    assert ender.result == 1
     assert db.tasks.count() == before  # and the next call has a working connection

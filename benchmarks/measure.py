@@ -11,6 +11,7 @@ import multiprocessing as mp
 import queue
 import re
 import statistics
+import threading
 import time
 import traceback
 import uuid
@@ -24,7 +25,7 @@ import uuid_utils.compat as uuid_utils
 from sqlalchemy import event
 
 import dualdb
-from benchmarks.raw import RawDriver, open_raw
+from benchmarks.raw import RawDriver, RawPostgres, open_raw
 from dualdb.records import Task
 from dualdb.scope import release_pinned
 
@@ -209,8 +210,13 @@ class Throughput:
 def _drain(
     impl: str, url: str, worker: str, barrier: Barrier, results: Any
 ) -> None:  # pragma: no cover - runs in a child process
-    """Child process: connect, wait for the start signal, claim→complete until nothing is left.
+    """Child process: connect, warm up, wait for the start signal, claim→complete until
+    nothing is left.
 
+    The warm-up runs on the still empty queue, before the parent fills it (the first of the
+    two barrier waits): a claim that finds nothing, a completion of a task that does not
+    exist, and the emptiness check.  So each side has prepared its statements (and dualdb
+    compiled its own) before the clock starts, as in a worker that has been running a while.
     Ends when a claim finds nothing ready *and* no task is Queued any more (a dependent of a
     task another process is still running stays Queued, so this process keeps polling).
     """
@@ -233,6 +239,8 @@ def _drain(
             def queued_left() -> bool:
                 return tasks.count(status="Queued") > 0
 
+            missing: Any = uuid.uuid4()
+            refused: type[Exception] = dualdb.errors.NotFound
             close = db.close
         else:
             raw = open_raw(url)
@@ -245,13 +253,22 @@ def _drain(
                 raw.complete(key, worker, f"files/{key}.mp4")
 
             queued_left = raw.queued_left
+            # Keys as the raw claim returns them: text from sqlite3, uuid.UUID from psycopg.
+            missing = uuid.uuid4() if isinstance(raw, RawPostgres) else str(uuid.uuid4())
+            refused = RuntimeError  # the raw complete's "not In Progress for this worker"
             close = raw.close
+        if claim() is not None:
+            raise RuntimeError("the queue was not empty before the start signal")
+        with contextlib.suppress(refused):
+            complete(missing)
+        queued_left()
+        barrier.wait(START_TIMEOUT_S)  # warmed up: the parent fills the queue now
     except BaseException:
         barrier.abort()
         results.put(("error", worker, traceback.format_exc()))
         return
     try:
-        barrier.wait(START_TIMEOUT_S)
+        barrier.wait(START_TIMEOUT_S)  # the queue is full: start
         start = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
         claimed: list[str] = []
         while True:
@@ -327,14 +344,15 @@ def in_child(target: Callable[..., None], args: tuple[Any, ...], what: str, time
     return outcome
 
 
-def measure_throughput(impl: str, url: str, procs: int) -> Throughput:
-    """Drain every ready task of the database at ``url`` with ``procs`` processes.
+def measure_throughput(impl: str, url: str, procs: int, fill: Callable[[], None]) -> Throughput:
+    """Drain the tasks ``fill()`` adds to the database at ``url`` with ``procs`` processes.
 
-    Each process opens its own connection (``dualdb.connect`` or the raw driver), then all
-    start together; the time is from the start signal to the last process finishing.
+    Each process opens its own connection (``dualdb.connect`` or the raw driver) and warms
+    up on the empty queue (:func:`_drain`); then ``fill()`` runs here, and all start
+    together.  The time is from the start signal to the last process finishing.
     """
     ctx = _context()
-    barrier = ctx.Barrier(procs)
+    barrier = ctx.Barrier(procs + 1)  # and this process, which fills the queue between
     results = ctx.Queue()
     children = [
         ctx.Process(
@@ -347,6 +365,15 @@ def measure_throughput(impl: str, url: str, procs: int) -> Throughput:
     for child in children:
         child.start()
     try:
+        try:
+            barrier.wait(START_TIMEOUT_S)  # every process connected and warmed up
+            fill()
+            barrier.wait(START_TIMEOUT_S)  # start
+        except threading.BrokenBarrierError:
+            pass  # a process failed before the start: _collect gathers why
+        except BaseException:
+            barrier.abort()
+            raise
         outcomes = _collect(children, barrier, results)
     finally:
         for child in children:

@@ -439,9 +439,12 @@ def run_backend(
                             f"run {drain + 1} of {cfg.drains}"
                         )
                         loader.clear_tasks()
-                        _seed_throughput(db, project_id, cfg.tasks)
-                        loader.settle()
-                        run = measure_throughput(impl, url, procs)
+
+                        def fill() -> None:
+                            _seed_throughput(db, project_id, cfg.tasks)
+                            loader.settle()
+
+                        run = measure_throughput(impl, url, procs, fill)
                         left = loader.count("status <> 'Complete'")
                         reclaimed = loader.count("attempts <> 1")
                         if run.completed != cfg.tasks or left:

@@ -140,6 +140,17 @@ class Statement:
             raise self._wrapped(err, params, dbapi_conn) from err
         return fetched
 
+    def count(self, dbapi_conn: Any, values: Mapping[str, Any]) -> int:
+        """Run the statement (a write without ``RETURNING``) with ``values``: how many rows
+        it wrote itself, as the driver counts them (sqlite3's ``changes()``, psycopg's
+        command tag: neither counts what triggers or cascades wrote).  Errors as in
+        :meth:`fetch`."""
+        params = self._bound(values)
+        try:
+            return int(dbapi_conn.execute(self.sql, params).rowcount)
+        except self._dialect.loaded_dbapi.Error as err:
+            raise self._wrapped(err, params, dbapi_conn) from err
+
     def many(self, dbapi_conn: Any, names: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Run the statement (a write without ``RETURNING``) once per row of ``rows``, each
         the values of its parameters ``names`` in that order, as one ``executemany``; errors

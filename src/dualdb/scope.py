@@ -457,10 +457,20 @@ class Scope:
         session, another call, or a scope that sets its actor per transaction, it runs
         through :meth:`write` instead (savepoint, joined transaction, actor hook).
         """
+        return self._write_on(lambda driver: statement.rows(driver, values), refine)
+
+    def write_count(self, statement: Statement, values: Mapping[str, Any]) -> int:
+        """:meth:`write_rows` for a write without ``RETURNING``: how many rows it wrote
+        itself, as the driver counts them (what its triggers and cascades wrote is not
+        counted).  On SQLite a ``RETURNING`` costs a delete a fifth more than the delete."""
+        return self._write_on(lambda driver: statement.count(driver, values), None)
+
+    def _write_on(self, work: Callable[[Any], T], refine: Refine | None) -> T:
+        """``work(driver)``, one write statement, as :meth:`write_rows` runs it."""
         if not self.drives:
             with self._write_driver() as driver:
                 try:
-                    return statement.rows(driver, values)
+                    return work(driver)
                 except exc.DBAPIError as err:
                     refined = refine(err) if refine is not None else None
                     if refined is None:
@@ -468,7 +478,7 @@ class Scope:
                     raise refined from None
         # No context manager (translated_errors): most of a call's own cost on SQLite.
         try:
-            return self._on_driver(lambda driver: statement.rows(driver, values))
+            return self._on_driver(work)
         except (exc.DBAPIError, exc.StatementError) as err:
             mapped = _mapped(err, refine)
             if mapped is None:

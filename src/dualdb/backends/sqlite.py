@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL, Engine
 from dualdb.backends.base import AUTOCOMMIT, READ_ONLY, Backend, WorkWaiter, insert_errors
 from dualdb.errors import ConfigError, DatabaseUnavailable, MigrationError
 from dualdb.hotpath import row_binder
+from dualdb.types import utc_text
 
 if TYPE_CHECKING:
     from dualdb.target import Target
@@ -60,31 +61,10 @@ class _JSONList(sa.types.TypeDecorator[list[Any]]):
         return json.dumps(items, separators=(",", ":"))
 
 
-#: The second of the clock's last reading and its text: one tuple, replaced whole, so a
-#: thread never pairs one second with another's text.
-_clock_second: tuple[int, str] = (-1, "")
-
-
 def _clock_text() -> str:
     # format_timestamp(datetime.now(UTC)): SQLite calls this inside the write lock of every
     # statement that reads the clock (each claim and completion).
-    return _micros_text(time.time_ns() // 1000)  # floored, as datetime.now() is
-
-
-def _micros_text(micros: int) -> str:
-    """format_timestamp of the instant ``micros`` microseconds after the Unix epoch.
-
-    The second's text is made once per second: this costs a fifth of
-    ``datetime.isoformat(timespec=…)`` (0.7 µs against 3.2 µs, a tenth of a claim's own
-    Python on SQLite).
-    """
-    global _clock_second
-    second, fraction = divmod(micros, 1_000_000)
-    known = _clock_second
-    if known[0] != second:
-        text = datetime.fromtimestamp(second, UTC).isoformat()[:19]  # YYYY-MM-DDTHH:MM:SS
-        known = _clock_second = (second, text)
-    return f"{known[1]}.{fraction:06d}Z"
+    return utc_text(datetime.now(UTC))
 
 
 #: ``WITH dualdb_clock AS MATERIALIZED (SELECT dualdb_now() AS now)``, once per statement that

@@ -662,14 +662,14 @@ class Repository(Generic[R]):
     def delete(self, id: uuid.UUID | str) -> None:
         """Delete the row (children go with it: every foreign key cascades)."""
         key = v.uuid_("id", id)
-        if not self._scope.write_rows(self._delete_by_id, {"key": key}):
+        if not self._scope.write_count(self._delete_by_id, {"key": key}):
             raise self._not_writable(key)
 
     @functools.cached_property
     def _delete_by_id(self) -> Statement:
         key = sa.bindparam("key", type_=self.table.c.id.type)
         stmt = self.table.delete().where(*self._where(self.table.c.id == key))
-        return Statement(stmt.returning(self.table.c.id), self._scope.engine.dialect)
+        return Statement(stmt, self._scope.engine.dialect)
 
     def _not_writable(self, key: uuid.UUID) -> NotFound | PermissionDenied:
         """Why a write matched no row: as :meth:`_check_writable` would have said."""

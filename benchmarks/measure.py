@@ -215,8 +215,9 @@ def _drain(
 
     The warm-up runs on the still empty queue, before the parent fills it (the first of the
     two barrier waits): a claim that finds nothing, a completion of a task that does not
-    exist, and the emptiness check.  So each side has prepared its statements (and dualdb
-    compiled its own) before the clock starts, as in a worker that has been running a while.
+    exist, and the emptiness check.  So the first calls' costs are not timed: dualdb compiles
+    its statements and builds their converters, sqlite3 prepares and caches its own (psycopg
+    prepares on the server only after five runs, on either side alike).
     Ends when a claim finds nothing ready *and* no task is Queued any more (a dependent of a
     task another process is still running stays Queued, so this process keeps polling).
     """

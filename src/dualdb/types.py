@@ -237,7 +237,8 @@ def utc_text(value: datetime) -> str:
 
     Each second's text is made once: the stamps a process writes come many to a second (a
     worker's claims and completions, a batch's rows), and ``isoformat`` costs three times
-    the rest (2.7 µs against 0.8; SQLite's clock function runs it inside the write lock).
+    the rest (the whole costs 1.2 µs against ``isoformat``'s 2.7; SQLite's clock function
+    runs it inside the write lock).
     """
     global _utc_second
     second = (value.year, value.month, value.day, value.hour, value.minute, value.second)
